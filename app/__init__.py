@@ -1,0 +1,39 @@
+"""The HTTP face of Postback: a Flask app factory, one blueprint per resource."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from flask import Flask
+
+from app import errors
+from app.services import Services
+from postback.connection import connect, redis_url
+from postback.logs import configure_logging
+from postback.settings import Settings
+from worker import registry
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None, *, client: redis.Redis | None = None
+) -> Flask:
+    """Build the app: settings from defaults, then `POSTBACK_*`, then `test_config`."""
+    settings = Settings.from_env(**dict(test_config or {}))
+    configure_logging(settings.log_level)
+    registry.load(settings.handler_modules)
+    flask_app = Flask(__name__)
+    flask_app.json.sort_keys = False  # type: ignore[attr-defined]
+    flask_app.config["SETTINGS"] = settings
+    if client is None:
+        client = connect(redis_url(settings))
+    flask_app.extensions["postback"] = Services.build(settings, client)
+    errors.register(flask_app)
+
+    from app import health, jobs, partners
+
+    flask_app.register_blueprint(health.bp)
+    flask_app.register_blueprint(partners.bp)
+    flask_app.register_blueprint(jobs.bp)
+    return flask_app

@@ -1,0 +1,136 @@
+"""API errors, and the one place that turns every error into RFC 9457 problem+json.
+
+Exceptions::
+
+    ApiError                   status, title, detail, problem type
+    ├── MalformedRequest       400
+    ├── Unauthorized           401 (with WWW-Authenticate: Bearer)
+    ├── Forbidden              403
+    ├── NotFound               404
+    ├── UnsupportedMediaType   415
+    ├── ValidationFailed       422 (with `errors`: field → messages)
+    └── Unavailable            503
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "urn:postback:problem:"
+
+
+class ApiError(Exception):
+    """An error the API reports to its caller."""
+
+    status = 500
+    title = "Internal Server Error"
+    slug = "internal"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class MalformedRequest(ApiError):
+    status, title, slug = 400, "Malformed request", "malformed-request"
+
+
+class Unauthorized(ApiError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self, detail: str = "a valid bearer token is required") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="postback"'})
+
+
+class Forbidden(ApiError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(ApiError):
+    status, title, slug = 404, "Not found", "not-found"
+
+
+class UnsupportedMediaType(ApiError):
+    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+
+
+class ValidationFailed(ApiError):
+    status, title, slug = 422, "Validation failed", "validation-failed"
+
+
+class Unavailable(ApiError):
+    status, title, slug = 503, "Service unavailable", "unavailable"
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    slug: str,
+    errors: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A problem+json response."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+    }
+    if errors:
+        body["errors"] = errors
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = PROBLEM_JSON
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register(app: Flask) -> None:
+    """Route every exception the app can raise to a problem+json response."""
+
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> Response:
+        return problem(exc.status, exc.title, exc.detail, slug=exc.slug,
+                       errors=exc.errors, headers=exc.headers)  # fmt: skip
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        headers = {}
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        slug = (exc.name or "error").lower().replace(" ", "-")
+        return problem(status, exc.name or "Error", exc.description or "", slug=slug,
+                       headers=headers)  # fmt: skip
+
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
+    def redis_down(exc: Exception) -> Response:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return problem(503, Unavailable.title, "the job store is unreachable; retry shortly",
+                       slug=Unavailable.slug, headers={"Retry-After": "5"})  # fmt: skip
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem(500, ApiError.title, "an unexpected error occurred", slug=ApiError.slug)

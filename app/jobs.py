@@ -1,0 +1,86 @@
+"""Partner API: submit jobs, read them, list them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request, url_for
+from marshmallow import ValidationError
+
+from app.auth import partner_required
+from app.errors import NotFound, ValidationFailed
+from app.schemas import JobListQuery, JobSubmission, json_body, load
+from app.services import services
+from postback import clock, ids
+from worker import registry
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def status_url(job_id: str) -> str:
+    public_url = services().settings.public_url
+    if public_url:
+        return f"{public_url.rstrip('/')}/v1/jobs/{job_id}"
+    return url_for("jobs.get_job", job_id=job_id, _external=True)
+
+
+def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    spec = registry.get(job_type)
+    if spec is None:
+        raise ValidationFailed(
+            f"unknown job type {job_type!r}",
+            errors={"type": [f"must be one of: {', '.join(registry.names())}"]},
+        )
+    if spec.input_schema is not None:
+        try:
+            spec.input_schema.load(data)
+        except ValidationError as exc:
+            raise ValidationFailed("the job's input is not valid", errors={"input": exc.messages})
+    return data
+
+
+@bp.post("")
+@partner_required
+def submit_job() -> tuple[Response, int, dict[str, str]]:
+    """Accept a job: 202 with its id and status URL; the work happens on a worker."""
+    body = load(JobSubmission(), json_body())
+    job_input = _validated_input(body["type"], body["input"])
+    settings = services().settings
+    record = services().jobs.create(
+        partner_id=g.partner_id,
+        type=body["type"],
+        input=job_input,
+        callback_url=body["callback_url"],
+        timeout_seconds=registry.get(body["type"]).timeout_seconds,  # type: ignore[union-attr]
+    )
+    url = status_url(record["id"])
+    payload = {
+        "id": record["id"],
+        "status": record["status"],
+        "status_url": url,
+        "created_at": clock.rfc3339(record["created_at"]),
+    }
+    headers = {"Location": url, "Retry-After": str(settings.poll_after_seconds)}
+    return jsonify(payload), 202, headers
+
+
+@bp.get("/<job_id>")
+@partner_required
+def get_job(job_id: str) -> Response:
+    """One of the partner's jobs; another partner's job does not exist here."""
+    record = services().jobs.get(job_id) if ids.is_id("job", job_id) else None
+    if record is None or record["partner_id"] != g.partner_id:
+        raise NotFound(f"no job {job_id}")
+    return jsonify(services().jobs.public(record))
+
+
+@bp.get("")
+@partner_required
+def list_jobs() -> Response:
+    """The partner's jobs, newest first, a page at a time."""
+    query = load(JobListQuery(), request.args.to_dict())
+    records, next_cursor = services().jobs.page(
+        g.partner_id, status=query["status"], limit=query["limit"], cursor=query["cursor"]
+    )
+    jobs = services().jobs
+    return jsonify({"items": [jobs.public(r) for r in records], "next_cursor": next_cursor})

@@ -1,0 +1,19 @@
+"""Admin API: partners."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from app.auth import admin_required
+from app.schemas import PartnerCreate, json_body, load
+from app.services import services
+
+bp = Blueprint("partners", __name__, url_prefix="/v1/admin/partners")
+
+
+@bp.post("")
+@admin_required
+def create_partner() -> tuple[Response, int]:
+    """Create a partner; its API key and signing secret are shown only in this response."""
+    body = load(PartnerCreate(), json_body())
+    return jsonify(services().partners.create(body["name"])), 201

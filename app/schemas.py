@@ -1,0 +1,71 @@
+"""marshmallow schemas for request bodies and query strings, and the JSON body reader."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import request
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+
+from app.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from postback import ids
+from worker import jobs as js
+
+
+def json_body() -> Any:
+    """The request's JSON body: 415 unless it is declared JSON, 400 unless it parses."""
+    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def load(schema: Schema, data: Any) -> dict[str, Any]:
+    """`data` validated by `schema`, or a 422 naming every bad field."""
+    if not isinstance(data, dict) and not schema.many:
+        raise ValidationFailed("the body must be a JSON object", errors={"_schema": ["not an object"]})
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+        raise ValidationFailed("the request is not valid", errors=messages) from None
+
+
+class PartnerCreate(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class JobSubmission(Schema):
+    class Meta:
+        unknown = RAISE
+
+    type = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    input = fields.Dict(keys=fields.String(), load_default=dict)
+    callback_url = fields.Url(
+        load_default=None,
+        allow_none=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2048),
+    )
+
+
+class JobListQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    status = fields.String(load_default=None, validate=validate.OneOf(js.STATUSES))
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None)
+
+    @validates("cursor")
+    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
+        if value is not None and not ids.is_id("job", value):
+            raise ValidationError("not a cursor returned by this API")

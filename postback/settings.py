@@ -1,0 +1,97 @@
+"""Configuration: named defaults, overridden by `POSTBACK_*` environment variables.
+
+This is the only module that reads the environment. Everything else receives a
+`Settings` value (the Flask app keeps it in `app.config["SETTINGS"]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PREFIX = "POSTBACK_"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value of the wrong shape."""
+
+    def __init__(self, name: str, value: str, expected: str) -> None:
+        super().__init__(f"{name}={value!r}: expected {expected}")
+        self.name = name
+        self.value = value
+        self.expected = expected
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting Postback reads, with its default. The README lists them all."""
+
+    # Where Redis lives. Unset: the embedded server of `data_dir`.
+    redis_url: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path(".postback"))
+    admin_token: str | None = None
+    # Base URL used in `status_url` and `Location`; unset: the request's own host.
+    public_url: str | None = None
+    handler_modules: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    api_workers: int = 2
+    # Seconds a partner should wait before polling a freshly accepted job.
+    poll_after_seconds: int = 1
+    # Delivery.
+    delivery_timeout_seconds: float = 15.0
+    delivery_concurrency: int = 32
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 36_000.0
+    retry_max_attempts: int = 20
+    retry_window_seconds: float = 259_200.0
+    # How often an idle delivery dispatcher looks for due deliveries.
+    delivery_poll_seconds: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the environment, then explicit `overrides` (tests)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = "REDIS_URL" if f.name == "redis_url" else PREFIX + f.name.upper()
+            raw = environ.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[f.name] = _parse(name, raw.strip(), f.type)
+        values.update(overrides)
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+    def env_name(self, field_name: str) -> str:
+        """The environment variable that sets `field_name`."""
+        return "REDIS_URL" if field_name == "redis_url" else PREFIX + field_name.upper()
+
+
+def _parse(name: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    if "tuple" in kind:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if "Path" in kind:
+        return Path(raw)
+    if kind.startswith("int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(name, raw, "an integer") from None
+    if kind.startswith("float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(name, raw, "a number") from None
+    if kind.startswith("bool"):
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(name, raw, "true or false")
+    return raw

@@ -1,0 +1,68 @@
+"""A worker process: an RQ worker (with the scheduler) and a delivery dispatcher beside it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+from rq import Queue, SimpleWorker
+
+from callbacks.dispatcher import Dispatcher
+from callbacks.outbox import Outbox
+from callbacks.policy import RetryPolicy
+from callbacks.secrets import SecretStore
+from callbacks.sender import Sender
+from postback import __version__
+from postback.settings import Settings
+from worker import registry
+from worker.jobs import QUEUE_NAME
+
+log = logging.getLogger(__name__)
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """The delivery retry policy the settings describe."""
+    return RetryPolicy(
+        base_seconds=settings.retry_base_seconds,
+        max_seconds=settings.retry_max_seconds,
+        max_attempts=settings.retry_max_attempts,
+        window_seconds=settings.retry_window_seconds,
+        timeout_seconds=settings.delivery_timeout_seconds,
+    )
+
+
+def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
+    """The delivery dispatcher the settings describe."""
+    return Dispatcher(
+        Outbox(client),
+        SecretStore(client),
+        Sender(
+            timeout_seconds=settings.delivery_timeout_seconds,
+            user_agent=f"Postback/{__version__}",
+        ),
+        policy=retry_policy(settings),
+        concurrency=settings.delivery_concurrency,
+        poll_seconds=settings.delivery_poll_seconds,
+    )
+
+
+def run(settings: Settings, client: redis.Redis, *, burst: bool = False) -> None:
+    """Work jobs and deliver webhooks until SIGTERM/SIGINT (or, with `burst`, until idle).
+
+    Jobs run in this process (RQ's SimpleWorker: no fork per job); deliveries run
+    on a thread pool beside it.
+    """
+    registry.load(settings.handler_modules)
+    stop = threading.Event()
+    delivery = threading.Thread(
+        target=dispatcher(settings, client).run, args=(stop,), name="dispatcher", daemon=True
+    )
+    delivery.start()
+    try:
+        SimpleWorker([Queue(QUEUE_NAME, connection=client)], connection=client).work(
+            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        )
+    finally:
+        stop.set()
+        delivery.join(timeout=settings.delivery_timeout_seconds + 5)
