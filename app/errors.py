@@ -110,8 +110,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, slug=exc.slug,
-                       errors=exc.errors, headers=exc.headers)  # fmt: skip
+        return problem(
+            exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=exc.headers
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -120,15 +121,21 @@ def register(app: Flask) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         slug = (exc.name or "error").lower().replace(" ", "-")
-        return problem(status, exc.name or "Error", exc.description or "", slug=slug,
-                       headers=headers)  # fmt: skip
+        return problem(
+            status, exc.name or "Error", exc.description or "", slug=slug, headers=headers
+        )
 
     @app.errorhandler(redis.ConnectionError)
     @app.errorhandler(redis.TimeoutError)
     def redis_down(exc: Exception) -> Response:
         log.warning("redis unavailable: %s", type(exc).__name__)
-        return problem(503, Unavailable.title, "the job store is unreachable; retry shortly",
-                       slug=Unavailable.slug, headers={"Retry-After": "5"})  # fmt: skip
+        return problem(
+            503,
+            Unavailable.title,
+            "the job store is unreachable; retry shortly",
+            slug=Unavailable.slug,
+            headers={"Retry-After": "5"},
+        )
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:

@@ -35,7 +35,9 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
         try:
             spec.input_schema.load(data)
         except ValidationError as exc:
-            raise ValidationFailed("the job's input is not valid", errors={"input": exc.messages})
+            raise ValidationFailed(
+                "the job's input is not valid", errors={"input": exc.messages}
+            ) from None
     return data
 
 

@@ -41,15 +41,26 @@ class PartnerStore:
         signing_secret = generate_secret()
         key_hash = hash_api_key(api_key)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(partner_key(partner_id), mapping={
-                "id": partner_id, "name": name, "key_hash": key_hash,
-                "created_at": repr(clock.now()), "disabled": 0,
-            })  # fmt: skip
+            pipe.hset(
+                partner_key(partner_id),
+                mapping={
+                    "id": partner_id,
+                    "name": name,
+                    "key_hash": key_hash,
+                    "created_at": repr(clock.now()),
+                    "disabled": 0,
+                },
+            )
             pipe.set(api_key_index(key_hash), partner_id)
             pipe.sadd("pb:partners", partner_id)
             self.secrets.set(partner_id, signing_secret, pipeline=pipe)
             pipe.execute()
-        return {"id": partner_id, "name": name, "api_key": api_key, "signing_secret": signing_secret}
+        return {
+            "id": partner_id,
+            "name": name,
+            "api_key": api_key,
+            "signing_secret": signing_secret,
+        }
 
     def authenticate(self, api_key: str) -> str | None:
         """The id of the enabled partner that owns `api_key`, or None."""

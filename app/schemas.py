@@ -27,7 +27,9 @@ def json_body() -> Any:
 def load(schema: Schema, data: Any) -> dict[str, Any]:
     """`data` validated by `schema`, or a 422 naming every bad field."""
     if not isinstance(data, dict) and not schema.many:
-        raise ValidationFailed("the body must be a JSON object", errors={"_schema": ["not an object"]})
+        raise ValidationFailed(
+            "the body must be a JSON object", errors={"_schema": ["not an object"]}
+        )
     try:
         return schema.load(data)
     except ValidationError as exc:

@@ -58,7 +58,9 @@ class Dispatcher:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="delivery") as pool:
             while not stop.is_set():
                 free = self._free_slots()
-                ids = self.outbox.claim(limit=free, lease_seconds=self.lease_seconds) if free else []
+                ids = (
+                    self.outbox.claim(limit=free, lease_seconds=self.lease_seconds) if free else []
+                )
                 for event_id in ids:
                     self._slots.acquire()
                     pool.submit(self._deliver_and_release, event_id)
@@ -109,9 +111,14 @@ class Dispatcher:
         self.outbox.settle(event_id, attempt, status=status, next_at=next_at)
         log.info(
             "delivery attempt",
-            extra={"event_id": event_id, "attempt": attempt_number, "outcome": outcome,
-                   "status_code": response.status_code, "duration_ms": response.duration_ms},
-        )  # fmt: skip
+            extra={
+                "event_id": event_id,
+                "attempt": attempt_number,
+                "outcome": outcome,
+                "status_code": response.status_code,
+                "duration_ms": response.duration_ms,
+            },
+        )
         return status
 
     def _judge(
@@ -125,8 +132,6 @@ class Dispatcher:
         age = clock.now() - event["created_at"]
         if self.policy.gives_up(attempt_number, age):
             return ob.DEAD, FAILED, None
-        retry_after = (
-            response.retry_after_seconds if response.status_code in (429, 503) else None
-        )
+        retry_after = response.retry_after_seconds if response.status_code in (429, 503) else None
         delay = self.policy.delay_seconds(attempt_number, retry_after_seconds=retry_after)
         return ob.RETRYING, FAILED, clock.now() + delay

@@ -140,7 +140,9 @@ class Outbox:
         ids = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
         return [item.decode() for item in ids]
 
-    def settle(self, event_id: str, attempt: Attempt, *, status: str, next_at: float | None) -> None:
+    def settle(
+        self, event_id: str, attempt: Attempt, *, status: str, next_at: float | None
+    ) -> None:
         """Record `attempt` and move the event to `status`, due again at `next_at` if retrying."""
         fields: dict[str, Any] = {
             "status": status,

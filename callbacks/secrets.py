@@ -17,7 +17,9 @@ class SecretStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
 
-    def set(self, owner: str, secret: str, *, pipeline: redis.client.Pipeline | None = None) -> None:
+    def set(
+        self, owner: str, secret: str, *, pipeline: redis.client.Pipeline | None = None
+    ) -> None:
         """Make `secret` the only signing secret of `owner`."""
         (pipeline if pipeline is not None else self.redis).hset(_key(owner), "current", secret)
 

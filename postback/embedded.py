@@ -98,16 +98,24 @@ class EmbeddedRedis:
         command = [
             server_binary(),
             str(self.conffile),
-            "--dir", str(self.dir),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--appendonly", "yes",
-            "--pidfile", str(self.pidfile),
-            "--logfile", str(self.logfile),
-            "--daemonize", "no",
+            "--dir",
+            str(self.dir),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--appendonly",
+            "yes",
+            "--pidfile",
+            str(self.pidfile),
+            "--logfile",
+            str(self.logfile),
+            "--daemonize",
+            "no",
             # Keep the command line (with the data dir) visible: it identifies the server.
-            "--set-proc-title", "no",
-        ]  # fmt: skip
+            "--set-proc-title",
+            "no",
+        ]
         # Own session: Ctrl-C in the terminal reaches `postback up` only, which
         # stops the workers before the server they depend on.
         process = subprocess.Popen(

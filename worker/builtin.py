@@ -75,7 +75,9 @@ def report(ctx: JobContext) -> dict[str, Any]:
         if value_field not in row:
             continue
         value = row[value_field]
-        key = "null" if group_field is None or row.get(group_field) is None else str(row[group_field])
+        key = (
+            "null" if group_field is None or row.get(group_field) is None else str(row[group_field])
+        )
         stats = groups.setdefault(key, {"count": 0, "sum": 0, "min": value, "max": value})
         stats["count"] += 1
         stats["sum"] += value

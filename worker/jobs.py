@@ -106,9 +106,14 @@ class JobStore:
         """Up to `limit` of the partner's jobs, newest first, after `cursor` (a job id)."""
         start = f"({cursor}" if cursor else "+"
         found = self.redis.zrange(
-            partner_index(partner_id, status), start, "-", desc=True, bylex=True,
-            offset=0, num=limit + 1,
-        )  # fmt: skip
+            partner_index(partner_id, status),
+            start,
+            "-",
+            desc=True,
+            bylex=True,
+            offset=0,
+            num=limit + 1,
+        )
         job_ids = [item.decode() for item in found]
         more = len(job_ids) > limit
         job_ids = job_ids[:limit]
@@ -121,7 +126,9 @@ class JobStore:
         if record is None or record["status"] != QUEUED:
             return None
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(job_key(job_id), mapping={"status": PROCESSING, "started_at": repr(clock.now())})
+            pipe.hset(
+                job_key(job_id), mapping={"status": PROCESSING, "started_at": repr(clock.now())}
+            )
             self._move(pipe, record, PROCESSING)
             pipe.execute()
         return self.get(job_id)
@@ -151,9 +158,15 @@ class JobStore:
         event = None
         if record["callback_url"]:
             fields["event_id"] = ids.new_id("msg")
-            updated = {**record, **fields, "result": result, "error": error,
-                       "progress": fields.get("progress", record["progress"]),
-                       "finished_at": finished_at, "event_id": fields["event_id"]}  # fmt: skip
+            updated = {
+                **record,
+                **fields,
+                "result": result,
+                "error": error,
+                "progress": fields.get("progress", record["progress"]),
+                "finished_at": finished_at,
+                "event_id": fields["event_id"],
+            }
             event = self._event(updated, status, finished_at)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job_key(job_id), mapping=fields)
@@ -168,10 +181,16 @@ class JobStore:
         payload = {
             "type": EVENT_TYPES[status],
             "timestamp": clock.rfc3339(at),
-            "data": self.public(record, delivery={"status": "pending", "attempts": 0,
-                                                  "last_attempt_at": None,
-                                                  "next_attempt_at": None}),
-        }  # fmt: skip
+            "data": self.public(
+                record,
+                delivery={
+                    "status": "pending",
+                    "attempts": 0,
+                    "last_attempt_at": None,
+                    "next_attempt_at": None,
+                },
+            ),
+        }
         body = json.dumps(payload, separators=(",", ":")).encode()
         return Event(
             id=record["event_id"],
@@ -209,6 +228,9 @@ class JobStore:
             if delivery is None and record["event_id"]:
                 delivery = self.outbox.delivery_status(record["event_id"])
             job["delivery"] = delivery or {
-                "status": "pending", "attempts": 0, "last_attempt_at": None, "next_attempt_at": None,
-            }  # fmt: skip
+                "status": "pending",
+                "attempts": 0,
+                "last_attempt_at": None,
+                "next_attempt_at": None,
+            }
         return job

@@ -27,24 +27,43 @@ def run_job(job_id: str) -> None:
         return
     spec = registry.get(record["type"])
     if spec is None:
-        store.finish(job_id, status=js.FAILED, error={
-            "code": "unknown_type", "message": f"no handler for job type {record['type']!r}"})  # fmt: skip
+        store.finish(
+            job_id,
+            status=js.FAILED,
+            error={
+                "code": "unknown_type",
+                "message": f"no handler for job type {record['type']!r}",
+            },
+        )
         return
     ctx = JobContext(job_id, record["input"] or {}, lambda pct: store.set_progress(job_id, pct))
     try:
         result = spec.fn(ctx)
     except JobTimeoutException:
         log.warning("job %s timed out", job_id)
-        store.finish(job_id, status=js.FAILED, error={
-            "code": "timeout", "message": f"the job ran longer than {spec.timeout_seconds} s"})  # fmt: skip
+        store.finish(
+            job_id,
+            status=js.FAILED,
+            error={
+                "code": "timeout",
+                "message": f"the job ran longer than {spec.timeout_seconds} s",
+            },
+        )
         return
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        store.finish(job_id, status=js.FAILED,
-                     error={"code": type(exc).__name__, "message": str(exc)})  # fmt: skip
+        store.finish(
+            job_id, status=js.FAILED, error={"code": type(exc).__name__, "message": str(exc)}
+        )
         return
     try:
         store.finish(job_id, status=js.COMPLETED, result=result)
     except (TypeError, ValueError) as exc:
-        store.finish(job_id, status=js.FAILED, error={
-            "code": "result_not_json", "message": f"the handler's result is not JSON: {exc}"})  # fmt: skip
+        store.finish(
+            job_id,
+            status=js.FAILED,
+            error={
+                "code": "result_not_json",
+                "message": f"the handler's result is not JSON: {exc}",
+            },
+        )

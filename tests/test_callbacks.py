@@ -1,0 +1,141 @@
+"""The delivery building blocks: signatures, the retry policy, one HTTP attempt."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import random
+import time
+
+import pytest
+import requests
+import responses
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from callbacks.errors import SecretError
+from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
+from callbacks.sender import Sender, parse_retry_after
+from callbacks.signing import generate_secret, headers, sign
+
+BODY = b'{"type":"job.completed"}'
+
+
+def test_generated_secrets_are_whsec_with_32_random_bytes():
+    """A new secret is `whsec_` + base64 of 32 bytes, different each time."""
+    one, two = generate_secret(), generate_secret()
+    assert one.startswith("whsec_") and one != two
+    assert len(base64.b64decode(one[6:])) == 32
+
+
+def test_signatures_verify_with_the_standard_webhooks_library():
+    """Our headers verify with the independent standardwebhooks implementation."""
+    secret = generate_secret()
+    sent = headers([secret], "msg_1", int(time.time()), BODY)
+    assert Webhook(secret).verify(BODY, sent) == {"type": "job.completed"}
+
+
+def test_a_tampered_body_does_not_verify():
+    """Changing one byte of the body breaks the signature."""
+    secret = generate_secret()
+    sent = headers([secret], "msg_1", int(time.time()), BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(BODY.replace(b"completed", b"failed"), sent)
+
+
+def test_several_secrets_give_space_separated_signatures_each_valid():
+    """With two secrets (a rotation), either one verifies the message."""
+    old, new = generate_secret(), generate_secret()
+    now = int(time.time())
+    value = sign([old, new], "msg_1", now, BODY)
+    assert len(value.split(" ")) == 2
+    sent = {"webhook-id": "msg_1", "webhook-timestamp": str(now), "webhook-signature": value}
+    for secret in (old, new):
+        Webhook(secret).verify(BODY, sent)
+
+
+@pytest.mark.parametrize("secret", ["abc", "whsec_", "whsec_!!notbase64", "sk_AAAA"])
+def test_malformed_secrets_are_refused(secret):
+    """A secret that is not `whsec_<base64>` raises SecretError."""
+    with pytest.raises(SecretError):
+        sign([secret], "msg_1", 1, BODY)
+
+
+def test_backoff_stays_within_jittered_exponential_bounds():
+    """Each delay lies in [0.5, 1] x min(max, base x 2^(n-1))."""
+    policy = RetryPolicy(base_seconds=2, max_seconds=100)
+    rng = random.Random(7)
+    for attempts in range(1, 30):
+        ceiling = min(100, 2 * 2 ** (attempts - 1))
+        for _ in range(20):
+            delay = policy.delay_seconds(attempts, rng=rng)
+            assert 0.5 * ceiling <= delay <= ceiling
+
+
+def test_retry_after_is_honoured_within_bounds():
+    """Retry-After replaces the delay, clamped to [computed delay, max_seconds]."""
+    policy = RetryPolicy(base_seconds=10, max_seconds=60)
+    rng = random.Random(1)
+    assert policy.delay_seconds(1, retry_after_seconds=30, rng=rng) == 30
+    assert policy.delay_seconds(1, retry_after_seconds=600, rng=rng) == 60
+    assert policy.delay_seconds(1, retry_after_seconds=0, rng=rng) >= 5
+
+
+def test_the_policy_gives_up_on_attempts_or_age():
+    """No attempt after max_attempts, nor once the event is older than the window."""
+    policy = RetryPolicy(max_attempts=3, window_seconds=100)
+    assert not policy.gives_up(2, 10)
+    assert policy.gives_up(3, 10)
+    assert policy.gives_up(1, 100)
+
+
+def test_the_default_schedule_spans_about_three_days():
+    """The default policy's largest possible schedule ends between two and three days."""
+    total = sum(
+        DEFAULT_RETRY_POLICY.backoff_seconds(n) for n in range(1, DEFAULT_RETRY_POLICY.max_attempts)
+    )
+    assert 2 * 86400 <= total <= DEFAULT_RETRY_POLICY.window_seconds
+
+
+def test_retry_after_parses_seconds_and_http_dates():
+    """Retry-After as delta-seconds or as an HTTP date; garbage is ignored."""
+    assert parse_retry_after("120") == 120
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= parse_retry_after(later) <= 61
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+@responses.activate
+def test_a_post_carries_the_headers_and_does_not_follow_redirects():
+    """The attempt sends JSON with our user agent and reports a 302 as a failure."""
+    responses.post(
+        "https://hooks.example.com/in",
+        status=302,
+        headers={"Location": "https://elsewhere.example.com/"},
+    )
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    result = sender.post("https://hooks.example.com/in", BODY, {"webhook-id": "msg_1"})
+    assert result.status_code == 302 and not result.ok
+    (call,) = responses.calls
+    assert call.request.headers["content-type"] == "application/json"
+    assert call.request.headers["user-agent"] == "Postback/test"
+    assert call.request.headers["webhook-id"] == "msg_1"
+    assert call.request.body == BODY
+
+
+@responses.activate
+def test_timeouts_and_connection_errors_are_reported_not_raised():
+    """A timeout or a refused connection becomes an attempt result with an error."""
+    responses.post("https://slow.example.com/", body=requests.Timeout())
+    responses.post("https://down.example.com/", body=requests.ConnectionError("Connection refused"))
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    assert sender.post("https://slow.example.com/", BODY, {}).error == "timeout"
+    assert sender.post("https://down.example.com/", BODY, {}).error == "connection refused"
+
+
+@responses.activate
+def test_retry_after_is_read_from_the_answer():
+    """A 429 answer's Retry-After is passed on to the policy."""
+    responses.post("https://busy.example.com/", status=429, headers={"Retry-After": "42"})
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    assert sender.post("https://busy.example.com/", BODY, {}).retry_after_seconds == 42
