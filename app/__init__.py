@@ -31,9 +31,10 @@ def create_app(
     flask_app.extensions["postback"] = Services.build(settings, client)
     errors.register(flask_app)
 
-    from app import health, jobs, partners
+    from app import admin, health, jobs, partners
 
     flask_app.register_blueprint(health.bp)
     flask_app.register_blueprint(partners.bp)
     flask_app.register_blueprint(jobs.bp)
+    flask_app.register_blueprint(admin.bp)
     return flask_app

@@ -1,4 +1,4 @@
-"""The `postback` command: up, serve, worker, partners."""
+"""The `postback` command: up, serve, worker, partners, dead-letters, circuits."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
+from callbacks.breaker import CircuitBreaker
+from callbacks.deadletters import DeadLetters, Filter
+from callbacks.outbox import destination
 from postback.connection import RedisNotFound, connect, redis_url
 from postback.settings import Settings, SettingsError
 
@@ -48,7 +52,76 @@ def _parser() -> argparse.ArgumentParser:
     create = partner_commands.add_parser("create", help="create a partner; prints its credentials")
     create.add_argument("name")
     create.set_defaults(run=_partners_create)
+    rotate = partner_commands.add_parser(
+        "rotate-secret", help="new signing secret; the old one signs beside it for a grace period"
+    )
+    rotate.add_argument("partner_id")
+    rotate.set_defaults(run=_partners_rotate_secret)
+
+    dead = commands.add_parser("dead-letters", help="list, show, replay and purge dead letters")
+    dead_commands = dead.add_subparsers(required=True, metavar="ACTION")
+    listing = dead_commands.add_parser("list", help="dead letters, newest first (JSON)")
+    _filters(listing)
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--cursor")
+    listing.set_defaults(run=_dead_list)
+    show = dead_commands.add_parser("show", help="one dead letter, with payload and attempt log")
+    show.add_argument("dead_letter_id")
+    show.set_defaults(run=_dead_show)
+    for name, run, verb in (("replay", _dead_replay, "replay"), ("purge", _dead_purge, "delete")):
+        action = dead_commands.add_parser(
+            name, help=f"{verb} one dead letter by id, or every one matching the filters"
+        )
+        action.add_argument("dead_letter_id", nargs="?")
+        _filters(action)
+        action.add_argument("--all", action="store_true", help=f"{verb} all, without filters")
+        if name == "replay":
+            action.add_argument("--callback-url", help="deliver to this URL instead (by id only)")
+        action.set_defaults(run=run)
+
+    circuits = commands.add_parser("circuits", help="list and reset circuit breakers")
+    circuit_commands = circuits.add_subparsers(required=True, metavar="ACTION")
+    circuit_commands.add_parser("list", help="circuits with failures or open").set_defaults(
+        run=_circuits_list
+    )
+    reset = circuit_commands.add_parser("reset", help="close a destination's circuit")
+    reset.add_argument("destination", help="scheme://host:port, or a URL")
+    reset.set_defaults(run=_circuits_reset)
     return parser
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partner-id")
+    parser.add_argument("--destination", help="scheme://host:port, or a URL")
+    parser.add_argument("--since", type=_moment, help="ISO 8601 time (died at or after)")
+    parser.add_argument("--until", type=_moment, help="ISO 8601 time (died before)")
+
+
+def _moment(text: str) -> float:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _filter_of(args: argparse.Namespace) -> Filter:
+    return Filter(
+        owner=args.partner_id,
+        destination=destination(args.destination) if args.destination else None,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def _has_filters(args: argparse.Namespace) -> bool:
+    return any((args.partner_id, args.destination, args.since, args.until))
+
+
+def _print(value: object) -> None:
+    print(json.dumps(value, indent=2))
 
 
 def _count(text: str) -> int:
@@ -87,7 +160,93 @@ def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
     from app.partners_store import PartnerStore
 
     partner = PartnerStore(connect(redis_url(settings))).create(args.name)
-    print(json.dumps(partner, indent=2))
+    _print(partner)
+    return 0
+
+
+def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
+    from app.partners_store import PartnerStore
+
+    store = PartnerStore(connect(redis_url(settings)))
+    rotated = store.rotate_secret(args.partner_id, grace_seconds=settings.secret_grace_seconds)
+    if rotated is None:
+        print(f"postback: no partner {args.partner_id}", file=sys.stderr)
+        return 1
+    _print(rotated)
+    return 0
+
+
+def _dead_letters(settings: Settings) -> DeadLetters:
+    return DeadLetters(connect(redis_url(settings)))
+
+
+def _dead_list(args: argparse.Namespace, settings: Settings) -> int:
+    from app.admin import dead_letter_summary
+
+    items, next_cursor = _dead_letters(settings).page(
+        _filter_of(args), limit=args.limit, cursor=args.cursor
+    )
+    _print({"items": [dead_letter_summary(i) for i in items], "next_cursor": next_cursor})
+    return 0
+
+
+def _dead_show(args: argparse.Namespace, settings: Settings) -> int:
+    from app.admin import dead_letter_detail
+
+    store = _dead_letters(settings)
+    letter = store.get(args.dead_letter_id)
+    if letter is None:
+        print(f"postback: no dead letter {args.dead_letter_id}", file=sys.stderr)
+        return 1
+    _print(dead_letter_detail(letter, store.outbox.attempts(letter["id"])))
+    return 0
+
+
+def _dead_replay(args: argparse.Namespace, settings: Settings) -> int:
+    return _dead_action(args, settings, "replayed")
+
+
+def _dead_purge(args: argparse.Namespace, settings: Settings) -> int:
+    return _dead_action(args, settings, "purged")
+
+
+def _dead_action(args: argparse.Namespace, settings: Settings, done: str) -> int:
+    store = _dead_letters(settings)
+    if args.dead_letter_id:
+        if _has_filters(args) or args.all:
+            print("postback: give an id or filters, not both", file=sys.stderr)
+            return 2
+        if done == "replayed":
+            ok = store.replay(args.dead_letter_id, url=args.callback_url) is not None
+        else:
+            ok = store.delete(args.dead_letter_id)
+        if not ok:
+            print(f"postback: no dead letter {args.dead_letter_id}", file=sys.stderr)
+            return 1
+        _print({done: 1})
+        return 0
+    if not _has_filters(args) and not args.all:
+        print("postback: give a dead letter id, filters, or --all", file=sys.stderr)
+        return 2
+    if getattr(args, "callback_url", None):
+        print("postback: --callback-url applies to one dead letter, by id", file=sys.stderr)
+        return 2
+    where = _filter_of(args)
+    count = store.replay_matching(where) if done == "replayed" else store.purge(where)
+    _print({done: count})
+    return 0
+
+
+def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
+    _print({"items": CircuitBreaker(connect(redis_url(settings))).all()})
+    return 0
+
+
+def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
+    breaker = CircuitBreaker(connect(redis_url(settings)))
+    dest = destination(args.destination)
+    breaker.reset(dest)
+    _print(breaker.state(dest))
     return 0
 
 

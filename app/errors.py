@@ -7,6 +7,7 @@ Exceptions::
     ├── Unauthorized           401 (with WWW-Authenticate: Bearer)
     ├── Forbidden              403
     ├── NotFound               404
+    ├── Conflict               409
     ├── UnsupportedMediaType   415
     ├── ValidationFailed       422 (with `errors`: field → messages)
     └── Unavailable            503
@@ -64,6 +65,10 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status, title, slug = 404, "Not found", "not-found"
+
+
+class Conflict(ApiError):
+    status, title, slug = 409, "Conflict", "conflict"
 
 
 class UnsupportedMediaType(ApiError):

@@ -8,9 +8,10 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 from marshmallow import ValidationError
 
 from app.auth import partner_required
-from app.errors import NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.schemas import JobListQuery, JobSubmission, json_body, load
 from app.services import services
+from callbacks.deadletters import DeadLetters
 from postback import clock, ids
 from worker import registry
 
@@ -66,14 +67,53 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify(payload), 202, headers
 
 
-@bp.get("/<job_id>")
-@partner_required
-def get_job(job_id: str) -> Response:
-    """One of the partner's jobs; another partner's job does not exist here."""
+def _own_job(job_id: str) -> dict[str, Any]:
+    """The partner's job `job_id`; another partner's job is as missing as one never made."""
     record = services().jobs.get(job_id) if ids.is_id("job", job_id) else None
     if record is None or record["partner_id"] != g.partner_id:
         raise NotFound(f"no job {job_id}")
-    return jsonify(services().jobs.public(record))
+    return record
+
+
+@bp.get("/<job_id>")
+@partner_required
+def get_job(job_id: str) -> Response:
+    """One of the partner's jobs."""
+    return jsonify(services().jobs.public(_own_job(job_id)))
+
+
+@bp.get("/<job_id>/deliveries")
+@partner_required
+def list_deliveries(job_id: str) -> Response:
+    """Every HTTP attempt made to deliver the job's webhook, oldest first."""
+    record = _own_job(job_id)
+    outbox = services().jobs.outbox
+    items = outbox.attempts(record["event_id"]) if record["event_id"] else []
+    return jsonify({"items": items})
+
+
+@bp.post("/<job_id>/redeliver")
+@partner_required
+def redeliver(job_id: str) -> tuple[Response, int]:
+    """Send the job's final webhook again, with the same webhook-id and a fresh budget."""
+    record = _own_job(job_id)
+    if not record["event_id"]:
+        raise Conflict(
+            "the job has no webhook to redeliver: it has no callback URL or has not ended"
+        )
+    outbox = services().jobs.outbox
+    event = outbox.get(record["event_id"])
+    if event is None or not _reopen(event):
+        raise Conflict("the webhook is still being delivered; wait for it to be delivered or dead")
+    return jsonify(
+        {"id": job_id, "webhook_id": event["id"], "delivery": outbox.delivery_status(event["id"])}
+    ), 202
+
+
+def _reopen(event: dict[str, Any]) -> bool:
+    if event["dead_letter_id"]:
+        return DeadLetters(services().redis).replay(event["dead_letter_id"]) is not None
+    return services().jobs.outbox.reopen(event)
 
 
 @bp.get("")

@@ -74,3 +74,17 @@ class PartnerStore:
         if not hmac.compare_digest(stored[0].decode(), key_hash):
             return None
         return partner_id.decode()
+
+    def exists(self, partner_id: str) -> bool:
+        return bool(self.redis.exists(partner_key(partner_id)))
+
+    def rotate_secret(self, partner_id: str, *, grace_seconds: float) -> dict[str, Any] | None:
+        """A new signing secret; the old one signs beside it for `grace_seconds`."""
+        if not self.exists(partner_id):
+            return None
+        secret = self.secrets.rotate(partner_id, grace_seconds=grace_seconds)
+        return {
+            "id": partner_id,
+            "signing_secret": secret,
+            "previous_secret_expires_at": clock.rfc3339(clock.now() + grace_seconds),
+        }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from typing import Any
 
 from flask import request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from app.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from callbacks.deadletters import Filter
+from callbacks.outbox import destination
 from postback import ids
 from worker import jobs as js
 
@@ -37,6 +40,16 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         raise ValidationFailed("the request is not valid", errors=messages) from None
 
 
+def _callback_url() -> fields.Url:
+    return fields.Url(
+        load_default=None,
+        allow_none=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2048),
+    )
+
+
 class PartnerCreate(Schema):
     class Meta:
         unknown = RAISE
@@ -50,13 +63,7 @@ class JobSubmission(Schema):
 
     type = fields.String(required=True, validate=validate.Length(min=1, max=100))
     input = fields.Dict(keys=fields.String(), load_default=dict)
-    callback_url = fields.Url(
-        load_default=None,
-        allow_none=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=validate.Length(max=2048),
-    )
+    callback_url = _callback_url()
 
 
 class JobListQuery(Schema):
@@ -71,3 +78,63 @@ class JobListQuery(Schema):
     def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
         if value is not None and not ids.is_id("job", value):
             raise ValidationError("not a cursor returned by this API")
+
+
+def optional_json_body() -> Any:
+    """Like `json_body`, but an empty body is an empty object."""
+    if not request.content_length and not request.get_data(cache=True):
+        return {}
+    return json_body()
+
+
+class DestinationField(fields.String):
+    """A destination, `scheme://host:port`; a full URL is reduced to its destination."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        dest = destination(text)
+        if not dest.startswith(("http://", "https://")) or "://:" in dest or dest.endswith(":0"):
+            raise ValidationError("must be an http(s) URL or scheme://host:port")
+        return dest
+
+
+class DeadLetterFilter(Schema):
+    class Meta:
+        unknown = RAISE
+
+    partner_id = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
+    destination = DestinationField(load_default=None, validate=validate.Length(max=2048))
+    since = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    until = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+
+    def to_filter(self, data: dict[str, Any]) -> Filter:
+        return Filter(
+            owner=data["partner_id"],
+            destination=data["destination"],
+            since=data["since"].timestamp() if data["since"] else None,
+            until=data["until"].timestamp() if data["until"] else None,
+        )
+
+
+class DeadLetterQuery(DeadLetterFilter):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None)
+
+    @validates("cursor")
+    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
+        if value is not None and not ids.is_id("dlq", value):
+            raise ValidationError("not a cursor returned by this API")
+
+
+class ReplayBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    callback_url = _callback_url()
+
+
+class CircuitReset(Schema):
+    class Meta:
+        unknown = RAISE
+
+    destination = DestinationField(required=True, validate=validate.Length(max=2048))

@@ -13,7 +13,7 @@ Exceptions::
 from __future__ import annotations
 
 from callbacks.errors import CallbacksError, SecretError
-from callbacks.outbox import Event, Outbox
+from callbacks.outbox import Event, Outbox, destination
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.signing import generate_secret, sign
 
@@ -24,6 +24,7 @@ __all__ = [
     "Outbox",
     "RetryPolicy",
     "SecretError",
+    "destination",
     "generate_secret",
     "sign",
 ]

@@ -1,16 +1,23 @@
 """The delivery loop: claim due events, post them from a thread pool, settle each attempt.
 
-Many requests are in flight per process, so a slow receiver holds one thread,
-not the loop. Retries are scheduled in Redis (the outbox's due set), never slept on.
+Many requests are in flight per process, bounded globally and per destination,
+so a slow receiver holds a few threads, not the loop. Before each attempt the
+destination's circuit breaker is asked; an open circuit defers the event
+without spending an attempt. Retries are scheduled in Redis, never slept on.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from callbacks import outbox as ob
+from callbacks.breaker import CircuitBreaker
+from callbacks.deadletters import DeadLetters
 from callbacks.errors import SecretError
 from callbacks.outbox import Attempt, Outbox
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
@@ -26,6 +33,10 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 GONE = "gone"
 
+# An event whose destination has no free slot here waits about this long.
+BUSY_DEFER_SECONDS = 0.5
+EXPIRE_EVERY_SECONDS = 60.0
+
 
 class Dispatcher:
     """Delivers due events until stopped; `deliver_once` makes a single attempt."""
@@ -35,18 +46,26 @@ class Dispatcher:
         outbox: Outbox,
         secrets: SecretStore,
         sender: Sender,
+        breaker: CircuitBreaker,
         *,
         policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        concurrency: int = 32,
+        concurrency: int = 64,
+        per_destination: int = 32,
         poll_seconds: float = 0.05,
+        dead_letter_retention_seconds: float = 0,
     ) -> None:
         self.outbox = outbox
         self.secrets = secrets
         self.sender = sender
+        self.breaker = breaker
         self.policy = policy
         self.concurrency = concurrency
+        self.per_destination = per_destination
         self.poll_seconds = poll_seconds
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self.dead_letter_retention_seconds = dead_letter_retention_seconds
+        self._free = concurrency
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Condition()
 
     @property
     def lease_seconds(self) -> float:
@@ -55,25 +74,27 @@ class Dispatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Claim and deliver until `stop` is set; in-flight attempts finish first."""
+        next_expiry = time.monotonic()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="delivery") as pool:
             while not stop.is_set():
-                free = self._free_slots()
-                ids = (
-                    self.outbox.claim(limit=free, lease_seconds=self.lease_seconds) if free else []
-                )
-                for event_id in ids:
-                    self._slots.acquire()
+                with self._lock:
+                    free = self._free
+                claimed = []
+                if free:
+                    claimed = self.outbox.claim(limit=free, lease_seconds=self.lease_seconds)
+                for event_id in claimed:
+                    with self._lock:
+                        self._free -= 1
                     pool.submit(self._deliver_and_release, event_id)
-                if len(ids) < max(free, 1):
+                if self.dead_letter_retention_seconds and time.monotonic() >= next_expiry:
+                    DeadLetters(self.outbox.redis).expire(self.dead_letter_retention_seconds)
+                    next_expiry = time.monotonic() + EXPIRE_EVERY_SECONDS
+                if not claimed or len(claimed) < free:
                     stop.wait(self.poll_seconds)
-
-    def _free_slots(self) -> int:
-        free = 0
-        while self._slots.acquire(blocking=False):
-            free += 1
-        for _ in range(free):
-            self._slots.release()
-        return free
+                else:
+                    with self._lock:
+                        # Every slot is busy: wait for one to free up.
+                        self._lock.wait_for(lambda: self._free > 0 or stop.is_set(), timeout=1)
 
     def _deliver_and_release(self, event_id: str) -> None:
         try:
@@ -82,15 +103,48 @@ class Dispatcher:
             # The claim lapses and the event falls due again: nothing is lost.
             log.exception("delivery attempt crashed", extra={"event_id": event_id})
         finally:
-            self._slots.release()
+            with self._lock:
+                self._free += 1
+                self._lock.notify_all()
+
+    def _take_slot(self, dest: str) -> bool:
+        with self._lock:
+            if self._in_flight.get(dest, 0) >= self.per_destination:
+                return False
+            self._in_flight[dest] = self._in_flight.get(dest, 0) + 1
+            return True
+
+    def _give_slot(self, dest: str) -> None:
+        with self._lock:
+            self._in_flight[dest] -= 1
+            if not self._in_flight[dest]:
+                del self._in_flight[dest]
 
     def deliver_once(self, event_id: str) -> str | None:
-        """Make one attempt at `event_id` and settle it; returns the new delivery status."""
+        """Make one attempt at `event_id` (or defer it) and settle it; returns its status."""
         event = self.outbox.get(event_id)
         if event is None or event["status"] in (ob.DELIVERED, ob.DEAD):
             self.outbox.redis.zrem(ob.DUE_KEY, event_id)
             return None
-        attempt_number = event["attempts"] + 1
+        if clock.now() - event["round_started_at"] >= self.policy.window_seconds:
+            self.outbox.settle(
+                event, None, status=ob.DEAD, error=event["last_error"] or "retry window exhausted"
+            )
+            return ob.DEAD
+        dest = event["destination"]
+        if not self._take_slot(dest):
+            self.outbox.defer(event_id, clock.now() + BUSY_DEFER_SECONDS * random.uniform(1, 2))
+            return event["status"]
+        try:
+            permit = self.breaker.acquire(dest)
+            if not permit.allowed:
+                self.outbox.defer(event_id, permit.retry_at or clock.now() + 1)
+                return event["status"]
+            return self._attempt(event, permit.probe)
+        finally:
+            self._give_slot(dest)
+
+    def _attempt(self, event: dict[str, Any], probe: str | None) -> str:
         at = clock.now()
         try:
             secrets = self.secrets.signing_secrets(event["owner"])
@@ -99,39 +153,39 @@ class Dispatcher:
             response = Response(status_code=None, duration_ms=0, error=f"signing: {exc}")
         else:
             response = self.sender.post(event["url"], event["body"], headers)
-        status, outcome, next_at = self._judge(event, attempt_number, response)
+        responded = response.ok or response.status_code == 410
+        self.breaker.record(event["destination"], ok=responded, probe=probe)
+        status, outcome, next_at = self._judge(event, response)
         attempt = Attempt(
-            attempt=attempt_number,
+            attempt=event["attempts"] + 1,
             at=at,
             status_code=response.status_code,
             duration_ms=response.duration_ms,
             error=response.error,
             outcome=outcome,
         )
-        self.outbox.settle(event_id, attempt, status=status, next_at=next_at)
+        self.outbox.settle(event, attempt, status=status, next_at=next_at)
         log.info(
-            "delivery attempt",
-            extra={
-                "event_id": event_id,
-                "attempt": attempt_number,
-                "outcome": outcome,
-                "status_code": response.status_code,
-                "duration_ms": response.duration_ms,
-            },
+            "delivery attempt %s of %s: %s (%s, %d ms)",
+            attempt.attempt,
+            event["id"],
+            outcome,
+            response.status_code or response.error,
+            response.duration_ms,
         )
         return status
 
-    def _judge(
-        self, event: dict, attempt_number: int, response: Response
-    ) -> tuple[str, str, float | None]:
+    def _judge(self, event: dict[str, Any], response: Response) -> tuple[str, str, float | None]:
         """(delivery status, attempt outcome, next due time) after one attempt."""
         if response.ok:
             return ob.DELIVERED, SUCCEEDED, None
         if response.status_code == 410:
             return ob.DEAD, GONE, None
-        age = clock.now() - event["created_at"]
-        if self.policy.gives_up(attempt_number, age):
+        age = clock.now() - event["round_started_at"]
+        if self.policy.gives_up(event["round_attempts"] + 1, age):
             return ob.DEAD, FAILED, None
         retry_after = response.retry_after_seconds if response.status_code in (429, 503) else None
-        delay = self.policy.delay_seconds(attempt_number, retry_after_seconds=retry_after)
+        delay = self.policy.delay_seconds(
+            event["round_attempts"] + 1, retry_after_seconds=retry_after
+        )
         return ob.RETRYING, FAILED, clock.now() + delay

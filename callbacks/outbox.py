@@ -3,6 +3,10 @@
 Everything lives in Redis, so that any dispatcher in any process can take the
 next due delivery, and a dispatcher that dies mid-attempt loses nothing: its
 claim is a lease on the schedule, and the event falls due again when it lapses.
+
+An event is delivered in rounds: the first round starts when it is created, a
+replay or a redelivery starts a new one with a fresh attempt budget. The
+attempt log and `webhook-id` run across rounds.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
-from postback import clock
+from postback import clock, ids
 
 PREFIX = "pb:cb:"
 DUE_KEY = PREFIX + "due"
@@ -24,6 +29,8 @@ RETRYING = "retrying"
 DELIVERED = "delivered"
 DEAD = "dead"
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
 # Take up to ARGV[2] events due by ARGV[1], pushing each one's due time to
 # ARGV[3]: the claim is a lease that lapses if the claimer dies.
 _CLAIM = """
@@ -33,6 +40,67 @@ for _, id in ipairs(ids) do
 end
 return ids
 """
+
+# Start a new delivery round. KEYS: event, due, dead-letter link, 4 dead-letter indexes.
+# ARGV: event id, now, dead-letter id or "", new url or "", its destination.
+# A dead letter is taken off its lists only by the one caller that deletes its
+# link, so two concurrent replays make one redelivery.
+_REOPEN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 0 end
+if ARGV[3] ~= '' then
+  if redis.call('DEL', KEYS[3]) == 0 then return 0 end
+  for i = 4, 7 do redis.call('ZREM', KEYS[i], ARGV[3]) end
+elseif status ~= 'delivered' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'round_attempts', 0,
+           'round_started_at', ARGV[2], 'next_attempt_at', ARGV[2],
+           'dead_letter_id', '', 'dead_at', '', 'settled_at', '')
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'url', ARGV[4], 'destination', ARGV[5])
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+def destination(url: str) -> str:
+    """`scheme://host:port` of a URL: the unit of connection limits and circuits."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        port = 0
+    return f"{scheme}://{host}:{port}"
+
+
+def event_key(event_id: str) -> str:
+    return f"{PREFIX}event:{event_id}"
+
+
+def attempts_key(event_id: str) -> str:
+    return f"{PREFIX}event:{event_id}:attempts"
+
+
+def dead_letter_key(dead_letter_id: str) -> str:
+    """Links a dead letter to its event while it is on the dead list."""
+    return f"{PREFIX}dead:{dead_letter_id}"
+
+
+def dead_indexes(owner: str, dest: str) -> list[str]:
+    """The four lists a dead letter is on: all, by owner, by destination, by both."""
+    base = PREFIX + "deadlist"
+    return [
+        base,
+        f"{base}:owner:{owner}",
+        f"{base}:dest:{dest}",
+        f"{base}:owner:{owner}:dest:{dest}",
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,12 +137,15 @@ class Attempt:
         }
 
 
-def event_key(event_id: str) -> str:
-    return f"{PREFIX}event:{event_id}"
-
-
-def attempts_key(event_id: str) -> str:
-    return f"{PREFIX}event:{event_id}:attempts"
+_TEXT = ("id", "owner", "subject", "url", "destination", "status", "last_error", "dead_letter_id")
+_TIMES = (
+    "created_at",
+    "round_started_at",
+    "last_attempt_at",
+    "next_attempt_at",
+    "settled_at",
+    "dead_at",
+)
 
 
 class Outbox:
@@ -83,6 +154,7 @@ class Outbox:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._claim = client.register_script(_CLAIM)
+        self._reopen = client.register_script(_REOPEN)
 
     def add(self, event: Event, *, pipeline: redis.client.Pipeline | None = None) -> None:
         """Store `event` and make it due now (inside `pipeline` when given)."""
@@ -94,10 +166,13 @@ class Outbox:
                 "owner": event.owner,
                 "subject": event.subject,
                 "url": event.url,
+                "destination": destination(event.url),
                 "body": event.body,
                 "created_at": repr(event.created_at),
+                "round_started_at": repr(event.created_at),
                 "status": PENDING,
                 "attempts": 0,
+                "round_attempts": 0,
             },
         )
         pipe.zadd(DUE_KEY, {event.id: event.created_at})
@@ -110,11 +185,11 @@ class Outbox:
         if not raw:
             return None
         record = {k.decode(): v for k, v in raw.items()}
-        for name in ("id", "owner", "subject", "url", "status", "last_error"):
-            if name in record:
-                record[name] = record[name].decode()
-        record["attempts"] = int(record.get("attempts", 0))
-        for name in ("created_at", "last_attempt_at", "next_attempt_at", "settled_at"):
+        for name in _TEXT:
+            record[name] = record[name].decode() if record.get(name) else None
+        for name in ("attempts", "round_attempts"):
+            record[name] = int(record.get(name) or 0)
+        for name in _TIMES:
             record[name] = float(record[name]) if record.get(name) else None
         return record
 
@@ -137,27 +212,80 @@ class Outbox:
     def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
         """Take up to `limit` due events; each stays ours for `lease_seconds`."""
         now = clock.now()
-        ids = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
-        return [item.decode() for item in ids]
+        ids_ = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
+        return [item.decode() for item in ids_]
+
+    def defer(self, event_id: str, until: float) -> None:
+        """Push a claimed event to `until` without an attempt (not counted, not logged)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(DUE_KEY, {event_id: until}, xx=True)
+            pipe.hset(event_key(event_id), "next_attempt_at", repr(until))
+            pipe.execute()
 
     def settle(
-        self, event_id: str, attempt: Attempt, *, status: str, next_at: float | None
-    ) -> None:
-        """Record `attempt` and move the event to `status`, due again at `next_at` if retrying."""
-        fields: dict[str, Any] = {
-            "status": status,
-            "attempts": attempt.attempt,
-            "last_attempt_at": repr(attempt.at),
-            "next_attempt_at": repr(next_at) if next_at is not None else "",
-            "last_error": attempt.error or "",
-        }
-        if status in (DELIVERED, DEAD):
-            fields["settled_at"] = repr(clock.now())
-        pipe = self.redis.pipeline()
-        pipe.hset(event_key(event_id), mapping=fields)
-        pipe.rpush(attempts_key(event_id), json.dumps(attempt.as_json()))
-        if next_at is None:
-            pipe.zrem(DUE_KEY, event_id)
-        else:
-            pipe.zadd(DUE_KEY, {event_id: next_at})
-        pipe.execute()
+        self,
+        record: dict[str, Any],
+        attempt: Attempt | None,
+        *,
+        status: str,
+        next_at: float | None = None,
+        error: str | None = None,
+    ) -> str | None:
+        """Record `attempt` (if any) and move the event to `status`.
+
+        RETRYING makes it due at `next_at`; DEAD puts it on the dead list and
+        returns the dead letter's id.
+        """
+        event_id = record["id"]
+        now = clock.now()
+        fields: dict[str, Any] = {"status": status, "next_attempt_at": ""}
+        if attempt is not None:
+            fields.update(
+                attempts=record["attempts"] + 1,
+                round_attempts=record["round_attempts"] + 1,
+                last_attempt_at=repr(attempt.at),
+                last_error=attempt.error or "",
+            )
+        if error is not None:
+            fields["last_error"] = error
+        dead_letter_id = None
+        with self.redis.pipeline(transaction=True) as pipe:
+            if status == RETRYING:
+                fields["next_attempt_at"] = repr(next_at)
+                pipe.zadd(DUE_KEY, {event_id: next_at})
+            else:
+                fields["settled_at"] = repr(now)
+                pipe.zrem(DUE_KEY, event_id)
+            if status == DEAD:
+                dead_letter_id = ids.new_id("dlq")
+                fields.update(dead_letter_id=dead_letter_id, dead_at=repr(now))
+                pipe.set(dead_letter_key(dead_letter_id), event_id)
+                for index in dead_indexes(record["owner"], record["destination"]):
+                    pipe.zadd(index, {dead_letter_id: 0})
+            pipe.hset(event_key(event_id), mapping=fields)
+            if attempt is not None:
+                pipe.rpush(attempts_key(event_id), json.dumps(attempt.as_json()))
+            pipe.execute()
+        return dead_letter_id
+
+    def reopen(
+        self, record: dict[str, Any], *, dead_letter_id: str | None = None, url: str | None = None
+    ) -> bool:
+        """Start a new round for a dead (via its dead letter) or delivered event.
+
+        Returns False when another caller got there first, or the event is
+        neither dead on that letter nor delivered.
+        """
+        dest = destination(url) if url else ""
+        indexes = dead_indexes(record["owner"], record["destination"])
+        return bool(
+            self._reopen(
+                keys=[
+                    event_key(record["id"]),
+                    DUE_KEY,
+                    dead_letter_key(dead_letter_id or "none"),
+                    *indexes,
+                ],
+                args=[record["id"], repr(clock.now()), dead_letter_id or "", url or "", dest],
+            )
+        )

@@ -17,7 +17,7 @@ class RetryPolicy:
     base_seconds: float = 5.0
     max_seconds: float = 36_000.0
     # Total attempts, the first included.
-    max_attempts: int = 20
+    max_attempts: int = 22
     # Give up once the event is this old.
     window_seconds: float = 259_200.0
     # One whole attempt: connect, send, read the answer.

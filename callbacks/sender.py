@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import requests
+from urllib3.util import Timeout
 
 from postback import clock
 
@@ -56,13 +57,13 @@ class Sender:
                 url,
                 data=body,
                 headers=all_headers,
-                timeout=self.timeout_seconds,
+                # `total` caps connect and read together, not each on its own.
+                timeout=Timeout(total=self.timeout_seconds),
                 allow_redirects=False,
                 stream=True,
             )
             # The answer's body is not needed; read a little so the connection can be reused.
-            reply.raw.read(64 * 1024, decode_content=False)
-            reply.close()
+            _drain(reply, deadline=started + self.timeout_seconds)
         except requests.Timeout:
             return Response(status_code=None, duration_ms=_ms(started), error="timeout")
         except requests.ConnectionError as exc:
@@ -91,6 +92,18 @@ def parse_retry_after(value: str | None) -> float | None:
     if moment is None:
         return None
     return max(0.0, moment.timestamp() - clock.now())
+
+
+def _drain(reply: requests.Response, *, deadline: float, limit_bytes: int = 64 * 1024) -> None:
+    """Read at most `limit_bytes` of the answer's body, and not past `deadline`."""
+    read = 0
+    try:
+        for chunk in reply.iter_content(8192, decode_unicode=False):
+            read += len(chunk)
+            if read >= limit_bytes or time.monotonic() >= deadline:
+                break
+    finally:
+        reply.close()
 
 
 def _ms(started: float) -> int:

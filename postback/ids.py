@@ -1,4 +1,4 @@
-"""Identifiers: a prefix and a ULID (time-ordered, so ids sort newest-last as text)."""
+"""Identifiers: a prefix and a ULID (time-ordered, so ids sort by creation time as text)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,23 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
 _ULID_RE = "[0-9A-HJKMNP-TV-Z]{26}"
 
 
-def ulid() -> str:
-    """26 characters: 48 bits of milliseconds, then 80 random bits."""
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+def _encode(value: int, length: int) -> str:
     chars = []
-    for _ in range(26):
+    for _ in range(length):
         value, index = divmod(value, 32)
         chars.append(_ALPHABET[index])
     return "".join(reversed(chars))
+
+
+def ulid(at: float | None = None) -> str:
+    """26 characters: 48 bits of milliseconds, then 80 random bits."""
+    millis = int((time.time() if at is None else at) * 1000)
+    return _encode((millis << 80) | int.from_bytes(os.urandom(10), "big"), 26)
+
+
+def time_bound(prefix: str, at: float) -> str:
+    """The smallest id with `prefix` made at `at` (seconds): a bound for range queries by time."""
+    return f"{prefix}_{_encode(max(0, int(at * 1000)), 10)}{'0' * 16}"
 
 
 def new_id(prefix: str) -> str:

@@ -43,13 +43,20 @@ class Settings:
     poll_after_seconds: int = 1
     # Delivery.
     delivery_timeout_seconds: float = 15.0
-    delivery_concurrency: int = 32
+    delivery_concurrency: int = 64
+    delivery_per_destination: int = 32
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 36_000.0
-    retry_max_attempts: int = 20
+    retry_max_attempts: int = 22
     retry_window_seconds: float = 259_200.0
     # How often an idle delivery dispatcher looks for due deliveries.
     delivery_poll_seconds: float = 0.05
+    breaker_threshold: int = 5
+    breaker_cooldown_seconds: float = 30.0
+    # How long a rotated-out signing secret keeps signing beside the new one.
+    secret_grace_seconds: float = 86_400.0
+    # Dead letters older than this are removed (and the removal logged); 0 keeps them.
+    dead_letter_retention_seconds: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -89,11 +89,12 @@ def test_the_policy_gives_up_on_attempts_or_age():
 
 
 def test_the_default_schedule_spans_about_three_days():
-    """The default policy's largest possible schedule ends between two and three days."""
-    total = sum(
+    """The default policy's expected schedule (mean jitter 0.75) lasts about three days."""
+    upper = sum(
         DEFAULT_RETRY_POLICY.backoff_seconds(n) for n in range(1, DEFAULT_RETRY_POLICY.max_attempts)
     )
-    assert 2 * 86400 <= total <= DEFAULT_RETRY_POLICY.window_seconds
+    assert 2.5 * 86400 <= 0.75 * upper <= 3.5 * 86400
+    assert DEFAULT_RETRY_POLICY.window_seconds == 3 * 86400
 
 
 def test_retry_after_parses_seconds_and_http_dates():

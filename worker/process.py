@@ -8,6 +8,7 @@ import threading
 import redis
 from rq import Queue, SimpleWorker
 
+from callbacks.breaker import BreakerSettings, CircuitBreaker
 from callbacks.dispatcher import Dispatcher
 from callbacks.outbox import Outbox
 from callbacks.policy import RetryPolicy
@@ -41,9 +42,24 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
             timeout_seconds=settings.delivery_timeout_seconds,
             user_agent=f"Postback/{__version__}",
         ),
+        breaker(settings, client),
         policy=retry_policy(settings),
         concurrency=settings.delivery_concurrency,
+        per_destination=settings.delivery_per_destination,
         poll_seconds=settings.delivery_poll_seconds,
+        dead_letter_retention_seconds=settings.dead_letter_retention_seconds,
+    )
+
+
+def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:
+    """The circuit breaker the settings describe."""
+    return CircuitBreaker(
+        client,
+        BreakerSettings(
+            threshold=settings.breaker_threshold,
+            cooldown_seconds=settings.breaker_cooldown_seconds,
+            probe_lease_seconds=settings.delivery_timeout_seconds + 5,
+        ),
     )
 
 

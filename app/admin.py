@@ -1,0 +1,128 @@
+"""Admin API: dead letters and circuits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from app.auth import admin_required
+from app.errors import NotFound
+from app.schemas import (
+    CircuitReset,
+    DeadLetterFilter,
+    DeadLetterQuery,
+    ReplayBody,
+    json_body,
+    load,
+    optional_json_body,
+)
+from app.services import services
+from callbacks.breaker import CircuitBreaker
+from callbacks.deadletters import DeadLetters
+from postback import clock
+
+bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+
+
+def dead_letter_summary(letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as lists show it."""
+    return {
+        "id": letter["dead_letter_id"],
+        "job_id": letter["subject"],
+        "partner_id": letter["owner"],
+        "callback_url": letter["url"],
+        "destination": letter["destination"],
+        "webhook_id": letter["id"],
+        "attempts": letter["attempts"],
+        "last_error": letter["last_error"],
+        "dead_at": clock.rfc3339(letter["dead_at"]),
+    }
+
+
+def dead_letter_detail(letter: dict[str, Any], attempt_log: list[dict[str, Any]]) -> dict[str, Any]:
+    """A dead letter with everything needed to redeliver it."""
+    return {
+        **dead_letter_summary(letter),
+        "created_at": clock.rfc3339(letter["created_at"]),
+        "payload": json.loads(letter["body"]),
+        "attempt_log": attempt_log,
+    }
+
+
+def _dead_letters() -> DeadLetters:
+    return DeadLetters(services().redis)
+
+
+def _letter(dead_letter_id: str) -> dict[str, Any]:
+    letter = _dead_letters().get(dead_letter_id)
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return letter
+
+
+@bp.get("/dead-letters")
+@admin_required
+def list_dead_letters() -> Response:
+    """Dead letters, newest first, filtered by partner, destination and time of death."""
+    schema = DeadLetterQuery()
+    query = load(schema, request.args.to_dict())
+    items, next_cursor = _dead_letters().page(
+        schema.to_filter(query), limit=query["limit"], cursor=query["cursor"]
+    )
+    return jsonify({"items": [dead_letter_summary(i) for i in items], "next_cursor": next_cursor})
+
+
+@bp.get("/dead-letters/<dead_letter_id>")
+@admin_required
+def get_dead_letter(dead_letter_id: str) -> Response:
+    """One dead letter with its payload and attempt log."""
+    letter = _letter(dead_letter_id)
+    return jsonify(dead_letter_detail(letter, _dead_letters().outbox.attempts(letter["id"])))
+
+
+@bp.delete("/dead-letters/<dead_letter_id>")
+@admin_required
+def delete_dead_letter(dead_letter_id: str) -> tuple[str, int]:
+    """Discard a dead letter for good."""
+    if not _dead_letters().delete(dead_letter_id):
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return "", 204
+
+
+@bp.post("/dead-letters/<dead_letter_id>/replay")
+@admin_required
+def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
+    """Deliver a dead letter again, optionally to a corrected callback URL."""
+    body = load(ReplayBody(), optional_json_body())
+    letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return jsonify({"id": dead_letter_id, "webhook_id": letter["id"], "replayed": 1}), 202
+
+
+@bp.post("/dead-letters/replay")
+@admin_required
+def replay_dead_letters() -> tuple[Response, int]:
+    """Replay every dead letter that matches the filter."""
+    schema = DeadLetterFilter()
+    where = schema.to_filter(load(schema, optional_json_body()))
+    return jsonify({"replayed": _dead_letters().replay_matching(where)}), 202
+
+
+@bp.get("/circuits")
+@admin_required
+def list_circuits() -> Response:
+    """Every destination whose circuit has recorded failures or is open."""
+    return jsonify({"items": CircuitBreaker(services().redis).all()})
+
+
+@bp.post("/circuits/reset")
+@admin_required
+def reset_circuit() -> Response:
+    """Close a destination's circuit by hand."""
+    body = load(CircuitReset(), json_body())
+    breaker = CircuitBreaker(services().redis)
+    breaker.reset(body["destination"])
+    return jsonify(breaker.state(body["destination"]))
