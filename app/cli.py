@@ -152,7 +152,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.process import run
 
     configure_logging(settings.log_level)
-    run(settings, connect(redis_url(settings)), burst=args.burst)
+    url = redis_url(settings)
+    run(settings, connect(url), queue_client=connect(url, blocking=True), burst=args.burst)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from callbacks.outbox import PREFIX
+from callbacks.outbox import DUE_KEY, PREFIX, deferred_key
 from postback import clock
 
 CIRCUITS_KEY = PREFIX + "circuits"
@@ -69,10 +69,23 @@ redis.call('HSET', KEYS[1], 'probe', ARGV[2], 'probe_until', tostring(until_))
 return {1, '', ARGV[2]}
 """
 
-# KEYS[1] circuit hash, KEYS[2] index set.
+# KEYS[1] circuit hash, KEYS[2] index set, KEYS[3] events deferred by this circuit,
+# KEYS[4] the outbox's due set.
 # ARGV: now, ok (1/0), probe token or "", threshold, cooldown, max cooldown, destination.
-# Returns the state after the result.
-_RECORD = """
+# Returns the state after the result. Closing the circuit makes its deferred events due now.
+_CLOSE = """
+local function close()
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[7])
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    redis.call('ZADD', KEYS[4], 'XX', ARGV[1], id)
+  end
+  redis.call('DEL', KEYS[3])
+end
+"""
+_RECORD = (
+    _CLOSE
+    + """
 local now = tonumber(ARGV[1])
 local ok = ARGV[2] == '1'
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
@@ -80,8 +93,7 @@ if state ~= 'closed' then
   -- Open or half-open: only the probe's answer moves the circuit.
   if ARGV[3] == '' or redis.call('HGET', KEYS[1], 'probe') ~= ARGV[3] then return state end
   if ok then
-    redis.call('DEL', KEYS[1])
-    redis.call('SREM', KEYS[2], ARGV[7])
+    close()
     return 'closed'
   end
   local reopens = tonumber(redis.call('HGET', KEYS[1], 'reopens') or '0') + 1
@@ -92,10 +104,7 @@ if state ~= 'closed' then
   return 'open'
 end
 if ok then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
-    redis.call('DEL', KEYS[1])
-    redis.call('SREM', KEYS[2], ARGV[7])
-  end
+  if redis.call('EXISTS', KEYS[1]) == 1 then close() end
   return 'closed'
 end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -109,6 +118,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'closed')
 return 'closed'
 """
+)
 
 
 def _key(dest: str) -> str:
@@ -125,6 +135,9 @@ class CircuitBreaker:
         self.settings = settings
         self._acquire = client.register_script(_ACQUIRE)
         self._record = client.register_script(_RECORD)
+        self._reset = client.register_script(
+            _CLOSE + "local existed = redis.call('EXISTS', KEYS[1]) close() return existed"
+        )
 
     def acquire(self, dest: str) -> Permit:
         """Whether an attempt to `dest` may go now; in half-open, only one caller gets through."""
@@ -142,7 +155,7 @@ class CircuitBreaker:
     def record(self, dest: str, *, ok: bool, probe: str | None = None) -> str:
         """Report an attempt's outcome; returns the circuit's state after it."""
         state = self._record(
-            keys=[_key(dest), CIRCUITS_KEY],
+            keys=[_key(dest), CIRCUITS_KEY, deferred_key(dest), DUE_KEY],
             args=[
                 repr(clock.now()),
                 "1" if ok else "0",
@@ -175,9 +188,12 @@ class CircuitBreaker:
         return [self.state(dest) for dest in dests]
 
     def reset(self, dest: str) -> bool:
-        """Close the circuit of `dest` by hand; False if it had no state."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(_key(dest))
-            pipe.srem(CIRCUITS_KEY, dest)
-            deleted, _ = pipe.execute()
-        return bool(deleted)
+        """Close the circuit of `dest` by hand (its deferred events fall due now).
+
+        Returns False if it had no state.
+        """
+        existed = self._reset(
+            keys=[_key(dest), CIRCUITS_KEY, deferred_key(dest), DUE_KEY],
+            args=[repr(clock.now()), "", "", "", "", "", dest],
+        )
+        return bool(existed)

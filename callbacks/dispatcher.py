@@ -138,7 +138,8 @@ class Dispatcher:
         try:
             permit = self.breaker.acquire(dest)
             if not permit.allowed:
-                self.outbox.defer(event_id, permit.retry_at or clock.now() + 1)
+                retry_at = permit.retry_at or clock.now() + 1
+                self.outbox.defer(event_id, retry_at, circuit_of=dest)
                 return event["status"]
             return self._attempt(event, permit.probe)
         finally:

@@ -87,6 +87,11 @@ def attempts_key(event_id: str) -> str:
     return f"{PREFIX}event:{event_id}:attempts"
 
 
+def deferred_key(dest: str) -> str:
+    """Events waiting for the circuit of `dest` to close."""
+    return f"{PREFIX}deferred:{dest}"
+
+
 def dead_letter_key(dead_letter_id: str) -> str:
     """Links a dead letter to its event while it is on the dead list."""
     return f"{PREFIX}dead:{dead_letter_id}"
@@ -215,11 +220,17 @@ class Outbox:
         ids_ = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
         return [item.decode() for item in ids_]
 
-    def defer(self, event_id: str, until: float) -> None:
-        """Push a claimed event to `until` without an attempt (not counted, not logged)."""
+    def defer(self, event_id: str, until: float, *, circuit_of: str | None = None) -> None:
+        """Push a claimed event to `until` without an attempt (not counted, not logged).
+
+        With `circuit_of` (a destination), the event is also noted as waiting on
+        that destination's circuit, which makes it due at once when the circuit closes.
+        """
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zadd(DUE_KEY, {event_id: until}, xx=True)
             pipe.hset(event_key(event_id), "next_attempt_at", repr(until))
+            if circuit_of is not None:
+                pipe.sadd(deferred_key(circuit_of), event_id)
             pipe.execute()
 
     def settle(

@@ -25,12 +25,17 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def connect(url: str) -> redis.Redis:
-    """A client with timeouts and health checks, so a lost server fails fast."""
+def connect(url: str, *, blocking: bool = False) -> redis.Redis:
+    """A client with timeouts and health checks, so a lost server fails fast.
+
+    `blocking` clients (RQ's worker, which waits on the queue for minutes at a
+    time) have no read timeout; TCP keepalive notices a dead server instead.
+    """
     return redis.Redis.from_url(
         url,
-        socket_timeout=5,
+        socket_timeout=None if blocking else 5,
         socket_connect_timeout=2,
+        socket_keepalive=True,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry_on_timeout=not blocking,
     )

@@ -14,6 +14,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    # time.monotonic() when the request arrived, before any scripted delay.
+    arrived_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Receiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                arrived_at = time.monotonic()
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
                 try:
@@ -47,7 +50,12 @@ class Receiver:
                     time.sleep(reply.delay_seconds)
                 with outer._arrived:
                     outer.received.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            arrived_at,
+                        )
                     )
                     outer._arrived.notify_all()
                 self.send_response(reply.status)

@@ -137,3 +137,33 @@ def test_processes_racing_in_half_open_get_one_probe_between_them(redis_url, red
         for process in processes:
             process.join(timeout=10)
     assert allowed == 1
+
+
+def test_closing_a_circuit_makes_its_deferred_events_due_now(redis_client, fake_now):
+    """Events deferred by an open circuit fall due the moment the circuit closes."""
+    from callbacks.outbox import DUE_KEY, Event, Outbox
+
+    outbox = Outbox(redis_client)
+    outbox.add(Event(id="msg_1", owner="ptn_1", url=DEST + "/hook", body=b"{}"))
+    breaker = breaker_for(redis_client)
+    for _ in range(3):
+        breaker.record(DEST, ok=False)
+    outbox.defer("msg_1", fake_now[0] + 3600, circuit_of=DEST)
+    fake_now[0] += 10
+    probe = breaker.acquire(DEST).probe
+    assert breaker.record(DEST, ok=True, probe=probe) == CLOSED
+    assert redis_client.zscore(DUE_KEY, "msg_1") == fake_now[0]
+
+
+def test_a_reset_makes_deferred_events_due_now(redis_client, fake_now):
+    """An admin reset also releases the events the circuit held back."""
+    from callbacks.outbox import DUE_KEY, Event, Outbox
+
+    outbox = Outbox(redis_client)
+    outbox.add(Event(id="msg_2", owner="ptn_1", url=DEST + "/hook", body=b"{}"))
+    breaker = breaker_for(redis_client)
+    for _ in range(3):
+        breaker.record(DEST, ok=False)
+    outbox.defer("msg_2", fake_now[0] + 3600, circuit_of=DEST)
+    breaker.reset(DEST)
+    assert redis_client.zscore(DUE_KEY, "msg_2") == fake_now[0]

@@ -7,11 +7,8 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,27 +17,20 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from tests.processes import (
+    POSTBACK,
+    cli_env,
+    eventually,
+    free_port,
+    is_gone,
+    kill_valkeys,
+    stop_process,
+    valkey_pids,
+    wait_gone,
+)
 from tests.receiver import Receiver
-from tests.test_embedded import is_gone, kill_valkeys, valkey_pids, wait_gone
 
-POSTBACK = [sys.executable, "-m", "app.cli"]
 READY_SECONDS = 30.0
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """This environment without REDIS_URL, the admin token or the data dir, plus `extra`."""
-    env = dict(os.environ)
-    for name in ("REDIS_URL", "POSTBACK_ADMIN_TOKEN", "POSTBACK_DATA_DIR"):
-        env.pop(name, None)
-    env["POSTBACK_CALLBACK_ALLOW_CIDRS"] = "127.0.0.0/8"
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_time(pid: int) -> str | None:
@@ -75,17 +65,6 @@ def is_valkey(pid: int) -> bool:
         return b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except OSError:
         return False
-
-
-def eventually(probe: Callable[[], Any], *, timeout_seconds: float, what: str) -> Any:
-    """The first truthy result of `probe`, polled until the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        result = probe()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out after {timeout_seconds} s: {what}"
-        time.sleep(0.1)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -146,17 +125,6 @@ class Up:
 
     def valkey_pid(self) -> int:
         return int((self.data_dir / "redis" / "valkey.pid").read_text().strip())
-
-
-def stop_process(process: subprocess.Popen, *, grace_seconds: float) -> None:
-    """SIGTERM, then SIGKILL after `grace_seconds`; always reaped."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,51 +14,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from postback.embedded import EmbeddedRedis
-
-
-def valkey_pids(data_dir: Path) -> list[int]:
-    """Pids of the valkey-server processes whose command line names `data_dir`."""
-    needle = str(Path(data_dir).resolve())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        if args and "valkey-server" in args[0] and any(needle in arg for arg in args):
-            found.append(int(entry.name))
-    return found
-
-
-def is_gone(pid: int) -> bool:
-    """Whether `pid` has exited (a zombie counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
-
-
-def wait_gone(pids: list[int], timeout_seconds: float) -> list[int]:
-    """Wait until every pid has exited; the ones still alive at the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    while (alive := [pid for pid in pids if not is_gone(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive
-
-
-def kill_valkeys(data_dir: Path) -> None:
-    """Stop every valkey-server of `data_dir`: SIGTERM, then SIGKILL after a few seconds."""
-    pids = valkey_pids(data_dir)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    for pid in wait_gone(pids, 5.0):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_gone(pids, 5.0)
+from tests.processes import kill_valkeys, valkey_pids, wait_gone
 
 
 @pytest.fixture

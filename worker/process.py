@@ -63,11 +63,18 @@ def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:
     )
 
 
-def run(settings: Settings, client: redis.Redis, *, burst: bool = False) -> None:
+def run(
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    queue_client: redis.Redis | None = None,
+    burst: bool = False,
+) -> None:
     """Work jobs and deliver webhooks until SIGTERM/SIGINT (or, with `burst`, until idle).
 
     Jobs run in this process (RQ's SimpleWorker: no fork per job); deliveries run
-    on a thread pool beside it.
+    on a thread pool beside it. `queue_client` is the connection RQ blocks on
+    while it waits for jobs (default: `client`).
     """
     registry.load(settings.handler_modules)
     stop = threading.Event()
@@ -76,7 +83,8 @@ def run(settings: Settings, client: redis.Redis, *, burst: bool = False) -> None
     )
     delivery.start()
     try:
-        SimpleWorker([Queue(QUEUE_NAME, connection=client)], connection=client).work(
+        queue_client = queue_client or client
+        SimpleWorker([Queue(QUEUE_NAME, connection=queue_client)], connection=queue_client).work(
             burst=burst, with_scheduler=True, logging_level=settings.log_level
         )
     finally:
