@@ -8,6 +8,7 @@ without spending an attempt. Retries are scheduled in Redis, never slept on.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -49,8 +50,8 @@ class Dispatcher:
         breaker: CircuitBreaker,
         *,
         policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        concurrency: int = 64,
-        per_destination: int = 32,
+        concurrency: int = 256,
+        per_destination: int = 48,
         poll_seconds: float = 0.05,
         dead_letter_retention_seconds: float = 0,
     ) -> None:
@@ -65,6 +66,7 @@ class Dispatcher:
         self.dead_letter_retention_seconds = dead_letter_retention_seconds
         self._free = concurrency
         self._in_flight: dict[str, int] = {}
+        self._waiting: dict[str, collections.deque[str]] = {}
         self._lock = threading.Condition()
 
     @property
@@ -95,30 +97,65 @@ class Dispatcher:
                     with self._lock:
                         # Every slot is busy: wait for one to free up.
                         self._lock.wait_for(lambda: self._free > 0 or stop.is_set(), timeout=1)
+        self._release_waiting()
 
     def _deliver_and_release(self, event_id: str) -> None:
+        """Deliver a claimed event, then whatever waits here for the same destination."""
         try:
-            self.deliver_once(event_id)
-        except Exception:
-            # The claim lapses and the event falls due again: nothing is lost.
-            log.exception("delivery attempt crashed", extra={"event_id": event_id})
+            event = self.outbox.get(event_id)
+            dest = event["destination"] if event else None
+            if dest is None or not self._take_slot(dest, event_id):
+                if dest is None:
+                    self._guarded(event_id)
+                return
+            current: str | None = event_id
+            while current is not None:
+                self._guarded(current)
+                current = self._next_for(dest)
         finally:
             with self._lock:
                 self._free += 1
                 self._lock.notify_all()
 
-    def _take_slot(self, dest: str) -> bool:
-        with self._lock:
-            if self._in_flight.get(dest, 0) >= self.per_destination:
-                return False
-            self._in_flight[dest] = self._in_flight.get(dest, 0) + 1
-            return True
+    def _guarded(self, event_id: str) -> None:
+        try:
+            self.deliver_once(event_id)
+        except Exception:
+            # The claim lapses and the event falls due again: nothing is lost.
+            log.exception("delivery attempt of %s crashed", event_id)
 
-    def _give_slot(self, dest: str) -> None:
+    def _take_slot(self, dest: str, event_id: str) -> bool:
+        """Take a slot of `dest`; if all are busy, wait in line here or, past that, in Redis."""
         with self._lock:
+            if self._in_flight.get(dest, 0) < self.per_destination:
+                self._in_flight[dest] = self._in_flight.get(dest, 0) + 1
+                return True
+            line = self._waiting.setdefault(dest, collections.deque())
+            if len(line) < self.per_destination:
+                line.append(event_id)
+                return False
+        self.outbox.defer(event_id, clock.now() + BUSY_DEFER_SECONDS * random.uniform(1, 2))
+        return False
+
+    def _next_for(self, dest: str) -> str | None:
+        """The next event waiting for `dest` (keeping the slot), or None (giving it back)."""
+        with self._lock:
+            line = self._waiting.get(dest)
+            if line:
+                return line.popleft()
+            self._waiting.pop(dest, None)
             self._in_flight[dest] -= 1
             if not self._in_flight[dest]:
                 del self._in_flight[dest]
+            return None
+
+    def _release_waiting(self) -> None:
+        """On stop: hand events still waiting here back to the schedule, due now."""
+        with self._lock:
+            waiting = [event_id for line in self._waiting.values() for event_id in line]
+            self._waiting.clear()
+        for event_id in waiting:
+            self.outbox.defer(event_id, clock.now())
 
     def deliver_once(self, event_id: str) -> str | None:
         """Make one attempt at `event_id` (or defer it) and settle it; returns its status."""
@@ -132,18 +169,12 @@ class Dispatcher:
             )
             return ob.DEAD
         dest = event["destination"]
-        if not self._take_slot(dest):
-            self.outbox.defer(event_id, clock.now() + BUSY_DEFER_SECONDS * random.uniform(1, 2))
+        permit = self.breaker.acquire(dest)
+        if not permit.allowed:
+            retry_at = permit.retry_at or clock.now() + 1
+            self.outbox.defer(event_id, retry_at, circuit_of=dest)
             return event["status"]
-        try:
-            permit = self.breaker.acquire(dest)
-            if not permit.allowed:
-                retry_at = permit.retry_at or clock.now() + 1
-                self.outbox.defer(event_id, retry_at, circuit_of=dest)
-                return event["status"]
-            return self._attempt(event, permit.probe)
-        finally:
-            self._give_slot(dest)
+        return self._attempt(event, permit.probe)
 
     def _attempt(self, event: dict[str, Any], probe: str | None) -> str:
         at = clock.now()

@@ -43,8 +43,8 @@ class Settings:
     poll_after_seconds: int = 1
     # Delivery.
     delivery_timeout_seconds: float = 15.0
-    delivery_concurrency: int = 64
-    delivery_per_destination: int = 32
+    delivery_concurrency: int = 256
+    delivery_per_destination: int = 48
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 36_000.0
     retry_max_attempts: int = 22

@@ -1,0 +1,13 @@
+"""The benchmark harness runs (in its quick mode), so it cannot rot unnoticed."""
+
+from __future__ import annotations
+
+from bench import delivery
+
+
+def test_the_delivery_benchmark_runs_and_reports():
+    """A quick delivery benchmark yields positive rates and a printable report."""
+    results = delivery.main(repeats=1, per_destination_count=10, timeout_seconds=1.0)
+    assert results["p3_deliveries_per_second"]["median"] > 0
+    assert results["p4_isolation"]["ratio_median"] > 0
+    assert "P3" in delivery.report(results)
