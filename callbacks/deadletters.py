@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from callbacks.outbox import DEAD, Outbox, dead_indexes, dead_letter_key
+from callbacks.outbox import DEAD, Outbox, dead_indexes, dead_letter_key, event_key
 from postback import clock, ids
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,17 @@ class Filter:
         if self.destination:
             return by_dest
         return everything
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class DeadLetters:
@@ -120,8 +131,29 @@ class DeadLetters:
         return [item.decode() for item in found]
 
     def replay_matching(self, where: Filter) -> int:
-        """Replay every matching dead letter; returns how many were replayed."""
-        return sum(1 for letter_id in self.matching(where) if self.replay(letter_id))
+        """Replay every matching dead letter; returns how many were replayed.
+
+        Works a page at a time, three round trips per page, in bounded memory.
+        """
+        replayed = 0
+        for page in _chunks(self.matching(where), PAGE_SIZE):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for letter_id in page:
+                    pipe.get(dead_letter_key(letter_id))
+                event_ids = pipe.execute()
+            found = [(lid, eid.decode()) for lid, eid in zip(page, event_ids, strict=True) if eid]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for _, event_id in found:
+                    pipe.hmget(event_key(event_id), "owner", "destination")
+                owners = pipe.execute()
+            with self.redis.pipeline(transaction=False) as pipe:
+                for (letter_id, event_id), (owner, dest) in zip(found, owners, strict=True):
+                    if owner is None:
+                        continue
+                    record = {"id": event_id, "owner": owner.decode(), "destination": dest.decode()}
+                    self.outbox.reopen(record, dead_letter_id=letter_id, pipeline=pipe)
+                replayed += sum(1 for answer in pipe.execute() if answer)
+        return replayed
 
     def purge(self, where: Filter) -> int:
         """Delete every matching dead letter; returns how many."""

@@ -268,7 +268,7 @@ class Outbox:
                 fields["settled_at"] = repr(now)
                 pipe.zrem(DUE_KEY, event_id)
             if status == DEAD:
-                dead_letter_id = ids.new_id("dlq")
+                dead_letter_id = ids.new_id("dlq", at=now)
                 fields.update(dead_letter_id=dead_letter_id, dead_at=repr(now))
                 pipe.set(dead_letter_key(dead_letter_id), event_id)
                 for index in dead_indexes(record["owner"], record["destination"]):
@@ -280,23 +280,29 @@ class Outbox:
         return dead_letter_id
 
     def reopen(
-        self, record: dict[str, Any], *, dead_letter_id: str | None = None, url: str | None = None
+        self,
+        record: dict[str, Any],
+        *,
+        dead_letter_id: str | None = None,
+        url: str | None = None,
+        pipeline: redis.client.Pipeline | None = None,
     ) -> bool:
         """Start a new round for a dead (via its dead letter) or delivered event.
 
         Returns False when another caller got there first, or the event is
-        neither dead on that letter nor delivered.
+        neither dead on that letter nor delivered. Inside `pipeline`, the
+        answer comes with the pipeline's results instead.
         """
         dest = destination(url) if url else ""
         indexes = dead_indexes(record["owner"], record["destination"])
-        return bool(
-            self._reopen(
-                keys=[
-                    event_key(record["id"]),
-                    DUE_KEY,
-                    dead_letter_key(dead_letter_id or "none"),
-                    *indexes,
-                ],
-                args=[record["id"], repr(clock.now()), dead_letter_id or "", url or "", dest],
-            )
+        answer = self._reopen(
+            keys=[
+                event_key(record["id"]),
+                DUE_KEY,
+                dead_letter_key(dead_letter_id or "none"),
+                *indexes,
+            ],
+            args=[record["id"], repr(clock.now()), dead_letter_id or "", url or "", dest],
+            client=pipeline if pipeline is not None else self.redis,
         )
+        return bool(answer)

@@ -29,9 +29,9 @@ def time_bound(prefix: str, at: float) -> str:
     return f"{prefix}_{_encode(max(0, int(at * 1000)), 10)}{'0' * 16}"
 
 
-def new_id(prefix: str) -> str:
-    """`job_01J...`, `ptn_01J...`, `msg_01J...`."""
-    return f"{prefix}_{ulid()}"
+def new_id(prefix: str, *, at: float | None = None) -> str:
+    """`job_01J...`, `ptn_01J...`, `msg_01J...`; made now, or at `at` (epoch seconds)."""
+    return f"{prefix}_{ulid(at)}"
 
 
 def is_id(prefix: str, value: str) -> bool:

@@ -308,3 +308,13 @@ def test_the_cli_lists_shows_replays_and_purges(
     assert run("dead-letters", "purge", "--all") == {"purged": 1}
     assert run("circuits", "list") == {"items": []}
     assert main(["dead-letters", "replay"]) == 2
+
+
+def test_the_cli_rotates_a_partners_secret(partner, redis_url, monkeypatch, capsys):
+    """`postback partners rotate-secret ID` prints the new secret; an unknown id fails."""
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["partners", "rotate-secret", partner["id"]]) == 0
+    rotated = json.loads(capsys.readouterr().out)
+    assert rotated["id"] == partner["id"]
+    assert rotated["signing_secret"].startswith("whsec_")
+    assert main(["partners", "rotate-secret", "ptn_nobody"]) == 1

@@ -243,3 +243,21 @@ def test_dead_letters_hold_everything_needed_to_redeliver(outbox, delivery, rece
     assert letter["id"] == event_id
     assert letter["subject"] == "job_x" and letter["url"] == receiver.url
     assert letter["attempts"] == 1 and letter["dead_at"] is not None
+
+
+def test_retention_removes_only_old_dead_letters(
+    outbox, delivery, receiver, redis_client, monkeypatch
+):
+    """Dead letters older than the retention are removed; newer ones stay."""
+    receiver.reply(Reply(410), Reply(410))
+    real_now = clock.now()
+    monkeypatch.setattr(clock, "now", lambda: real_now - 3600)
+    old_id = add_event(outbox, receiver.url, created_at=real_now - 3600)
+    run_due(delivery)
+    monkeypatch.undo()
+    new_id = add_event(outbox, receiver.url)
+    run_due(delivery)
+    store = DeadLetters(redis_client)
+    assert store.expire(retention_seconds=1800) == 1
+    (left,) = store.page(Filter(), limit=10)[0]
+    assert left["id"] == new_id and old_id != new_id
