@@ -11,3 +11,11 @@ def test_the_delivery_benchmark_runs_and_reports():
     assert results["p3_deliveries_per_second"]["median"] > 0
     assert results["p4_isolation"]["ratio_median"] > 0
     assert "P3" in delivery.report(results)
+
+
+def test_the_dead_letter_benchmark_replays_everything():
+    """A small dead-letter benchmark replays every letter it stored."""
+    from bench import dead_letters
+
+    results = dead_letters.main(count=1000)
+    assert results["replayed"] == 1000
