@@ -10,6 +10,8 @@ from flask import Flask
 
 from app import errors
 from app.services import Services
+from app.throttle import add_rate_limit_headers
+from callbacks.ssrf import Resolver, system_resolver
 from postback.connection import connect, redis_url
 from postback.logs import configure_logging
 from postback.settings import Settings
@@ -17,7 +19,10 @@ from worker import registry
 
 
 def create_app(
-    test_config: Mapping[str, Any] | None = None, *, client: redis.Redis | None = None
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    client: redis.Redis | None = None,
+    resolver: Resolver = system_resolver,
 ) -> Flask:
     """Build the app: settings from defaults, then `POSTBACK_*`, then `test_config`."""
     settings = Settings.from_env(**dict(test_config or {}))
@@ -26,14 +31,18 @@ def create_app(
     flask_app = Flask(__name__)
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
     flask_app.config["SETTINGS"] = settings
+    # Larger bodies are refused with 413 before they are read.
+    flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if client is None:
         client = connect(redis_url(settings))
-    flask_app.extensions["postback"] = Services.build(settings, client)
+    flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
     errors.register(flask_app)
+    flask_app.after_request(add_rate_limit_headers)
 
     from app import admin, health, jobs, partners
 
     flask_app.register_blueprint(health.bp)
+    flask_app.register_blueprint(health.docs)
     flask_app.register_blueprint(partners.bp)
     flask_app.register_blueprint(jobs.bp)
     flask_app.register_blueprint(admin.bp)

@@ -38,6 +38,7 @@ def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
                 raise Forbidden("the admin token does not act as a partner; use a partner API key")
             raise Unauthorized("the API key is not valid")
         g.partner_id = partner_id
+        services().rate_limiter.check(partner_id)
         return view(*args, **kwargs)
 
     return wrapped

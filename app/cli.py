@@ -166,10 +166,14 @@ def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
-    from app.partners_store import PartnerStore
+    from app.partners_store import PartnerDisabled, PartnerStore
 
     store = PartnerStore(connect(redis_url(settings)))
-    rotated = store.rotate_secret(args.partner_id, grace_seconds=settings.secret_grace_seconds)
+    try:
+        rotated = store.rotate_secret(args.partner_id, grace_seconds=settings.secret_grace_seconds)
+    except PartnerDisabled:
+        print(f"postback: partner {args.partner_id} is disabled", file=sys.stderr)
+        return 1
     if rotated is None:
         print(f"postback: no partner {args.partner_id}", file=sys.stderr)
         return 1

@@ -1,16 +1,22 @@
-"""Liveness, readiness and the OpenAPI document."""
+"""Liveness, readiness, the OpenAPI document and its rendering at /docs."""
 
 from __future__ import annotations
 
 from importlib import resources
 
 from flask import Blueprint, Response, jsonify
+from flask_swagger_ui import get_swaggerui_blueprint
 from rq import Worker
 
 from app.errors import problem
 from app.services import services
 
 bp = Blueprint("health", __name__)
+
+# Swagger UI, served from the package's own files (no CDN), reading /openapi.yaml.
+docs = get_swaggerui_blueprint(
+    "/docs", "/openapi.yaml", config={"app_name": "Postback API"}, blueprint_name="docs"
+)
 
 
 @bp.get("/healthz")

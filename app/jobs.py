@@ -7,11 +7,15 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request, url_for
 from marshmallow import ValidationError
 
+from app import idempotency as idem
 from app.auth import partner_required
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.schemas import JobListQuery, JobSubmission, json_body, load
 from app.services import services
+from app.throttle import check_backlog
 from callbacks.deadletters import DeadLetters
+from callbacks.errors import UnsafeUrl
+from callbacks.ssrf import resolve_and_check
 from postback import clock, ids
 from worker import registry
 
@@ -46,25 +50,72 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 @partner_required
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Accept a job: 202 with its id and status URL; the work happens on a worker."""
-    body = load(JobSubmission(), json_body())
+    raw = json_body()
+    body = load(JobSubmission(), raw)
     job_input = _validated_input(body["type"], body["input"])
-    settings = services().settings
-    record = services().jobs.create(
-        partner_id=g.partner_id,
-        type=body["type"],
-        input=job_input,
-        callback_url=body["callback_url"],
-        timeout_seconds=registry.get(body["type"]).timeout_seconds,  # type: ignore[union-attr]
-    )
-    url = status_url(record["id"])
-    payload = {
-        "id": record["id"],
-        "status": record["status"],
-        "status_url": url,
-        "created_at": clock.rfc3339(record["created_at"]),
-    }
-    headers = {"Location": url, "Retry-After": str(settings.poll_after_seconds)}
-    return jsonify(payload), 202, headers
+    svc = services()
+    if body["callback_url"] is not None:
+        _check_callback_url(body["callback_url"])
+    header = request.headers.get(idem.HEADER)
+    key = idem.parse_key(header) if header is not None else None
+    print_ = idem.fingerprint(raw)
+    if key is not None:
+        stored = svc.idempotency.begin(g.partner_id, key, print_)
+        if stored is not None:
+            return (
+                jsonify(stored.body),
+                stored.status,
+                {**stored.headers, "Idempotent-Replayed": "true"},
+            )
+    try:
+        check_backlog(svc.redis, svc.settings.max_backlog)
+        response: dict[str, Any] = {}
+
+        def keep_response(pipe: Any, job: dict[str, Any]) -> None:
+            url = status_url(job["id"])
+            response["body"] = {
+                "id": job["id"],
+                "status": job["status"],
+                "status_url": url,
+                "created_at": clock.rfc3339(job["created_at"]),
+            }
+            response["headers"] = {
+                "Location": url,
+                "Retry-After": str(svc.settings.poll_after_seconds),
+            }
+            if key is not None:
+                svc.idempotency.finish(
+                    pipe,
+                    g.partner_id,
+                    key,
+                    print_,
+                    idem.Stored(202, response["body"], response["headers"]),
+                )
+
+        svc.jobs.create(
+            partner_id=g.partner_id,
+            type=body["type"],
+            input=job_input,
+            callback_url=body["callback_url"],
+            timeout_seconds=registry.get(body["type"]).timeout_seconds,  # type: ignore[union-attr]
+            also=keep_response,
+        )
+    except BaseException:
+        if key is not None:
+            svc.idempotency.abandon(g.partner_id, key)
+        raise
+    return jsonify(response["body"]), 202, response["headers"]
+
+
+def _check_callback_url(url: str) -> None:
+    """422 unless the URL is safe to call: every address it resolves to is public."""
+    svc = services()
+    try:
+        resolve_and_check(url, svc.url_policy, svc.resolver)
+    except UnsafeUrl as exc:
+        raise ValidationFailed(
+            f"callback_url refused: {exc.reason}", errors={"callback_url": [exc.reason]}
+        ) from None
 
 
 def _own_job(job_id: str) -> dict[str, Any]:

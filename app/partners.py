@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
 
 from app.auth import admin_required
-from app.errors import NotFound
-from app.schemas import PartnerCreate, json_body, load
+from app.errors import Conflict, NotFound
+from app.partners_store import PartnerDisabled
+from app.schemas import PartnerCreate, PartnerListQuery, json_body, load
 from app.services import services
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/admin/partners")
@@ -25,7 +29,42 @@ def create_partner() -> tuple[Response, int]:
 def rotate_secret(partner_id: str) -> Response:
     """A new signing secret; the old one keeps signing beside it for the grace period."""
     grace_seconds = services().settings.secret_grace_seconds
-    rotated = services().partners.rotate_secret(partner_id, grace_seconds=grace_seconds)
-    if rotated is None:
+    store = services().partners
+    return jsonify(
+        _changed(partner_id, lambda: store.rotate_secret(partner_id, grace_seconds=grace_seconds))
+    )
+
+
+@bp.post("/<partner_id>/rotate-key")
+@admin_required
+def rotate_key(partner_id: str) -> Response:
+    """A new API key, shown once; the old key stops working at once."""
+    return jsonify(_changed(partner_id, lambda: services().partners.rotate_key(partner_id)))
+
+
+@bp.delete("/<partner_id>")
+@admin_required
+def disable_partner(partner_id: str) -> tuple[str, int]:
+    """Disable a partner: its API keys stop working at once; its jobs are kept."""
+    if not services().partners.disable(partner_id):
         raise NotFound(f"no partner {partner_id}")
-    return jsonify(rotated)
+    return "", 204
+
+
+@bp.get("")
+@admin_required
+def list_partners() -> Response:
+    """Partners without their secrets, oldest first, a page at a time."""
+    query = load(PartnerListQuery(), request.args.to_dict())
+    items, next_cursor = services().partners.page(limit=query["limit"], cursor=query["cursor"])
+    return jsonify({"items": items, "next_cursor": next_cursor})
+
+
+def _changed(partner_id: str, change: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
+    try:
+        changed = change()
+    except PartnerDisabled:
+        raise Conflict(f"partner {partner_id} is disabled") from None
+    if changed is None:
+        raise NotFound(f"no partner {partner_id}")
+    return changed

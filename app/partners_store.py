@@ -14,6 +14,12 @@ from callbacks.signing import generate_secret
 from postback import clock, ids
 
 API_KEY_PREFIX = "pbk_"
+# Every partner id, at score 0: ids sort by creation time, so paging is a range by id.
+PARTNERS_KEY = "pb:partners"
+
+
+class PartnerDisabled(Exception):
+    """The partner was deleted: it can no longer be changed."""
 
 
 def partner_key(partner_id: str) -> str:
@@ -52,7 +58,7 @@ class PartnerStore:
                 },
             )
             pipe.set(api_key_index(key_hash), partner_id)
-            pipe.sadd("pb:partners", partner_id)
+            pipe.zadd(PARTNERS_KEY, {partner_id: 0})
             self.secrets.set(partner_id, signing_secret, pipeline=pipe)
             pipe.execute()
         return {
@@ -78,9 +84,76 @@ class PartnerStore:
     def exists(self, partner_id: str) -> bool:
         return bool(self.redis.exists(partner_key(partner_id)))
 
+    def get(self, partner_id: str) -> dict[str, Any] | None:
+        """The partner without secrets: id, name, created_at, disabled."""
+        raw = self.redis.hgetall(partner_key(partner_id))
+        if not raw:
+            return None
+        record = {k.decode(): v.decode() for k, v in raw.items()}
+        return {
+            "id": record["id"],
+            "name": record["name"],
+            "created_at": clock.rfc3339(float(record["created_at"])),
+            "disabled": record.get("disabled") == "1",
+        }
+
+    def page(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Partners, oldest first, `limit` at a time after `cursor` (a partner id)."""
+        start = f"({cursor}" if cursor else "-"
+        found = self.redis.zrange(PARTNERS_KEY, start, "+", bylex=True, offset=0, num=limit + 1)
+        partner_ids = [item.decode() for item in found]
+        more = len(partner_ids) > limit
+        partner_ids = partner_ids[:limit]
+        items = [p for p in (self.get(i) for i in partner_ids) if p is not None]
+        return items, (partner_ids[-1] if more else None)
+
+    def _enabled(self, partner_id: str) -> bool:
+        """True if the partner exists and is enabled; raises PartnerDisabled if disabled."""
+        disabled = self.redis.hget(partner_key(partner_id), "disabled")
+        if disabled is None:
+            return False
+        if disabled == b"1":
+            raise PartnerDisabled(partner_id)
+        return True
+
+    def rotate_key(self, partner_id: str) -> dict[str, Any] | None:
+        """A new API key; the old one stops working at once. None if no such partner."""
+        if not self._enabled(partner_id):
+            return None
+        api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        key_hash = hash_api_key(api_key)
+        key = partner_key(partner_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    old_hash = pipe.hget(key, "key_hash")
+                    pipe.multi()
+                    if old_hash:
+                        pipe.delete(api_key_index(old_hash.decode()))
+                    pipe.hset(key, "key_hash", key_hash)
+                    pipe.set(api_key_index(key_hash), partner_id)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        return {"id": partner_id, "api_key": api_key}
+
+    def disable(self, partner_id: str) -> bool:
+        """Disable a partner: its keys stop working at once. False if no such partner."""
+        key = partner_key(partner_id)
+        key_hash = self.redis.hget(key, "key_hash")
+        if key_hash is None:
+            return False
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "disabled", 1)
+            pipe.delete(api_key_index(key_hash.decode()))
+            pipe.execute()
+        return True
+
     def rotate_secret(self, partner_id: str, *, grace_seconds: float) -> dict[str, Any] | None:
         """A new signing secret; the old one signs beside it for `grace_seconds`."""
-        if not self.exists(partner_id):
+        if not self._enabled(partner_id):
             return None
         secret = self.secrets.rotate(partner_id, grace_seconds=grace_seconds)
         return {

@@ -57,6 +57,26 @@ class PartnerCreate(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
 
 
+class Page(Schema):
+    """`limit` and `cursor` of a listing; a cursor is the last id of the previous page."""
+
+    class Meta:
+        unknown = RAISE
+
+    cursor_prefix = ""
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None)
+
+    @validates("cursor")
+    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
+        if value is not None and not ids.is_id(self.cursor_prefix, value):
+            raise ValidationError("not a cursor returned by this API")
+
+
+class PartnerListQuery(Page):
+    cursor_prefix = "ptn"
+
+
 class JobSubmission(Schema):
     class Meta:
         unknown = RAISE
@@ -66,18 +86,9 @@ class JobSubmission(Schema):
     callback_url = _callback_url()
 
 
-class JobListQuery(Schema):
-    class Meta:
-        unknown = RAISE
-
+class JobListQuery(Page):
+    cursor_prefix = "job"
     status = fields.String(load_default=None, validate=validate.OneOf(js.STATUSES))
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None)
-
-    @validates("cursor")
-    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
-        if value is not None and not ids.is_id("job", value):
-            raise ValidationError("not a cursor returned by this API")
 
 
 def optional_json_body() -> Any:
@@ -116,14 +127,8 @@ class DeadLetterFilter(Schema):
         )
 
 
-class DeadLetterQuery(DeadLetterFilter):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
-    cursor = fields.String(load_default=None)
-
-    @validates("cursor")
-    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
-        if value is not None and not ids.is_id("dlq", value):
-            raise ValidationError("not a cursor returned by this API")
+class DeadLetterQuery(DeadLetterFilter, Page):
+    cursor_prefix = "dlq"
 
 
 class ReplayBody(Schema):

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
+from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
+from app.throttle import RateLimiter
+from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
 from worker.jobs import JobStore
 
@@ -18,10 +21,31 @@ class Services:
     redis: redis.Redis
     jobs: JobStore
     partners: PartnerStore
+    rate_limiter: RateLimiter
+    idempotency: Idempotency
+    url_policy: UrlPolicy
+    # Resolves callback host names (tests substitute their own DNS).
+    resolver: Resolver
 
     @classmethod
-    def build(cls, settings: Settings, client: redis.Redis) -> Services:
-        return cls(settings, client, JobStore(client), PartnerStore(client))
+    def build(
+        cls, settings: Settings, client: redis.Redis, *, resolver: Resolver = system_resolver
+    ) -> Services:
+        return cls(
+            settings,
+            client,
+            JobStore(client),
+            PartnerStore(client),
+            RateLimiter(client, settings.rate_limit),
+            Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
+            url_policy(settings),
+            resolver,
+        )
+
+
+def url_policy(settings: Settings) -> UrlPolicy:
+    """The callback URL rules the settings describe."""
+    return UrlPolicy.from_settings(settings.callback_allow_cidrs, settings.callback_require_https)
 
 
 def services() -> Services:

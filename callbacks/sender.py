@@ -1,4 +1,10 @@
-"""One HTTP attempt: POST the body, never follow a redirect, always time out."""
+"""One HTTP attempt: check the destination, POST the body, never follow a redirect, time out.
+
+Each attempt checks the URL with `callbacks.ssrf` and connects to the address that
+passed the check: the connection is pinned to it, so a second DNS answer (DNS
+rebinding) cannot send the attempt elsewhere. The `Host` header, TLS SNI and the
+certificate check still use the URL's host name.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,23 @@ import email.utils
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
+from callbacks.errors import UnsafeUrl
+from callbacks.ssrf import (
+    DEFAULT_URL_POLICY,
+    IPAddress,
+    Resolver,
+    UrlPolicy,
+    normalise_host,
+    resolve_and_check,
+    system_resolver,
+)
 from postback import clock
 
 
@@ -27,33 +46,102 @@ class Response:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-class Sender:
-    """Posts with one `requests.Session` per thread, so connections are reused."""
+@dataclass(frozen=True, kw_only=True)
+class Pin:
+    """Where requests for the host `name` must connect: the checked `address`."""
 
-    def __init__(self, *, timeout_seconds: float, user_agent: str) -> None:
+    name: str
+    address: IPAddress
+
+
+class PinnedAdapter(HTTPAdapter):
+    """An adapter that connects only to its current `pin`, never to a DNS answer of its own.
+
+    Confined to one thread (one per `Session`, one `Session` per thread): the caller
+    sets `pin` just before a request and clears it after. Connection pools are keyed
+    by the address and the host name, so no pool serves another address or name.
+    A request whose host is not the pinned name is refused (`InvalidURL`).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pin: Pin | None = None
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        pin = self.pin
+        if pin is None or normalise_host(host_params["host"] or "") != pin.name:
+            # requests turns a ValueError here into InvalidURL.
+            raise ValueError(f"no checked address for {host_params['host']!r}")
+        host_params["host"] = str(pin.address)
+        # TLS: SNI and the certificate's name are the URL's host, not the address.
+        # For http, urllib3 drops these before making the pool but keys the pool by them.
+        pool_kwargs["server_hostname"] = pin.name
+        pool_kwargs["assert_hostname"] = pin.name
+        return host_params, pool_kwargs
+
+
+class Sender:
+    """Posts with one `requests.Session` per thread, so connections are reused.
+
+    Every attempt first checks `url` against `url_policy`, resolving its host with
+    `resolver`; a refused URL is reported as an error without any connection.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        user_agent: str,
+        url_policy: UrlPolicy = DEFAULT_URL_POLICY,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.timeout_seconds = timeout_seconds
         self.user_agent = user_agent
+        self.url_policy = url_policy
+        self.resolver = resolver
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
+    def _session(self) -> tuple[requests.Session, PinnedAdapter]:
         session = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
             # Proxies or netrc credentials from the environment must not apply.
             session.trust_env = False
+            adapter = PinnedAdapter()
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
-        return session
+            self._local.adapter = adapter
+        return session, self._local.adapter
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
         """POST `body` to `url`; errors are reported in the result, never raised."""
+        started = time.monotonic()
+        try:
+            addresses = resolve_and_check(url, self.url_policy, self.resolver)
+        except UnsafeUrl as exc:
+            return Response(
+                status_code=None,
+                duration_ms=_ms(started),
+                error=f"unsafe destination: {exc.reason}",
+            )
+        parts = urlsplit(url)
         all_headers = {
             "content-type": "application/json",
             "user-agent": self.user_agent,
             **headers,
+            # The connection goes to an address; the receiver still sees its name.
+            "host": parts.netloc,
         }
-        started = time.monotonic()
+        session, adapter = self._session()
+        adapter.pin = Pin(name=normalise_host(parts.hostname or ""), address=addresses[0])
         try:
-            reply = self._session().post(
+            reply = session.post(
                 url,
                 data=body,
                 headers=all_headers,
@@ -70,6 +158,8 @@ class Sender:
             return Response(status_code=None, duration_ms=_ms(started), error=_describe(exc))
         except requests.RequestException as exc:
             return Response(status_code=None, duration_ms=_ms(started), error=_describe(exc))
+        finally:
+            adapter.pin = None
         return Response(
             status_code=reply.status_code,
             duration_ms=_ms(started),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32
@@ -18,10 +19,24 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_last = [0]
+_lock = threading.Lock()
+
+
 def ulid(at: float | None = None) -> str:
-    """26 characters: 48 bits of milliseconds, then 80 random bits."""
+    """26 characters: 48 bits of milliseconds, then 80 random bits.
+
+    Ids made now by one process strictly increase, even within a millisecond
+    (the random part is incremented), so they sort in the order they were made.
+    """
     millis = int((time.time() if at is None else at) * 1000)
-    return _encode((millis << 80) | int.from_bytes(os.urandom(10), "big"), 26)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    if at is None:
+        with _lock:
+            if value <= _last[0] and value >> 80 >= millis - 1000:
+                value = _last[0] + 1
+            _last[0] = value
+    return _encode(value, 26)
 
 
 def time_bound(prefix: str, at: float) -> str:

@@ -57,6 +57,14 @@ class Settings:
     secret_grace_seconds: float = 86_400.0
     # Dead letters older than this are removed (and the removal logged); 0 keeps them.
     dead_letter_retention_seconds: float = 0.0
+    # Callback URLs: CIDRs exempt from the SSRF rules (local development, tests), https only.
+    callback_allow_cidrs: tuple[str, ...] = ()
+    callback_require_https: bool = False
+    # Limits on partner requests.
+    max_body_bytes: int = 1_048_576
+    rate_limit: str = "200/second"
+    max_backlog: int = 100_000
+    idempotency_ttl_seconds: int = 86_400
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -52,6 +52,8 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         retry_max_attempts=3,
         delivery_timeout_seconds=2.0,
         handler_modules=("tests.handlers",),
+        # Receivers in tests listen on loopback, which callback URLs may not reach otherwise.
+        callback_allow_cidrs=("127.0.0.0/8",),
     )
 
 

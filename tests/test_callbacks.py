@@ -20,6 +20,11 @@ from callbacks.signing import generate_secret, headers, sign
 BODY = b'{"type":"job.completed"}'
 
 
+def public_dns(host: str, port: int) -> list[str]:
+    """A fake resolver: every name is one public address (the sender checks before posting)."""
+    return ["93.184.216.34"]
+
+
 def test_generated_secrets_are_whsec_with_32_random_bytes():
     """A new secret is `whsec_` + base64 of 32 bytes, different each time."""
     one, two = generate_secret(), generate_secret()
@@ -114,7 +119,7 @@ def test_a_post_carries_the_headers_and_does_not_follow_redirects():
         status=302,
         headers={"Location": "https://elsewhere.example.com/"},
     )
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
     result = sender.post("https://hooks.example.com/in", BODY, {"webhook-id": "msg_1"})
     assert result.status_code == 302 and not result.ok
     (call,) = responses.calls
@@ -129,7 +134,7 @@ def test_timeouts_and_connection_errors_are_reported_not_raised():
     """A timeout or a refused connection becomes an attempt result with an error."""
     responses.post("https://slow.example.com/", body=requests.Timeout())
     responses.post("https://down.example.com/", body=requests.ConnectionError("Connection refused"))
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
     assert sender.post("https://slow.example.com/", BODY, {}).error == "timeout"
     assert sender.post("https://down.example.com/", BODY, {}).error == "connection refused"
 
@@ -138,5 +143,5 @@ def test_timeouts_and_connection_errors_are_reported_not_raised():
 def test_retry_after_is_read_from_the_answer():
     """A 429 answer's Retry-After is passed on to the policy."""
     responses.post("https://busy.example.com/", status=429, headers={"Retry-After": "42"})
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test")
+    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
     assert sender.post("https://busy.example.com/", BODY, {}).retry_after_seconds == 42

@@ -8,6 +8,7 @@ they sort by id, which is time-ordered: paging is a range query by id).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -55,9 +56,15 @@ class JobStore:
         input: dict[str, Any],
         callback_url: str | None,
         timeout_seconds: int,
+        also: Callable[[redis.client.Pipeline, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Record a new job and put it on the queue, in one transaction."""
+        """Record a new job and put it on the queue, in one transaction.
+
+        `also(pipeline, job)` adds the caller's own writes to that transaction
+        (the API stores an idempotent response there).
+        """
         job_id = ids.new_id("job")
+        created_at = clock.now()
         record = {
             "id": job_id,
             "partner_id": partner_id,
@@ -66,7 +73,7 @@ class JobStore:
             "progress": 0,
             "input": json.dumps(input, separators=(",", ":")),
             "callback_url": callback_url or "",
-            "created_at": repr(clock.now()),
+            "created_at": repr(created_at),
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.multi()
@@ -82,6 +89,8 @@ class JobStore:
                 failure_ttl=7 * 86400,
                 pipeline=pipe,
             )
+            if also is not None:
+                also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
             pipe.execute()
         return self.get(job_id)  # type: ignore[return-value]
 

@@ -14,6 +14,7 @@ from callbacks.outbox import Outbox
 from callbacks.policy import RetryPolicy
 from callbacks.secrets import SecretStore
 from callbacks.sender import Sender
+from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.settings import Settings
 from worker import registry
@@ -41,6 +42,9 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
         Sender(
             timeout_seconds=settings.delivery_timeout_seconds,
             user_agent=f"Postback/{__version__}",
+            url_policy=UrlPolicy.from_settings(
+                settings.callback_allow_cidrs, settings.callback_require_https
+            ),
         ),
         breaker(settings, client),
         policy=retry_policy(settings),

@@ -1,0 +1,111 @@
+"""Idempotency-Key for job submission (draft-ietf-httpapi-idempotency-key-header).
+
+The first request with a key records a "processing" marker (SET NX), so
+concurrent duplicates cannot both create a job: they get 409 until the first
+one's response is stored, then that response. The response is stored in the
+same transaction that creates the job, so a crash cannot leave a job without
+its record. A key reused with a different body is a 422. Keys are scoped per
+partner and forgotten after `POSTBACK_IDEMPOTENCY_TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from app.errors import Conflict, MalformedRequest, ValidationFailed
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+# How long a "processing" marker holds a key if its request dies before finishing.
+PROCESSING_SECONDS = 60
+
+_SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
+_TOKEN = re.compile(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*")
+
+
+def parse_key(value: str) -> str:
+    """The key from the header: a structured-field string (`"abc"`) or a bare token."""
+    value = value.strip()
+    match = _SF_STRING.fullmatch(value)
+    if match:
+        key = re.sub(r"\\(.)", r"\1", match.group(1))
+    elif _TOKEN.fullmatch(value):
+        key = value
+    else:
+        raise MalformedRequest(f'{HEADER} must be a quoted string ("…") or a token')
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise MalformedRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters")
+    return key
+
+
+def fingerprint(body: Any) -> str:
+    """The body's identity, blind to key order and whitespace."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A response kept for replay."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+class Idempotency:
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl_seconds = ttl_seconds
+
+    @staticmethod
+    def _key(partner_id: str, key: str) -> str:
+        return f"pb:idem:{partner_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def begin(self, partner_id: str, key: str, print_: str) -> Stored | None:
+        """None if this request goes ahead; the stored response if it already ran.
+
+        Raises 409 while another request with the key is being processed, and
+        422 if the key was used with a different body.
+        """
+        name = self._key(partner_id, key)
+        marker = json.dumps({"state": "processing", "fingerprint": print_})
+        if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
+            return None
+        raw = self.redis.get(name)
+        if raw is None:  # expired between the two calls: try once more
+            if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
+                return None
+            raw = self.redis.get(name) or marker.encode()
+        record = json.loads(raw)
+        if record["fingerprint"] != print_:
+            raise ValidationFailed(
+                f"this {HEADER} was used with a different request body",
+                errors={HEADER: ["already used with a different body"]},
+            )
+        if record["state"] == "processing":
+            raise Conflict(f"a request with this {HEADER} is still being processed; retry")
+        return Stored(record["status"], record["body"], record["headers"])
+
+    def finish(
+        self, pipe: redis.client.Pipeline, partner_id: str, key: str, print_: str, stored: Stored
+    ) -> None:
+        """Keep the response, inside the transaction that made it."""
+        record = {
+            "state": "done",
+            "fingerprint": print_,
+            "status": stored.status,
+            "body": stored.body,
+            "headers": stored.headers,
+        }
+        pipe.set(self._key(partner_id, key), json.dumps(record), ex=self.ttl_seconds)
+
+    def abandon(self, partner_id: str, key: str) -> None:
+        """Release the key of a request that failed before doing anything."""
+        self.redis.delete(self._key(partner_id, key))

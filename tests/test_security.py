@@ -1,0 +1,257 @@
+"""Authentication, tenant isolation, limits, idempotency keys and outages, through the API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, replace
+
+import pytest
+
+from app import create_app
+from postback.embedded import EmbeddedRedis, _free_port
+from worker.jobs import QUEUE_NAME
+
+PROBLEM = "application/problem+json"
+
+
+def stored_state(client):
+    """Every key and its value, but the rate limiter's counters (which every request moves)."""
+    return {
+        key: client.dump(key) for key in client.scan_iter() if not key.startswith(b"pb:ratelimit")
+    }
+
+
+def app_with(settings, redis_client, **changes):
+    return create_app(asdict(replace(settings, **changes)), client=redis_client)
+
+
+def bearer(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+# -- partners and keys -----------------------------------------------------------
+
+
+def test_a_rotated_key_replaces_the_old_one_at_once(client, partner, admin_headers):
+    """After rotate-key the new key works and the old one is 401."""
+    reply = client.post(f"/v1/admin/partners/{partner['id']}/rotate-key", headers=admin_headers)
+    assert reply.status_code == 200
+    new_key = reply.json["api_key"]
+    assert new_key != partner["api_key"]
+    assert client.get("/v1/jobs", headers=bearer(new_key)).status_code == 200
+    old = client.get("/v1/jobs", headers=partner["headers"])
+    assert old.status_code == 401 and old.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_deleted_partner_is_locked_out_at_once(client, partner, admin_headers):
+    """DELETE disables the partner: 204, then its key is 401 and changes are 409."""
+    url = f"/v1/admin/partners/{partner['id']}"
+    assert client.delete(url, headers=admin_headers).status_code == 204
+    assert client.get("/v1/jobs", headers=partner["headers"]).status_code == 401
+    assert client.post(url + "/rotate-key", headers=admin_headers).status_code == 409
+    assert client.delete("/v1/admin/partners/ptn_nobody", headers=admin_headers).status_code == 404
+
+
+def test_partners_are_listed_without_secrets(client, partner, admin_headers):
+    """GET /v1/admin/partners shows id, name, created_at, disabled, and no key or secret."""
+    reply = client.get("/v1/admin/partners", headers=admin_headers)
+    assert reply.status_code == 200
+    (item,) = reply.json["items"]
+    assert set(item) == {"id", "name", "created_at", "disabled"}
+    assert partner["api_key"] not in reply.text and partner["signing_secret"] not in reply.text
+
+
+def test_listing_partners_pages(client, admin_headers):
+    """Partners page with limit and next_cursor, oldest first, each once."""
+    made = [
+        client.post("/v1/admin/partners", json={"name": f"p{n}"}, headers=admin_headers).json["id"]
+        for n in range(5)
+    ]
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/admin/partners", query_string=query, headers=admin_headers).json
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == made
+
+
+def test_secrets_appear_in_no_log_line(client, admin_headers, caplog, work, receiver):
+    """Keys, secrets and the admin token never reach the logs, even on errors."""
+    caplog.set_level(logging.DEBUG)
+    created = client.post("/v1/admin/partners", json={"name": "Logged"}, headers=admin_headers)
+    partner = created.json
+    headers = bearer(partner["api_key"])
+    client.post(
+        "/v1/jobs", json={"type": "test.fail", "callback_url": receiver.url}, headers=headers
+    )
+    client.post("/v1/jobs", data="{oops", content_type="application/json", headers=headers)
+    client.get("/v1/jobs", headers=bearer(partner["api_key"] + "x"))
+    work()
+    text = caplog.text
+    for secret in (partner["api_key"], partner["signing_secret"], admin_headers["Authorization"]):
+        assert secret not in text
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_413_and_changes_nothing(settings, redis_client, partner):
+    """A body larger than POSTBACK_MAX_BODY_BYTES is refused with 413 problem+json."""
+    app = app_with(settings, redis_client, max_body_bytes=1024)
+    before = stored_state(redis_client)
+    reply = app.test_client().post(
+        "/v1/jobs",
+        json={"type": "echo", "input": {"blob": "x" * 5000}},
+        headers=partner["headers"],
+    )
+    assert reply.status_code == 413 and reply.mimetype == PROBLEM
+    assert stored_state(redis_client) == before
+
+
+def test_the_rate_limit_answers_429_with_headers(settings, redis_client, partner):
+    """Past POSTBACK_RATE_LIMIT a partner gets 429 with Retry-After and RateLimit-* headers."""
+    client = app_with(settings, redis_client, rate_limit="3/minute").test_client()
+    replies = [client.get("/v1/jobs", headers=partner["headers"]) for _ in range(4)]
+    assert [r.status_code for r in replies] == [200, 200, 200, 429]
+    assert [r.headers["RateLimit-Remaining"] for r in replies[:3]] == ["2", "1", "0"]
+    limited = replies[3]
+    assert limited.mimetype == PROBLEM
+    assert limited.headers["RateLimit-Limit"] == "3"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert int(limited.headers["RateLimit-Reset"]) >= 1
+
+
+def test_the_rate_limit_is_per_partner(settings, redis_client, partner, admin_headers):
+    """One partner at its limit does not limit another."""
+    client = app_with(settings, redis_client, rate_limit="2/minute").test_client()
+    other = client.post("/v1/admin/partners", json={"name": "B"}, headers=admin_headers).json
+    for _ in range(3):
+        client.get("/v1/jobs", headers=partner["headers"])
+    assert client.get("/v1/jobs", headers=bearer(other["api_key"])).status_code == 200
+
+
+def test_a_full_backlog_answers_503_with_retry_after(settings, redis_client, partner):
+    """With POSTBACK_MAX_BACKLOG jobs waiting, a submission is 503 and creates nothing."""
+    client = app_with(settings, redis_client, max_backlog=2).test_client()
+    for _ in range(2):
+        assert (
+            client.post("/v1/jobs", json={"type": "echo"}, headers=partner["headers"]).status_code
+            == 202
+        )
+    before = stored_state(redis_client)
+    reply = client.post("/v1/jobs", json={"type": "echo"}, headers=partner["headers"])
+    assert reply.status_code == 503 and reply.mimetype == PROBLEM
+    assert int(reply.headers["Retry-After"]) > 0
+    assert stored_state(redis_client) == before
+
+
+def test_redis_down_is_503_everywhere_and_recovers(settings, tmp_path, admin_headers):
+    """With Redis gone every endpoint answers 503 problem+json; when it returns, all works."""
+    server = EmbeddedRedis(tmp_path / "outage", port=_free_port())
+    url = server.start().url
+    from postback.connection import connect
+
+    app = create_app(asdict(replace(settings, redis_url=url)), client=connect(url))
+    client = app.test_client()
+    try:
+        partner = client.post("/v1/admin/partners", json={"name": "A"}, headers=admin_headers).json
+        headers = bearer(partner["api_key"])
+        server.stop()
+        calls = [
+            client.get("/v1/jobs", headers=headers),
+            client.post("/v1/jobs", json={"type": "echo"}, headers=headers),
+            client.post("/v1/admin/partners", json={"name": "B"}, headers=admin_headers),
+            client.get("/readyz"),
+        ]
+        assert [c.status_code for c in calls] == [503] * 4
+        assert all(c.mimetype == PROBLEM for c in calls)
+        server.start()
+        assert client.post("/v1/jobs", json={"type": "echo"}, headers=headers).status_code == 202
+    finally:
+        server.stop()
+
+
+# -- idempotency --------------------------------------------------------------------
+
+
+def post_with_key(client, partner, key, body):
+    return client.post(
+        "/v1/jobs", json=body, headers={**partner["headers"], "Idempotency-Key": key}
+    )
+
+
+@pytest.mark.parametrize("key", ['"order-42"', "order-42"])
+def test_the_same_key_and_body_return_the_original_response(client, partner, redis_client, key):
+    """A repeat gives the first response again, the same job, and queues nothing more."""
+    body = {"type": "echo", "input": {"a": 1}}
+    first = post_with_key(client, partner, key, body)
+    second = post_with_key(client, partner, key, {"input": {"a": 1}, "type": "echo"})
+    assert first.status_code == second.status_code == 202
+    assert first.json == second.json
+    assert second.headers["Location"] == first.headers["Location"]
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
+
+
+def test_the_quoted_and_bare_forms_are_the_same_key(client, partner):
+    """`"abc"` and `abc` name one key."""
+    body = {"type": "echo"}
+    assert (
+        post_with_key(client, partner, '"abc"', body).json
+        == post_with_key(client, partner, "abc", body).json
+    )
+
+
+def test_the_same_key_with_another_body_is_422(client, partner):
+    """Reusing a key with a different body is refused and creates nothing."""
+    post_with_key(client, partner, "k1", {"type": "echo", "input": {"a": 1}})
+    reply = post_with_key(client, partner, "k1", {"type": "echo", "input": {"a": 2}})
+    assert reply.status_code == 422 and "Idempotency-Key" in reply.json["errors"]
+
+
+@pytest.mark.parametrize("key", ['"unterminated', "has space", '"' + "x" * 256 + '"', '""'])
+def test_malformed_keys_are_400(client, partner, key):
+    """A key that is neither a quoted string nor a token, or too long, is a 400."""
+    reply = post_with_key(client, partner, key, {"type": "echo"})
+    assert reply.status_code == 400 and reply.mimetype == PROBLEM
+
+
+def test_keys_are_scoped_per_partner(client, partner, admin_headers):
+    """Two partners using the same key get two different jobs."""
+    other = client.post("/v1/admin/partners", json={"name": "B"}, headers=admin_headers).json
+    other = {"headers": bearer(other["api_key"])}
+    one = post_with_key(client, partner, "shared", {"type": "echo"})
+    two = post_with_key(client, other, "shared", {"type": "echo"})
+    assert one.json["id"] != two.json["id"]
+
+
+def test_concurrent_identical_requests_make_one_job(app, partner, redis_client):
+    """Twelve simultaneous identical submissions: one job; the rest replay it or get 409."""
+    barrier = threading.Barrier(12)
+    replies = []
+
+    def send():
+        with app.test_client() as own:
+            barrier.wait()
+            replies.append(post_with_key(own, partner, "race", {"type": "echo"}))
+
+    threads = [threading.Thread(target=send) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert {r.status_code for r in replies} <= {202, 409}
+    assert len({r.json["id"] for r in replies if r.status_code == 202}) == 1
+    assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
+
+
+def test_a_failed_submission_does_not_burn_its_key(settings, redis_client, partner):
+    """A key whose request hit the backlog limit can be used again once it drains."""
+    client = app_with(settings, redis_client, max_backlog=0).test_client()
+    assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 503
+    client = app_with(settings, redis_client).test_client()
+    assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 202
