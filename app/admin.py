@@ -14,6 +14,7 @@ from app.schemas import (
     DeadLetterFilter,
     DeadLetterQuery,
     ReplayBody,
+    check_callback_url,
     json_body,
     load,
     optional_json_body,
@@ -96,6 +97,8 @@ def delete_dead_letter(dead_letter_id: str) -> tuple[str, int]:
 def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
     """Deliver a dead letter again, optionally to a corrected callback URL."""
     body = load(ReplayBody(), optional_json_body())
+    if body["callback_url"] is not None:
+        check_callback_url(body["callback_url"])
     letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")

@@ -10,8 +10,11 @@ from flask import request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from app.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from app.services import services
 from callbacks.deadletters import Filter
+from callbacks.errors import UnsafeUrl
 from callbacks.outbox import destination
+from callbacks.ssrf import resolve_and_check
 from postback import ids
 from worker import jobs as js
 
@@ -40,14 +43,23 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
         raise ValidationFailed("the request is not valid", errors=messages) from None
 
 
-def _callback_url() -> fields.Url:
-    return fields.Url(
-        load_default=None,
-        allow_none=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=validate.Length(max=2048),
+def _callback_url() -> fields.String:
+    # Only the shape is checked here; `callbacks.ssrf` judges the URL itself (and
+    # understands every host notation, IPv6 literals included).
+    return fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(min=1, max=2048)
     )
+
+
+def check_callback_url(url: str) -> None:
+    """422 unless the URL is safe to call: every address it resolves to is public."""
+    svc = services()
+    try:
+        resolve_and_check(url, svc.url_policy, svc.resolver)
+    except UnsafeUrl as exc:
+        raise ValidationFailed(
+            f"callback_url refused: {exc.reason}", errors={"callback_url": [exc.reason]}
+        ) from None
 
 
 class PartnerCreate(Schema):

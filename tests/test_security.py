@@ -255,3 +255,72 @@ def test_a_failed_submission_does_not_burn_its_key(settings, redis_client, partn
     assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 503
     client = app_with(settings, redis_client).test_client()
     assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 202
+
+
+# -- callback URLs through the API -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "category"),
+    [
+        ("http://127.0.0.1/hook", "loopback"),
+        ("http://2130706433/hook", "loopback"),
+        ("http://0x7f.1/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://10.0.0.5/hook", "private"),
+        ("http://100.64.0.1/hook", "carrier-grade"),
+        ("https://user:pw@hooks.example.com/", "userinfo"),
+        ("http://name.invalid/hook", "does not resolve"),
+    ],
+)
+def test_unsafe_callback_urls_are_refused_at_submission(
+    settings, redis_client, partner, url, category
+):
+    """Without an allow-list, internal callback URLs are a 422 naming why, and nothing is stored."""
+    client = app_with(settings, redis_client, callback_allow_cidrs=()).test_client()
+    before = stored_state(redis_client)
+    reply = client.post(
+        "/v1/jobs", json={"type": "echo", "callback_url": url}, headers=partner["headers"]
+    )
+    assert reply.status_code == 422 and reply.mimetype == PROBLEM
+    assert category.lower() in " ".join(reply.json["errors"]["callback_url"]).lower()
+    assert stored_state(redis_client) == before
+
+
+def test_a_name_resolving_to_a_private_address_is_refused(settings, redis_client, partner):
+    """A host name is judged by every address it resolves to."""
+    app = create_app(
+        asdict(replace(settings, callback_allow_cidrs=())),
+        client=redis_client,
+        resolver=lambda host, port: ["93.184.216.34", "192.168.1.10"],
+    )
+    reply = app.test_client().post(
+        "/v1/jobs",
+        json={"type": "echo", "callback_url": "https://hooks.example.com/in"},
+        headers=partner["headers"],
+    )
+    assert reply.status_code == 422
+    assert "private" in reply.json["errors"]["callback_url"][0]
+
+
+def test_https_can_be_required(settings, redis_client, partner):
+    """With POSTBACK_CALLBACK_REQUIRE_HTTPS an http callback is refused."""
+    client = app_with(settings, redis_client, callback_require_https=True).test_client()
+    reply = client.post(
+        "/v1/jobs",
+        json={"type": "echo", "callback_url": "http://127.0.0.1/x"},
+        headers=partner["headers"],
+    )
+    assert reply.status_code == 422 and "https" in reply.json["errors"]["callback_url"][0]
+
+
+def test_a_replay_to_an_unsafe_url_is_refused(settings, redis_client, admin_headers):
+    """The admin's corrected callback URL obeys the same SSRF rules (422)."""
+    client = app_with(settings, redis_client, callback_allow_cidrs=()).test_client()
+    reply = client.post(
+        "/v1/admin/dead-letters/dlq_01ARZ3NDEKTSV4RRFFQ69G5FAV/replay",
+        json={"callback_url": "http://169.254.169.254/"},
+        headers=admin_headers,
+    )
+    assert reply.status_code == 422 and "callback_url" in reply.json["errors"]
