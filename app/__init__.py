@@ -39,11 +39,12 @@ def create_app(
     errors.register(flask_app)
     flask_app.after_request(add_rate_limit_headers)
 
-    from app import admin, health, jobs, partners
+    from app import admin, health, jobs, partners, results
 
     flask_app.register_blueprint(health.bp)
     flask_app.register_blueprint(health.docs)
     flask_app.register_blueprint(partners.bp)
     flask_app.register_blueprint(jobs.bp)
     flask_app.register_blueprint(admin.bp)
+    flask_app.register_blueprint(results.bp)
     return flask_app

@@ -22,6 +22,8 @@ import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from worker.jobs import NotDurable
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -140,6 +142,17 @@ def register(app: Flask) -> None:
             "the job store is unreachable; retry shortly",
             slug=Unavailable.slug,
             headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(NotDurable)
+    def not_durable(exc: NotDurable) -> Response:
+        log.error("job not confirmed on disk: %s", exc)
+        detail = (
+            "the job could not be confirmed on disk; retry (with the same Idempotency-Key "
+            "to be safe)"
+        )
+        return problem(
+            503, Unavailable.title, detail, slug=Unavailable.slug, headers={"Retry-After": "1"}
         )
 
     @app.errorhandler(Exception)

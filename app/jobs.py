@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
 from app import idempotency as idem
 from app.auth import partner_required
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.schemas import JobListQuery, JobSubmission, check_callback_url, json_body, load
+from app.schemas import (
+    JobListQuery,
+    JobQuery,
+    JobSubmission,
+    check_callback_url,
+    json_body,
+    load,
+)
 from app.services import services
 from app.throttle import check_backlog
 from callbacks.deadletters import DeadLetters
 from postback import clock, ids
+from worker import jobs as js
 from worker import registry
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+def base_url() -> str:
+    """The API's public base URL: POSTBACK_PUBLIC_URL, or the one this request came to."""
+    return (services().settings.public_url or request.url_root).rstrip("/")
+
+
 def status_url(job_id: str) -> str:
-    public_url = services().settings.public_url
-    if public_url:
-        return f"{public_url.rstrip('/')}/v1/jobs/{job_id}"
-    return url_for("jobs.get_job", job_id=job_id, _external=True)
+    return f"{base_url()}/v1/jobs/{job_id}"
 
 
 def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +63,12 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     body = load(JobSubmission(), raw)
     job_input = _validated_input(body["type"], body["input"])
     svc = services()
+    timeout_seconds = body["timeout_seconds"] or registry.get(body["type"]).timeout_seconds  # type: ignore[union-attr]
+    if timeout_seconds > svc.settings.job_max_timeout_seconds:
+        raise ValidationFailed(
+            "timeout_seconds is above the limit",
+            errors={"timeout_seconds": [f"at most {svc.settings.job_max_timeout_seconds}"]},
+        )
     if body["callback_url"] is not None:
         check_callback_url(body["callback_url"])
     header = request.headers.get(idem.HEADER)
@@ -95,7 +112,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             type=body["type"],
             input=job_input,
             callback_url=body["callback_url"],
-            timeout_seconds=registry.get(body["type"]).timeout_seconds,  # type: ignore[union-attr]
+            timeout_seconds=timeout_seconds,
+            priority=body["priority"],
+            base_url=base_url(),
             also=keep_response,
         )
     except BaseException:
@@ -116,8 +135,48 @@ def _own_job(job_id: str) -> dict[str, Any]:
 @bp.get("/<job_id>")
 @partner_required
 def get_job(job_id: str) -> Response:
-    """One of the partner's jobs."""
-    return jsonify(services().jobs.public(_own_job(job_id)))
+    """One of the partner's jobs; with `?wait=N`, as soon as it ends or after N seconds."""
+    query = load(JobQuery(), request.args.to_dict())
+    record = _own_job(job_id)
+    if query["wait"] and record["status"] not in js.TERMINAL:
+        record = _wait_for_end(job_id, query["wait"]) or record
+    return jsonify(services().jobs.public(record))
+
+
+def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
+    """The job once it is terminal, or as it is after `seconds`; no polling (pub/sub)."""
+    jobs = services().jobs
+    pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(js.done_channel(job_id))
+        deadline = time.monotonic() + seconds
+        # Subscribed first, then read: an end between the two is not missed.
+        record = jobs.get(job_id)
+        while record is not None and record["status"] not in js.TERMINAL:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if pubsub.get_message(timeout=min(left, 1.0)) is not None:
+                record = jobs.get(job_id)
+        return record
+    finally:
+        pubsub.close()
+
+
+@bp.post("/<job_id>/cancel")
+@partner_required
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    """Cancel a job: a queued one never runs; a running one is stopped; an ended one is 409."""
+    record = _own_job(job_id)
+    if record["status"] in js.TERMINAL:
+        raise Conflict(f"the job has already ended: {record['status']}")
+    outcome = services().jobs.request_cancel(job_id)
+    if outcome not in (js.CANCELLED, js.PROCESSING):
+        raise Conflict(f"the job has already ended: {outcome}")
+    current = services().jobs.get(job_id) or record
+    body = services().jobs.public(current)
+    body["cancel_requested"] = outcome == js.PROCESSING
+    return jsonify(body), 200 if outcome == js.CANCELLED else 202
 
 
 @bp.get("/<job_id>/deliveries")

@@ -96,6 +96,17 @@ class JobSubmission(Schema):
     type = fields.String(required=True, validate=validate.Length(min=1, max=100))
     input = fields.Dict(keys=fields.String(), load_default=dict)
     callback_url = _callback_url()
+    priority = fields.String(load_default="normal", validate=validate.OneOf(js.PRIORITIES))
+    timeout_seconds = fields.Integer(
+        load_default=None, allow_none=True, validate=validate.Range(min=1), strict=True
+    )
+
+
+class JobQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=30))
 
 
 class JobListQuery(Page):

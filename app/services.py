@@ -13,6 +13,7 @@ from app.throttle import RateLimiter
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
 from worker.jobs import JobStore
+from worker.runtime import job_store
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Services:
         return cls(
             settings,
             client,
-            JobStore(client),
+            job_store(client, settings),
             PartnerStore(client),
             RateLimiter(client, settings.rate_limit),
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),

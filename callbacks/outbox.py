@@ -220,6 +220,11 @@ class Outbox:
         ids_ = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
         return [item.decode() for item in ids_]
 
+    def forget(self, event_id: str, *, pipeline: redis.client.Pipeline) -> None:
+        """Delete an event and its attempt log (its job is being removed)."""
+        pipeline.delete(event_key(event_id), attempts_key(event_id))
+        pipeline.zrem(DUE_KEY, event_id)
+
     def defer(self, event_id: str, until: float, *, circuit_of: str | None = None) -> None:
         """Push a claimed event to `until` without an attempt (not counted, not logged).
 

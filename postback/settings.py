@@ -60,6 +60,16 @@ class Settings:
     # Callback URLs: CIDRs exempt from the SSRF rules (local development, tests), https only.
     callback_allow_cidrs: tuple[str, ...] = ()
     callback_require_https: bool = False
+    # Job lifecycle.
+    durability: str = "fsync"
+    job_max_attempts: int = 3
+    job_lease_seconds: float = 10.0
+    job_max_timeout_seconds: int = 86_400
+    job_retry_base_seconds: float = 1.0
+    job_retry_max_seconds: float = 300.0
+    job_retention_seconds: float = 7 * 86_400
+    inline_result_bytes: int = 65_536
+    result_url_ttl_seconds: int = 86_400
     # Limits on partner requests.
     max_body_bytes: int = 1_048_576
     rate_limit: str = "200/second"

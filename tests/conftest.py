@@ -10,14 +10,14 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 
 from app import create_app
 from postback.embedded import EmbeddedRedis
 from postback.settings import Settings
 from tests.receiver import Receiver
-from worker.jobs import QUEUE_NAME
-from worker.process import dispatcher
+from worker import runtime
+from worker.process import dispatcher, queues
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
@@ -54,6 +54,9 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         handler_modules=("tests.handlers",),
         # Receivers in tests listen on loopback, which callback URLs may not reach otherwise.
         callback_allow_cidrs=("127.0.0.0/8",),
+        # The embedded test server fsyncs every second; tests need no durable acknowledgement.
+        durability="everysec",
+        job_lease_seconds=1.5,
     )
 
 
@@ -93,9 +96,8 @@ def work(settings: Settings, redis_client: redis.Redis):
     """Run queued jobs (a burst SimpleWorker), then every delivery due now."""
 
     def run(*, deliveries: bool = True) -> None:
-        SimpleWorker([Queue(QUEUE_NAME, connection=redis_client)], connection=redis_client).work(
-            burst=True
-        )
+        runtime.configure(settings)
+        SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
         if deliveries:
             deliver = dispatcher(settings, redis_client)
             for event_id in deliver.outbox.claim(limit=1000, lease_seconds=60):

@@ -1,14 +1,21 @@
-"""Postback's record of each job, its per-partner indexes, and its public shape.
+"""Postback's record of each job: the source of truth for where every job is.
 
 Keys: `pb:job:{id}` (a hash), `pb:partner:{pid}:jobs` and
 `pb:partner:{pid}:jobs:{status}` (sorted sets of job ids, all at score 0, so
-they sort by id, which is time-ordered: paging is a range query by id).
+they sort by id, which is time-ordered: paging is a range query by id), and
+three schedules the reaper walks: `pb:queued` (job → when it should be on a
+queue by), `pb:leases` (running job → when its lease lapses) and
+`pb:retention` (finished job → when it is removed).
+
+Every change of state is guarded (WATCH/MULTI on the job's hash): a run that
+lost its lease cannot overwrite what the run that replaced it recorded.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -16,9 +23,16 @@ from rq import Queue
 
 from callbacks.outbox import Event, Outbox
 from postback import clock, ids
+from worker.results import ResultLinks
 
 QUEUE_NAME = "postback"
+PRIORITIES = ("high", "normal", "low")
+QUEUES = {"high": "postback:high", "normal": QUEUE_NAME, "low": "postback:low"}
 RUN_JOB = "worker.tasks.run_job"
+
+QUEUED_KEY = "pb:queued"
+LEASES_KEY = "pb:leases"
+RETENTION_KEY = "pb:retention"
 
 QUEUED = "queued"
 PROCESSING = "processing"
@@ -35,6 +49,15 @@ def job_key(job_id: str) -> str:
     return f"pb:job:{job_id}"
 
 
+def done_channel(job_id: str) -> str:
+    """Published to when the job reaches a terminal state (for `?wait=`)."""
+    return f"pb:job:{job_id}:done"
+
+
+class NotDurable(RuntimeError):
+    """Redis did not confirm that the new job reached its append-only file in time."""
+
+
 def partner_index(partner_id: str, status: str | None = None) -> str:
     base = f"pb:partner:{partner_id}:jobs"
     return f"{base}:{status}" if status else base
@@ -43,10 +66,24 @@ def partner_index(partner_id: str, status: str | None = None) -> str:
 class JobStore:
     """Create, read, list and move jobs through their states."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        durability: str = "everysec",
+        retention_seconds: float = 7 * 86400,
+        inline_result_bytes: int = 64 * 1024,
+        result_url_ttl_seconds: int = 86400,
+    ) -> None:
         self.redis = client
         self.outbox = Outbox(client)
-        self.queue = Queue(QUEUE_NAME, connection=client)
+        self.durability = durability
+        self.retention_seconds = retention_seconds
+        self.inline_result_bytes = inline_result_bytes
+        self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
+
+    def queue(self, priority: str) -> Queue:
+        return Queue(QUEUES[priority], connection=self.redis)
 
     def create(
         self,
@@ -56,6 +93,8 @@ class JobStore:
         input: dict[str, Any],
         callback_url: str | None,
         timeout_seconds: int,
+        priority: str = "normal",
+        base_url: str = "",
         also: Callable[[redis.client.Pipeline, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Record a new job and put it on the queue, in one transaction.
@@ -74,25 +113,48 @@ class JobStore:
             "input": json.dumps(input, separators=(",", ":")),
             "callback_url": callback_url or "",
             "created_at": repr(created_at),
+            "priority": priority,
+            "timeout_seconds": timeout_seconds,
+            "attempts": 0,
+            # Where result links point: the API's public base URL.
+            "base_url": base_url,
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.multi()
             pipe.hset(job_key(job_id), mapping=record)
             pipe.zadd(partner_index(partner_id), {job_id: 0})
             pipe.zadd(partner_index(partner_id, QUEUED), {job_id: 0})
-            self.queue.enqueue_call(
-                RUN_JOB,
-                args=(job_id,),
-                job_id=job_id,
-                timeout=timeout_seconds,
-                result_ttl=0,
-                failure_ttl=7 * 86400,
-                pipeline=pipe,
-            )
+            pipe.zadd(QUEUED_KEY, {job_id: created_at})
+            self._enqueue(pipe, job_id, priority)
             if also is not None:
                 also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
             pipe.execute()
+        self._wait_for_disk()
         return self.get(job_id)  # type: ignore[return-value]
+
+    def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
+        # RQ's own timeout is off: the job's timeout is enforced around the handler
+        # alone (worker.tasks), so recording the outcome is never cut short.
+        self.queue(priority).enqueue_call(
+            RUN_JOB,
+            args=(job_id,),
+            job_id=job_id,
+            timeout=-1,
+            result_ttl=0,
+            failure_ttl=86400,
+            pipeline=pipe,
+        )
+
+    def _wait_for_disk(self) -> None:
+        """In `fsync` durability, return only once the writes are fsynced to the AOF."""
+        if self.durability != "fsync":
+            return
+        try:
+            local, _ = self.redis.execute_command("WAITAOF", 1, 0, 5000)
+        except redis.ResponseError as exc:
+            raise NotDurable(f"WAITAOF failed: {exc}") from exc
+        if local < 1:
+            raise NotDurable("the append-only file was not fsynced within 5 s")
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The stored record, decoded, or None."""
@@ -101,12 +163,18 @@ class JobStore:
             return None
         record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
         record["progress"] = int(record.get("progress") or 0)
+        record["result_bytes"] = len(record.get("result") or "")
         for name in ("input", "result", "error"):
             record[name] = json.loads(record[name]) if record.get(name) else None
-        for name in ("created_at", "started_at", "finished_at"):
+        for name in ("created_at", "started_at", "finished_at", "lease_until"):
             record[name] = float(record[name]) if record.get(name) else None
         record["callback_url"] = record.get("callback_url") or None
         record["event_id"] = record.get("event_id") or None
+        record["run_id"] = record.get("run_id") or None
+        record["attempts"] = int(record.get("attempts") or 0)
+        record["timeout_seconds"] = int(record.get("timeout_seconds") or 600)
+        record["priority"] = record.get("priority") or "normal"
+        record["cancel_requested"] = record.get("cancel_requested") == "1"
         return record
 
     def page(
@@ -129,18 +197,149 @@ class JobStore:
         records = [r for r in (self.get(job_id) for job_id in job_ids) if r is not None]
         return records, (job_ids[-1] if more and job_ids else None)
 
-    def start(self, job_id: str) -> dict[str, Any] | None:
-        """Move a queued job to processing; None if it is not queued any more."""
-        record = self.get(job_id)
-        if record is None or record["status"] != QUEUED:
-            return None
+    def _guarded(
+        self, job_id: str, change: Callable[[dict[str, Any], redis.client.Pipeline], bool]
+    ) -> dict[str, Any] | None:
+        """Apply `change(record, pipeline)` atomically; None if the job is gone or it declines.
+
+        `change` queues its writes on the pipeline (already in MULTI) and
+        returns True; the whole transaction is retried if the job changed meanwhile.
+        """
         with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key(job_id))
+                    record = self.get(job_id)
+                    if record is None:
+                        return None
+                    pipe.multi()
+                    if not change(record, pipe):
+                        return None
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+
+    def start(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Queued → processing under a lease held by `run_id`; None if not queued any more."""
+        now = clock.now()
+
+        def begin(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            if record["status"] != QUEUED:
+                return False
             pipe.hset(
-                job_key(job_id), mapping={"status": PROCESSING, "started_at": repr(clock.now())}
+                job_key(job_id),
+                mapping={
+                    "status": PROCESSING,
+                    "started_at": repr(now),
+                    "run_id": run_id,
+                    "lease_until": repr(now + lease_seconds),
+                    "attempts": record["attempts"] + 1,
+                },
             )
+            pipe.zrem(QUEUED_KEY, job_id)
+            pipe.zadd(LEASES_KEY, {job_id: now + lease_seconds})
             self._move(pipe, record, PROCESSING)
-            pipe.execute()
+            return True
+
+        if self._guarded(job_id, begin) is None:
+            return None
         return self.get(job_id)
+
+    def renew(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
+        """Extend the lease of a run that still holds it; None if it lost it."""
+        until = clock.now() + lease_seconds
+
+        def extend(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            if record["status"] != PROCESSING or record["run_id"] != run_id:
+                return False
+            pipe.hset(job_key(job_id), "lease_until", repr(until))
+            pipe.zadd(LEASES_KEY, {job_id: until})
+            return True
+
+        return self._guarded(job_id, extend)
+
+    def requeue(
+        self,
+        job_id: str,
+        *,
+        run_id: str | None,
+        delay_seconds: float = 0.0,
+        lapsed_before: float | None = None,
+    ) -> dict[str, Any] | None:
+        """Processing → queued again, now or after `delay_seconds` (a retry or a recovery).
+
+        Only the run holding the lease (`run_id`) may do it, or the reaper
+        (`lapsed_before`: only if the lease lapsed before that time).
+        """
+        due = clock.now() + delay_seconds
+
+        def back(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            if record["status"] != PROCESSING:
+                return False
+            if run_id is not None and record["run_id"] != run_id:
+                return False
+            if lapsed_before is not None and (record["lease_until"] or 0) >= lapsed_before:
+                return False
+            pipe.hset(job_key(job_id), mapping={"status": QUEUED, "run_id": "", "lease_until": ""})
+            pipe.hdel(job_key(job_id), "started_at")
+            pipe.zrem(LEASES_KEY, job_id)
+            pipe.zadd(QUEUED_KEY, {job_id: due})
+            self._move(pipe, record, QUEUED)
+            if delay_seconds <= 0:
+                self._enqueue(pipe, job_id, record["priority"])
+            return True
+
+        record = self._guarded(job_id, back)
+        if record is not None and delay_seconds > 0:
+            self.queue(record["priority"]).enqueue_in(
+                timedelta(seconds=delay_seconds),
+                RUN_JOB,
+                job_id,
+                job_id=job_id,
+                job_timeout=-1,
+                result_ttl=0,
+                failure_ttl=86400,
+            )
+        return record
+
+    def enqueue_again(self, job_id: str) -> bool:
+        """Put a queued job that is on no queue back on its queue (the reaper's repair)."""
+
+        def again(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            if record["status"] != QUEUED:
+                pipe.zrem(QUEUED_KEY, job_id)
+                return True
+            pipe.zadd(QUEUED_KEY, {job_id: clock.now()})
+            self._enqueue(pipe, job_id, record["priority"])
+            return True
+
+        return self._guarded(job_id, again) is not None
+
+    def request_cancel(self, job_id: str) -> str | None:
+        """Cancel a job: a queued one at once, a running one at its next chance.
+
+        Returns the status after the request: "cancelled" (it will never run),
+        "processing" (its run is told to stop), a terminal status (too late),
+        or None if there is no such job.
+        """
+        record = self.get(job_id)
+        if record is None:
+            return None
+        if record["status"] == QUEUED:
+            finished = self.finish(
+                job_id,
+                status=CANCELLED,
+                expect=(QUEUED,),
+                error={"code": "cancelled", "message": "cancelled before it started"},
+            )
+            if finished is not None:
+                return CANCELLED
+            record = self.get(job_id) or record
+        if record["status"] == PROCESSING:
+            self.redis.hset(job_key(job_id), "cancel_requested", 1)
+            return PROCESSING
+        return record["status"]
 
     def set_progress(self, job_id: str, percent: int) -> None:
         self.redis.hset(job_key(job_id), "progress", percent)
@@ -152,38 +351,73 @@ class JobStore:
         status: str,
         result: Any = None,
         error: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """Move a job to a terminal status and, if it has a callback URL, queue its webhook."""
-        record = self.get(job_id)
-        if record is None:
-            raise LookupError(job_id)
+        run_id: str | None = None,
+        expect: tuple[str, ...] = (PROCESSING,),
+    ) -> dict[str, Any] | None:
+        """Move a job to a terminal status and, if it has a callback URL, queue its webhook.
+
+        Applies only while the job is in an `expect`ed status (and, with
+        `run_id`, still held by that run); returns None otherwise.
+        """
         finished_at = clock.now()
-        fields: dict[str, Any] = {"status": status, "finished_at": repr(finished_at)}
+        fields: dict[str, Any] = {
+            "status": status,
+            "finished_at": repr(finished_at),
+            "run_id": "",
+            "lease_until": "",
+        }
         if status == COMPLETED:
             fields["progress"] = 100
             fields["result"] = json.dumps(result, separators=(",", ":"), allow_nan=False)
         if error is not None:
             fields["error"] = json.dumps(error, separators=(",", ":"))
-        event = None
-        if record["callback_url"]:
-            fields["event_id"] = ids.new_id("msg")
-            updated = {
-                **record,
-                **fields,
-                "result": result,
-                "error": error,
-                "progress": fields.get("progress", record["progress"]),
-                "finished_at": finished_at,
-                "event_id": fields["event_id"],
-            }
-            event = self._event(updated, status, finished_at)
-        with self.redis.pipeline(transaction=True) as pipe:
+
+        def end(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            if record["status"] not in expect:
+                return False
+            if run_id is not None and record["run_id"] != run_id:
+                return False
+            if record["callback_url"]:
+                fields["event_id"] = ids.new_id("msg")
+                updated = {
+                    **record,
+                    **fields,
+                    "result": result,
+                    "error": error,
+                    "progress": fields.get("progress", record["progress"]),
+                    "finished_at": finished_at,
+                    "event_id": fields["event_id"],
+                }
+                self.outbox.add(self._event(updated, status, finished_at), pipeline=pipe)
             pipe.hset(job_key(job_id), mapping=fields)
+            pipe.hdel(job_key(job_id), "cancel_requested")
+            pipe.zrem(LEASES_KEY, job_id)
+            pipe.zrem(QUEUED_KEY, job_id)
+            pipe.zadd(RETENTION_KEY, {job_id: finished_at + self.retention_seconds})
             self._move(pipe, record, status)
-            if event is not None:
-                self.outbox.add(event, pipeline=pipe)
+            pipe.publish(done_channel(job_id), status)
+            return True
+
+        if self._guarded(job_id, end) is None:
+            return None
+        return self.get(job_id)
+
+    def remove(self, job_id: str) -> None:
+        """Delete a finished job and everything that belongs to it (retention).
+
+        A webhook on the dead-letter list stays there: dead letters never expire silently.
+        """
+        record = self.get(job_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(RETENTION_KEY, job_id)
+            if record is not None:
+                pipe.delete(job_key(job_id))
+                pipe.zrem(partner_index(record["partner_id"]), job_id)
+                pipe.zrem(partner_index(record["partner_id"], record["status"]), job_id)
+                event = self.outbox.get(record["event_id"]) if record["event_id"] else None
+                if event is not None and not event["dead_letter_id"]:
+                    self.outbox.forget(event["id"], pipeline=pipe)
             pipe.execute()
-        return self.get(job_id)  # type: ignore[return-value]
 
     def _event(self, record: dict[str, Any], status: str, at: float) -> Event:
         """The webhook for a job that just reached `status`."""
@@ -223,13 +457,19 @@ class JobStore:
             "id": record["id"],
             "type": record["type"],
             "status": record["status"],
+            "priority": record.get("priority") or "normal",
             "progress": record["progress"],
+            "attempts": record.get("attempts") or 0,
             "created_at": clock.rfc3339(record["created_at"]),
             "started_at": clock.rfc3339(record["started_at"]),
             "finished_at": clock.rfc3339(record["finished_at"]),
         }
         if record["status"] == COMPLETED:
-            job["result"] = record["result"]
+            size = record.get("result_bytes") or len(json.dumps(record["result"]))
+            if size > self.inline_result_bytes:
+                job["result_url"] = self.links.url(record.get("base_url") or "", record["id"])
+            else:
+                job["result"] = record["result"]
         if record["error"] is not None:
             job["error"] = record["error"]
         if record["callback_url"]:

@@ -17,8 +17,8 @@ from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.settings import Settings
-from worker import registry
-from worker.jobs import QUEUE_NAME
+from worker import reaper, registry, runtime
+from worker.jobs import PRIORITIES, QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +81,29 @@ def run(
     while it waits for jobs (default: `client`).
     """
     registry.load(settings.handler_modules)
+    runtime.configure(settings)
     stop = threading.Event()
     delivery = threading.Thread(
         target=dispatcher(settings, client).run, args=(stop,), name="dispatcher", daemon=True
     )
+    reaping = threading.Thread(
+        target=reaper.run,
+        args=(runtime.job_store(client, settings), settings, stop),
+        name="reaper",
+        daemon=True,
+    )
     delivery.start()
+    reaping.start()
     try:
         queue_client = queue_client or client
-        SimpleWorker([Queue(QUEUE_NAME, connection=queue_client)], connection=queue_client).work(
+        SimpleWorker(queues(queue_client), connection=queue_client).work(
             burst=burst, with_scheduler=True, logging_level=settings.log_level
         )
     finally:
         stop.set()
         delivery.join(timeout=settings.delivery_timeout_seconds + 5)
+
+
+def queues(client: redis.Redis) -> list[Queue]:
+    """The job queues, highest priority first: a worker always takes `high` work first."""
+    return [Queue(QUEUES[priority], connection=client) for priority in PRIORITIES]

@@ -1,69 +1,195 @@
-"""The RQ entry point that runs a job's handler and records what happened."""
+"""The RQ entry point that runs a job's handler under a lease, and records what happened.
+
+A run holds a lease on its job, renewed by a heartbeat thread; if the process
+dies, the lease lapses and the reaper (`worker.reaper`) puts the job back on
+its queue. The handler's time limit and cancellation interrupt the handler
+only (SIGALRM and SIGUSR1 in the worker's main thread), never the recording.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 from rq import get_current_job
-from rq.timeouts import JobTimeoutException
 
+from callbacks.policy import RetryPolicy
 from worker import jobs as js
-from worker import registry
+from worker import registry, runtime
 from worker.context import JobContext
+from worker.errors import JobCancelled, JobTimedOut, RetryableError
 from worker.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
 
 def run_job(job_id: str) -> None:
-    """Run job `job_id`: processing, then completed or failed (and its webhook queued).
+    """Run job `job_id` once: processing, then completed, failed, cancelled or queued again.
 
     Never raises for a handler's failure: the failure is the job's result.
     """
-    store = JobStore(get_current_job().connection)
-    record = store.start(job_id)
+    settings = runtime.settings()
+    store = runtime.job_store(get_current_job().connection, settings)
+    run_id = secrets.token_hex(8)
+    record = store.start(job_id, run_id=run_id, lease_seconds=settings.job_lease_seconds)
     if record is None:
-        log.warning("job %s is not queued; not running it", job_id)
+        log.info("job %s is not queued any more; not running it", job_id)
         return
     spec = registry.get(record["type"])
     if spec is None:
+        message = f"no handler for job type {record['type']!r}"
         store.finish(
             job_id,
             status=js.FAILED,
-            error={
-                "code": "unknown_type",
-                "message": f"no handler for job type {record['type']!r}",
-            },
+            run_id=run_id,
+            error={"code": "unknown_type", "message": message},
         )
         return
-    ctx = JobContext(job_id, record["input"] or {}, lambda pct: store.set_progress(job_id, pct))
+    ctx = JobContext(
+        job_id,
+        record["input"] or {},
+        lambda pct: store.set_progress(job_id, pct),
+        attempt=record["attempts"],
+    )
+    interruptible = threading.Event()
+    with _heartbeat(store, job_id, run_id, settings.job_lease_seconds, ctx, interruptible):
+        outcome = _run_handler(spec.fn, ctx, record["timeout_seconds"], interruptible)
+    _record(store, record, run_id, outcome, settings)
+
+
+def _run_handler(
+    fn: Any, ctx: JobContext, timeout_seconds: int, interruptible: threading.Event
+) -> tuple[str, Any]:
+    """("ok", result) or (kind, exception): the handler's outcome, never raised."""
     try:
-        result = spec.fn(ctx)
-    except JobTimeoutException:
-        log.warning("job %s timed out", job_id)
-        store.finish(
-            job_id,
+        interruptible.set()
+        try:
+            with _time_limit(timeout_seconds, interruptible):
+                return "ok", fn(ctx)
+        finally:
+            interruptible.clear()
+    except JobCancelled as exc:
+        return "cancelled", exc
+    except JobTimedOut as exc:
+        return "timeout", exc
+    except RetryableError as exc:
+        return "retry", exc
+    except Exception as exc:
+        log.exception("job %s failed", ctx.job_id)
+        return "error", exc
+
+
+def _record(
+    store: JobStore, record: dict[str, Any], run_id: str, outcome: tuple[str, Any], settings: Any
+) -> None:
+    job_id = record["id"]
+    kind, value = outcome
+    finish = lambda **kw: store.finish(job_id, run_id=run_id, **kw)  # noqa: E731
+    if kind == "ok":
+        try:
+            done = finish(status=js.COMPLETED, result=value)
+        except (TypeError, ValueError) as exc:
+            done = finish(
+                status=js.FAILED,
+                error={
+                    "code": "result_not_json",
+                    "message": f"the handler's result is not JSON: {exc}",
+                },
+            )
+    elif kind == "cancelled":
+        done = finish(
+            status=js.CANCELLED, error={"code": "cancelled", "message": "cancelled while running"}
+        )
+    elif kind == "timeout":
+        done = finish(
             status=js.FAILED,
             error={
                 "code": "timeout",
-                "message": f"the job ran longer than {spec.timeout_seconds} s",
+                "message": f"the job ran longer than {record['timeout_seconds']} s",
             },
         )
-        return
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        store.finish(
-            job_id, status=js.FAILED, error={"code": type(exc).__name__, "message": str(exc)}
+    elif kind == "retry" and record["attempts"] < settings.job_max_attempts:
+        policy = RetryPolicy(
+            base_seconds=settings.job_retry_base_seconds, max_seconds=settings.job_retry_max_seconds
         )
+        delay = policy.delay_seconds(record["attempts"])
+        log.info("job %s: %s; retrying in %.1f s", job_id, value, delay)
+        done = store.requeue(job_id, run_id=run_id, delay_seconds=delay)
+    else:
+        done = finish(status=js.FAILED, error={"code": type(value).__name__, "message": str(value)})
+    if done is None:
+        log.warning("job %s: this run lost its lease; its outcome is discarded", job_id)
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: int, interruptible: threading.Event) -> Iterator[None]:
+    """Raise JobTimedOut in the handler after `seconds` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
         return
+
+    def expire(signum: int, frame: object) -> None:
+        if interruptible.is_set():
+            interruptible.clear()
+            raise JobTimedOut(f"{seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        store.finish(job_id, status=js.COMPLETED, result=result)
-    except (TypeError, ValueError) as exc:
-        store.finish(
-            job_id,
-            status=js.FAILED,
-            error={
-                "code": "result_not_json",
-                "message": f"the handler's result is not JSON: {exc}",
-            },
-        )
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def _heartbeat(
+    store: JobStore,
+    job_id: str,
+    run_id: str,
+    lease_seconds: float,
+    ctx: JobContext,
+    interruptible: threading.Event,
+) -> Iterator[None]:
+    """Renew the run's lease until the block ends; pass a cancellation on to the handler."""
+    stop = threading.Event()
+    main = threading.main_thread()
+    in_main = threading.current_thread() is main
+    previous = None
+    if in_main:
+
+        def cancel(signum: int, frame: object) -> None:
+            if interruptible.is_set():
+                interruptible.clear()
+                raise JobCancelled(job_id)
+
+        previous = signal.signal(signal.SIGUSR1, cancel)
+
+    def beat() -> None:
+        while not stop.wait(lease_seconds / 3):
+            try:
+                record = store.renew(job_id, run_id=run_id, lease_seconds=lease_seconds)
+            except Exception:
+                log.warning("job %s: lease renewal failed; retrying", job_id, exc_info=True)
+                continue
+            if record is None:
+                return
+            if record["cancel_requested"] and not ctx.cancelled.is_set():
+                ctx.cancelled.set()
+                if in_main and main.ident is not None:
+                    signal.pthread_kill(main.ident, signal.SIGUSR1)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        if in_main:
+            signal.signal(signal.SIGUSR1, previous)

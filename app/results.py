@@ -1,0 +1,32 @@
+"""Large results, served by signed, expiring links (no API key needed)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from app.errors import ApiError, NotFound
+from app.services import services
+from worker.jobs import COMPLETED
+from worker.results import BadSignature, SignatureExpired
+
+bp = Blueprint("results", __name__, url_prefix="/v1/results")
+
+
+class LinkExpired(ApiError):
+    status, title, slug = 410, "Link expired", "link-expired"
+
+
+@bp.get("/<token>")
+def get_result(token: str) -> Response:
+    """The result a link points to; 410 once the link expired, 404 if it was tampered with."""
+    jobs = services().jobs
+    try:
+        job_id = jobs.links.job_id(token)
+    except SignatureExpired:
+        raise LinkExpired("this result link has expired; GET the job for a fresh one") from None
+    except BadSignature:
+        raise NotFound("no such result") from None
+    record = jobs.get(job_id)
+    if record is None or record["status"] != COMPLETED:
+        raise NotFound("no such result")
+    return jsonify(record["result"])

@@ -1,0 +1,100 @@
+"""The reaper: finds work that a crash left behind and sets it going again.
+
+Every worker process runs one. Each pass:
+- a running job whose lease lapsed (its worker died) goes back on its queue,
+  or, after `POSTBACK_JOB_MAX_ATTEMPTS` runs, fails with `worker_lost`;
+- a job recorded as queued that sits on no queue (lost between dequeue and
+  start, or a retry whose scheduling was lost) is put back on its queue;
+- finished jobs past their retention are removed with what belongs to them.
+Every change is guarded in the job store, so reapers in several processes agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from rq.registry import ScheduledJobRegistry
+
+from postback import clock
+from postback.settings import Settings
+from worker import jobs as js
+from worker.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+# A queued job is looked for on its queue only after this long.
+LOST_AFTER_SECONDS = 10.0
+BATCH = 100
+
+
+@dataclass
+class Reaped:
+    recovered: int = 0
+    worker_lost: int = 0
+    requeued_lost: int = 0
+    removed: int = 0
+
+
+def reap(store: JobStore, settings: Settings) -> Reaped:
+    """One pass; returns what it did."""
+    done = Reaped()
+    now = clock.now()
+    client = store.redis
+    for raw in client.zrangebyscore(js.LEASES_KEY, "-inf", now, start=0, num=BATCH):
+        job_id = raw.decode()
+        record = store.get(job_id)
+        if record is None or record["status"] != js.PROCESSING:
+            client.zrem(js.LEASES_KEY, job_id)
+            continue
+        if record["attempts"] >= settings.job_max_attempts:
+            message = f"the worker running it was lost {record['attempts']} times"
+            if store.finish(
+                job_id,
+                status=js.FAILED,
+                run_id=record["run_id"],
+                error={"code": "worker_lost", "message": message},
+            ):
+                done.worker_lost += 1
+                log.warning("job %s failed: worker lost %d times", job_id, record["attempts"])
+        elif store.requeue(job_id, run_id=None, lapsed_before=now):
+            done.recovered += 1
+            log.warning("job %s: lease lapsed (worker lost); queued again", job_id)
+    for raw in client.zrangebyscore(
+        js.QUEUED_KEY, "-inf", now - LOST_AFTER_SECONDS, start=0, num=BATCH
+    ):
+        job_id = raw.decode()
+        record = store.get(job_id)
+        if record is None or record["status"] != js.QUEUED:
+            client.zrem(js.QUEUED_KEY, job_id)
+            continue
+        if _on_a_queue(store, record):
+            # Waiting its turn: look again later.
+            client.zadd(js.QUEUED_KEY, {job_id: now})
+            continue
+        if store.enqueue_again(job_id):
+            done.requeued_lost += 1
+            log.warning("job %s was on no queue; queued again", job_id)
+    for raw in client.zrangebyscore(js.RETENTION_KEY, "-inf", now, start=0, num=BATCH):
+        store.remove(raw.decode())
+        done.removed += 1
+    return done
+
+
+def _on_a_queue(store: JobStore, record: dict) -> bool:
+    queue = store.queue(record["priority"])
+    if store.redis.lpos(queue.key, record["id"]) is not None:
+        return True
+    return record["id"] in ScheduledJobRegistry(queue=queue)
+
+
+def run(
+    store: JobStore, settings: Settings, stop: threading.Event, *, interval_seconds: float = 1.0
+) -> None:
+    """Reap every `interval_seconds` until `stop` is set."""
+    while not stop.wait(interval_seconds):
+        try:
+            reap(store, settings)
+        except Exception:
+            log.warning("reaper pass failed; retrying", exc_info=True)

@@ -1,0 +1,37 @@
+"""Signed, expiring links to large results, so they can be fetched without the API key."""
+
+from __future__ import annotations
+
+import secrets
+
+import redis
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+SECRET_KEY = "pb:secret:result-links"
+
+__all__ = ["BadSignature", "ResultLinks", "SignatureExpired"]
+
+
+class ResultLinks:
+    """Make and check `/v1/results/{token}` links; the signing key lives in Redis."""
+
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl_seconds = ttl_seconds
+        self._serializer: URLSafeTimedSerializer | None = None
+
+    def _signer(self) -> URLSafeTimedSerializer:
+        if self._serializer is None:
+            # The first process to need a key makes it; every other one reads it.
+            self.redis.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
+            key = self.redis.get(SECRET_KEY)
+            self._serializer = URLSafeTimedSerializer(key, salt="postback.result-link")
+        return self._serializer
+
+    def url(self, base_url: str, job_id: str) -> str:
+        """A link to the job's result, valid for `ttl_seconds` from now."""
+        return f"{base_url.rstrip('/')}/v1/results/{self._signer().dumps(job_id)}"
+
+    def job_id(self, token: str) -> str:
+        """The job a token links to; raises BadSignature, or SignatureExpired past the TTL."""
+        return self._signer().loads(token, max_age=self.ttl_seconds)

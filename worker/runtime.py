@@ -1,0 +1,32 @@
+"""The settings of this worker process, set once at start-up (`worker.process.run`)."""
+
+from __future__ import annotations
+
+import redis
+
+from postback.settings import Settings
+from worker.jobs import JobStore
+
+_settings: list[Settings] = []
+
+
+def configure(settings: Settings) -> None:
+    """Make `settings` the ones RQ entry points in this process use."""
+    _settings[:] = [settings]
+
+
+def settings() -> Settings:
+    """The configured settings (defaults if none were configured)."""
+    return _settings[0] if _settings else Settings()
+
+
+def job_store(client: redis.Redis, current: Settings | None = None) -> JobStore:
+    """The job store as the settings describe it."""
+    current = current or settings()
+    return JobStore(
+        client,
+        durability=current.durability,
+        retention_seconds=current.job_retention_seconds,
+        inline_result_bytes=current.inline_result_bytes,
+        result_url_ttl_seconds=current.result_url_ttl_seconds,
+    )
