@@ -77,6 +77,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if key is not None:
         stored = svc.idempotency.begin(g.partner_id, key, print_)
         if stored is not None:
+            svc.jobs.confirm_durable()
             return (
                 jsonify(stored.body),
                 stored.status,
@@ -121,6 +122,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         if key is not None:
             svc.idempotency.abandon(g.partner_id, key)
         raise
+    # Outside the block above: a job that exists keeps its key, so a retry after a
+    # 503 here replays this response instead of making a second job.
+    svc.jobs.confirm_durable()
     return jsonify(response["body"]), 202, response["headers"]
 
 

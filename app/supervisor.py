@@ -97,6 +97,8 @@ class Supervisor:
         try:
             while not self.stopping:
                 self._supervise(env)
+                if embedded is not None:
+                    embedded = self._supervise_redis(embedded, server.port)
                 time.sleep(0.2)
         finally:
             self._stop_children()
@@ -104,6 +106,29 @@ class Supervisor:
                 embedded.stop(wait_seconds=2.5)
             print("Postback stopped.", flush=True)
         return 0
+
+    def _supervise_redis(self, embedded: EmbeddedRedis, port: int) -> EmbeddedRedis:
+        """Restart a dead embedded server on the same port, from its AOF on the same data dir.
+
+        Workers and the API reconnect by themselves: the URL they hold stays valid.
+        """
+        if embedded.alive():
+            return embedded
+        print(
+            "postback: the embedded Redis died; restarting it from its append-only file",
+            file=sys.stderr,
+            flush=True,
+        )
+        restarted = EmbeddedRedis(self.data_dir, port=port)
+        try:
+            restarted.start()
+        except Exception as exc:
+            print(
+                f"postback: restarting Redis failed ({exc}); trying again",
+                file=sys.stderr,
+                flush=True,
+            )
+        return restarted
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -13,7 +13,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from rq import Queue
 
 from app.errors import ApiError, Unavailable
-from worker.jobs import QUEUE_NAME
+from worker.jobs import QUEUES
 
 
 class TooManyRequests(ApiError):
@@ -57,7 +57,7 @@ def add_rate_limit_headers(response: Response) -> Response:
 
 def check_backlog(client: redis.Redis, max_backlog: int) -> None:
     """503 with Retry-After while more than `max_backlog` jobs wait in the queue."""
-    waiting = Queue(QUEUE_NAME, connection=client).count
+    waiting = sum(Queue(name, connection=client).count for name in QUEUES.values())
     if waiting >= max_backlog:
         raise Unavailable(
             f"{waiting} jobs are waiting; submissions resume when the backlog drains",

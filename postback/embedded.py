@@ -78,6 +78,11 @@ class EmbeddedRedis:
         self._terminate(pid)
         return None
 
+    def alive(self) -> bool:
+        """Whether the process in this data dir's pidfile lives (no PING: cheap)."""
+        pid = self._read_pid()
+        return pid is not None and _alive(pid)
+
     def url(self) -> str | None:
         """URL of the running server of this data dir, if any (for `postback worker`)."""
         server = self.running()

@@ -15,8 +15,9 @@ from rq import SimpleWorker
 from app import create_app
 from postback.embedded import EmbeddedRedis
 from postback.settings import Settings
+from tests.processes import kill_valkeys
 from tests.receiver import Receiver
-from worker import runtime
+from worker import reaper, runtime
 from worker.process import dispatcher, queues
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -57,6 +58,8 @@ def settings(redis_url: str, tmp_path: Path) -> Settings:
         # The embedded test server fsyncs every second; tests need no durable acknowledgement.
         durability="everysec",
         job_lease_seconds=1.5,
+        job_retry_base_seconds=0.05,
+        job_retry_max_seconds=0.1,
     )
 
 
@@ -86,6 +89,16 @@ def partner(client: FlaskClient, admin_headers: dict[str, str]) -> dict[str, Any
 
 
 @pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh data dir; no valkey-server of it survives the test."""
+    path = (tmp_path / "data").resolve()
+    try:
+        yield path
+    finally:
+        kill_valkeys(path)
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as running:
         yield running
@@ -93,10 +106,11 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def work(settings: Settings, redis_client: redis.Redis):
-    """Run queued jobs (a burst SimpleWorker), then every delivery due now."""
+    """One reaper pass, the queued jobs (a burst SimpleWorker), then every delivery due now."""
 
     def run(*, deliveries: bool = True) -> None:
         runtime.configure(settings)
+        reaper.reap(runtime.job_store(redis_client, settings), settings)
         SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
         if deliveries:
             deliver = dispatcher(settings, redis_client)

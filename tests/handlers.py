@@ -24,3 +24,28 @@ def progress(ctx):
 @handler("test.not_json")
 def not_json(ctx):
     return {"value": object()}
+
+
+@handler("test.flaky")
+def flaky(ctx):
+    """Fails with a RetryableError until its attempt number reaches `input.succeed_on`."""
+    from worker import RetryableError
+
+    if ctx.attempt < ctx.input.get("succeed_on", 99):
+        raise RetryableError(f"attempt {ctx.attempt} hit a temporary error")
+    return {"attempt": ctx.attempt}
+
+
+@handler("test.hang")
+def hang(ctx):
+    """Sleeps without reporting progress: only an interruption stops it."""
+    import time
+
+    time.sleep(ctx.input.get("seconds", 60))
+    return {"slept": True}
+
+
+@handler("test.big")
+def big(ctx):
+    """Returns a result of `input.bytes` characters."""
+    return {"blob": "x" * ctx.input["bytes"]}

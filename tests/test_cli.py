@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
@@ -23,7 +22,6 @@ from tests.processes import (
     eventually,
     free_port,
     is_gone,
-    kill_valkeys,
     stop_process,
     valkey_pids,
     wait_gone,
@@ -156,16 +154,6 @@ def postback_up(
             if start_time(pid) == started and not is_valkey(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A fresh data dir; no valkey-server of it survives the test."""
-    path = (tmp_path / "data").resolve()
-    try:
-        yield path
-    finally:
-        kill_valkeys(path)
 
 
 def test_up_runs_a_job_and_delivers_a_signed_webhook(data_dir: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from postback.embedded import EmbeddedRedis
-from tests.processes import kill_valkeys, valkey_pids, wait_gone
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """A fresh data dir; no valkey-server of it survives the test."""
-    path = (tmp_path / "data").resolve()
-    try:
-        yield path
-    finally:
-        kill_valkeys(path)
+from tests.processes import valkey_pids, wait_gone
 
 
 def client(url: str) -> redis.Redis:

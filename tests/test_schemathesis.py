@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import hypothesis
 import pytest
 import redis
 import schemathesis
 from flask import Flask
-from rq import Queue, SimpleWorker, Worker
+from rq import SimpleWorker, Worker
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -29,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 from app import create_app
 from postback.settings import Settings
 from worker.jobs import QUEUE_NAME
-from worker.process import dispatcher
+from worker.process import dispatcher, queues
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
 # Random examples per operation and generation mode, on top of examples and coverage cases.
@@ -74,8 +75,9 @@ def partner_headers(
 ) -> dict[str, str]:
     """A partner made through the admin API, with jobs; its bearer header.
 
-    So that lists are not empty: a second, disabled partner, and jobs that completed,
-    failed, and whose webhook died (a dead letter, and a failure on its circuit).
+    So that lists are not empty: a second, disabled partner, and jobs that completed
+    (one with a result too large to inline, so it has a `result_url`), failed, were
+    cancelled, and whose webhook died (dead letters, and failures on their circuit).
     """
     client = fuzzed_app.test_client()
     created = [
@@ -91,11 +93,20 @@ def partner_headers(
         {"type": "test.fail", "input": {"quota": 3}},
         # Nothing listens on the discard port: the one attempt fails and the webhook dies.
         {"type": "echo", "callback_url": "http://127.0.0.1:9/hook"},
+        {"type": "echo", "input": {"blob": "x" * (fuzz_settings.inline_result_bytes + 1)}},
+        {"type": "echo", "priority": "low", "timeout_seconds": 30},
     ]
     for job in jobs:
         assert client.post("/v1/jobs", json=job, headers=headers).status_code == 202
-    queue = Queue(QUEUE_NAME, connection=redis_client)
-    SimpleWorker([queue], connection=redis_client).work(burst=True)
+    doomed = {"type": "echo", "priority": "high", "callback_url": "http://127.0.0.1:9/hook"}
+    submitted = client.post("/v1/jobs", json=doomed, headers=headers)
+    cancelled = client.post(f"/v1/jobs/{submitted.json['id']}/cancel", headers=headers)
+    assert (cancelled.status_code, cancelled.json["status"]) == (200, "cancelled")
+    SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
+    completed = client.get("/v1/jobs?status=completed", headers=headers).json["items"]
+    links = [job["result_url"] for job in completed if "result_url" in job]
+    assert len(links) == 1
+    assert client.get(urlsplit(links[0]).path).status_code == 200
     deliver = dispatcher(fuzz_settings, redis_client)
     for event_id in deliver.outbox.claim(limit=10, lease_seconds=60):
         deliver.deliver_once(event_id)

@@ -324,3 +324,36 @@ def test_a_replay_to_an_unsafe_url_is_refused(settings, redis_client, admin_head
         headers=admin_headers,
     )
     assert reply.status_code == 422 and "callback_url" in reply.json["errors"]
+
+
+def test_the_backlog_counts_every_priority(settings, redis_client, partner):
+    """High and low priority jobs count toward POSTBACK_MAX_BACKLOG too."""
+    client = app_with(settings, redis_client, max_backlog=2).test_client()
+    for priority in ("high", "low"):
+        reply = client.post(
+            "/v1/jobs", json={"type": "echo", "priority": priority}, headers=partner["headers"]
+        )
+        assert reply.status_code == 202
+    reply = client.post("/v1/jobs", json={"type": "echo"}, headers=partner["headers"])
+    assert reply.status_code == 503
+
+
+def test_a_retry_after_an_unconfirmed_write_replays_instead_of_duplicating(
+    client, partner, redis_client, monkeypatch
+):
+    """If the disk cannot confirm a job (503), a retry with its key returns that same job."""
+    from worker.jobs import JobStore, NotDurable
+
+    calls = []
+
+    def flaky_confirm(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise NotDurable("simulated: no fsync confirmation")
+
+    monkeypatch.setattr(JobStore, "confirm_durable", flaky_confirm)
+    first = post_with_key(client, partner, "durable-1", {"type": "echo"})
+    assert first.status_code == 503 and first.mimetype == PROBLEM
+    second = post_with_key(client, partner, "durable-1", {"type": "echo"})
+    assert second.status_code == 202 and second.headers["Idempotent-Replayed"] == "true"
+    assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1

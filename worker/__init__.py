@@ -13,6 +13,15 @@ Write a handler::
 from __future__ import annotations
 
 from worker.context import JobContext
+from worker.errors import JobCancelled, JobTimedOut, RetryableError
 from worker.registry import Handler, HandlerError, handler
 
-__all__ = ["Handler", "HandlerError", "JobContext", "handler"]
+__all__ = [
+    "Handler",
+    "HandlerError",
+    "JobCancelled",
+    "JobContext",
+    "JobTimedOut",
+    "RetryableError",
+    "handler",
+]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import redis
@@ -31,6 +30,7 @@ QUEUES = {"high": "postback:high", "normal": QUEUE_NAME, "low": "postback:low"}
 RUN_JOB = "worker.tasks.run_job"
 
 QUEUED_KEY = "pb:queued"
+RETRY_KEY = "pb:retry"
 LEASES_KEY = "pb:leases"
 RETENTION_KEY = "pb:retention"
 
@@ -129,7 +129,6 @@ class JobStore:
             if also is not None:
                 also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
             pipe.execute()
-        self._wait_for_disk()
         return self.get(job_id)  # type: ignore[return-value]
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
@@ -145,8 +144,11 @@ class JobStore:
             pipeline=pipe,
         )
 
-    def _wait_for_disk(self) -> None:
-        """In `fsync` durability, return only once the writes are fsynced to the AOF."""
+    def confirm_durable(self) -> None:
+        """In `fsync` durability, return only once this client's writes are fsynced to the AOF.
+
+        Raises NotDurable if Redis cannot confirm it (call it after `create`).
+        """
         if self.durability != "fsync":
             return
         try:
@@ -288,25 +290,18 @@ class JobStore:
             self._move(pipe, record, QUEUED)
             if delay_seconds <= 0:
                 self._enqueue(pipe, job_id, record["priority"])
+            else:
+                # The reaper puts it on its queue when it falls due.
+                pipe.zadd(RETRY_KEY, {job_id: due})
             return True
 
-        record = self._guarded(job_id, back)
-        if record is not None and delay_seconds > 0:
-            self.queue(record["priority"]).enqueue_in(
-                timedelta(seconds=delay_seconds),
-                RUN_JOB,
-                job_id,
-                job_id=job_id,
-                job_timeout=-1,
-                result_ttl=0,
-                failure_ttl=86400,
-            )
-        return record
+        return self._guarded(job_id, back)
 
     def enqueue_again(self, job_id: str) -> bool:
         """Put a queued job that is on no queue back on its queue (the reaper's repair)."""
 
         def again(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            pipe.zrem(RETRY_KEY, job_id)
             if record["status"] != QUEUED:
                 pipe.zrem(QUEUED_KEY, job_id)
                 return True
@@ -393,6 +388,7 @@ class JobStore:
             pipe.hdel(job_key(job_id), "cancel_requested")
             pipe.zrem(LEASES_KEY, job_id)
             pipe.zrem(QUEUED_KEY, job_id)
+            pipe.zrem(RETRY_KEY, job_id)
             pipe.zadd(RETENTION_KEY, {job_id: finished_at + self.retention_seconds})
             self._move(pipe, record, status)
             pipe.publish(done_channel(job_id), status)

@@ -3,6 +3,7 @@
 Every worker process runs one. Each pass:
 - a running job whose lease lapsed (its worker died) goes back on its queue,
   or, after `POSTBACK_JOB_MAX_ATTEMPTS` runs, fails with `worker_lost`;
+- a retry whose time has come is put on its queue;
 - a job recorded as queued that sits on no queue (lost between dequeue and
   start, or a retry whose scheduling was lost) is put back on its queue;
 - finished jobs past their retention are removed with what belongs to them.
@@ -14,8 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-
-from rq.registry import ScheduledJobRegistry
 
 from postback import clock
 from postback.settings import Settings
@@ -34,6 +33,7 @@ class Reaped:
     recovered: int = 0
     worker_lost: int = 0
     requeued_lost: int = 0
+    retried: int = 0
     removed: int = 0
 
 
@@ -61,6 +61,9 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
         elif store.requeue(job_id, run_id=None, lapsed_before=now):
             done.recovered += 1
             log.warning("job %s: lease lapsed (worker lost); queued again", job_id)
+    for raw in client.zrangebyscore(js.RETRY_KEY, "-inf", now, start=0, num=BATCH):
+        if store.enqueue_again(raw.decode()):
+            done.retried += 1
     for raw in client.zrangebyscore(
         js.QUEUED_KEY, "-inf", now - LOST_AFTER_SECONDS, start=0, num=BATCH
     ):
@@ -83,10 +86,9 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
 
 
 def _on_a_queue(store: JobStore, record: dict) -> bool:
-    queue = store.queue(record["priority"])
-    if store.redis.lpos(queue.key, record["id"]) is not None:
+    if store.redis.zscore(js.RETRY_KEY, record["id"]) is not None:
         return True
-    return record["id"] in ScheduledJobRegistry(queue=queue)
+    return store.redis.lpos(store.queue(record["priority"]).key, record["id"]) is not None
 
 
 def run(
