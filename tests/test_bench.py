@@ -19,3 +19,13 @@ def test_the_dead_letter_benchmark_replays_everything():
 
     results = dead_letters.main(count=1000)
     assert results["replayed"] == 1000
+
+
+def test_the_lifecycle_benchmark_runs(tmp_path):
+    """A quick lifecycle benchmark measures both durability modes, recovery and memory."""
+    from bench import lifecycle
+
+    results = lifecycle.main(quick=True, data_parent=str(tmp_path))
+    assert results["durability_1_clients"]["fsync"]["per_second"] > 0
+    assert results["p5_recovery_seconds"]["median"] > 0
+    assert results["bytes_per_retained_job"] > 0

@@ -1,0 +1,182 @@
+"""Lifecycle benchmarks: the cost of fsync acknowledgements, recovery time, memory per job.
+
+    python -m bench.lifecycle [--quick]
+
+Durability: jobs created and acknowledged per second by the job store, with
+`fsync` (WAITAOF) against `everysec`, one client and eight, in the same run.
+Recovery (P5): seconds from SIGKILL of a worker mid-job to that job finishing
+on another worker, with the default lease. Memory: Redis bytes per retained
+finished job (with its webhook event and indexes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from postback.embedded import EmbeddedRedis
+from postback.settings import Settings
+from worker import jobs as js
+from worker.runtime import job_store
+
+
+def durability(url: str, mode: str, *, jobs: int, threads: int) -> dict:
+    """Create and acknowledge `jobs` jobs from `threads` clients; rate and latencies."""
+    client = redis.Redis.from_url(url, max_connections=threads + 4)
+    store = job_store(client, Settings(durability=mode))
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one_client(count: int) -> None:
+        for _ in range(count):
+            started = time.perf_counter()
+            store.create(
+                partner_id="ptn_bench",
+                type="echo",
+                input={"n": 1},
+                callback_url=None,
+                timeout_seconds=60,
+            )
+            store.confirm_durable()
+            with lock:
+                latencies.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=one_client, args=(jobs // threads,)) for _ in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    client.close()
+    return {
+        "per_second": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+    }
+
+
+def recovery(url: str, *, lease_seconds: float) -> float:
+    """Seconds from SIGKILL of the worker running a 1 s job to the job completing elsewhere."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = job_store(client, Settings(durability="everysec"))
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "POSTBACK_JOB_LEASE_SECONDS": str(lease_seconds),
+        "POSTBACK_LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "app.cli", "worker"]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    second = None
+    try:
+        job_id = store.create(
+            partner_id="ptn_bench",
+            type="sleep",
+            input={"seconds": 1},
+            callback_url=None,
+            timeout_seconds=60,
+        )["id"]
+        while store.get(job_id)["status"] != js.PROCESSING:
+            time.sleep(0.01)
+        second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # the job is half done
+        os.kill(first.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while store.get(job_id)["status"] != js.COMPLETED:
+            if time.monotonic() - killed > 120:
+                raise TimeoutError("the job was not recovered in 120 s")
+            time.sleep(0.02)
+        return time.monotonic() - killed
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+        client.close()
+
+
+def memory_per_job(url: str, *, jobs: int) -> float:
+    """Redis bytes per finished job kept for retention (record, indexes, webhook event)."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = job_store(client, Settings(durability="everysec"))
+    before = client.info("memory")["used_memory"]
+    for number in range(jobs):
+        record = store.create(
+            partner_id="ptn_bench",
+            type="echo",
+            input={"order": number},
+            callback_url="https://hooks.example.com/in",
+            timeout_seconds=60,
+        )
+        store.start(record["id"], run_id="bench", lease_seconds=60)
+        store.finish(record["id"], status=js.COMPLETED, result={"order": number}, run_id="bench")
+    # The RQ job hashes are gone once RQ runs a job (result_ttl=0): drop them as a worker would.
+    for key in client.scan_iter("rq:job:*"):
+        client.delete(key)
+    client.delete(*(f"rq:queue:{name}" for name in js.QUEUES.values()))
+    after = client.info("memory")["used_memory"]
+    client.close()
+    return (after - before) / jobs
+
+
+def main(quick: bool = False, data_parent: str = ".") -> dict:
+    # On the disk `postback up` would use (./.postback lives there), not on a tmpfs
+    # where fsync costs nothing.
+    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
+    server = EmbeddedRedis(data)
+    url = server.start().url
+    results: dict = {}
+    try:
+        count = 40 if quick else 800
+        for threads in (1, 8):
+            runs = {
+                mode: [
+                    durability(url, mode, jobs=count, threads=threads)
+                    for _ in range(1 if quick else 3)
+                ]
+                for mode in ("everysec", "fsync")
+            }
+            summary = {
+                mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]}
+                for mode, rs in runs.items()
+            }
+            summary["ratio_fsync_to_everysec"] = (
+                summary["fsync"]["per_second"] / summary["everysec"]["per_second"]
+            )
+            results[f"durability_{threads}_clients"] = summary
+        lease = 2.0 if quick else Settings().job_lease_seconds
+        seconds = [recovery(url, lease_seconds=lease) for _ in range(1 if quick else 3)]
+        results["p5_recovery_seconds"] = {
+            "lease_seconds": lease,
+            "median": statistics.median(seconds),
+            "runs": seconds,
+        }
+        results["bytes_per_retained_job"] = memory_per_job(url, jobs=200 if quick else 5000)
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
+    args = parser.parse_args()
+    print(json.dumps(main(args.quick, args.data_parent), indent=2))
