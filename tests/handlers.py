@@ -49,3 +49,12 @@ def hang(ctx):
 def big(ctx):
     """Returns a result of `input.bytes` characters."""
     return {"blob": "x" * ctx.input["bytes"]}
+
+
+@handler("test.crash")
+def crash(ctx):
+    """Kills the worker process running it, every time (a crash loop)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -125,3 +125,28 @@ def test_acknowledged_jobs_survive_a_sigkilled_redis(data_dir: Path) -> None:
             if up.http.get(f"{up.base}/v1/jobs/{i}", headers=headers).status_code != 200
         ]
         assert missing == []
+
+
+def test_a_job_that_kills_its_worker_ends_as_worker_lost(data_dir, receiver, monkeypatch):
+    """Under `postback up`, a job that crashes every worker fails with worker_lost, and says so."""
+    monkeypatch.setenv("POSTBACK_JOB_LEASE_SECONDS", "1")
+    monkeypatch.setenv("POSTBACK_HANDLER_MODULES", "tests.handlers")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    with postback_up(data_dir) as up:
+        partner = up.create_partner("Acme")
+        headers = bearer(partner["api_key"])
+        reply = up.http.post(
+            f"{up.base}/v1/jobs",
+            headers=headers,
+            json={"type": "test.crash", "callback_url": receiver.url},
+        )
+        location = reply.headers["Location"]
+
+        def ended():
+            current = up.http.get(location, params={"wait": 2}, headers=headers).json()
+            return current if current["status"] == "failed" else None
+
+        final = eventually(ended, timeout_seconds=45, what="the crash loop ends")
+        hook = receiver.wait_for(1, timeout_seconds=15)[0]
+    assert final["error"]["code"] == "worker_lost" and final["attempts"] == 3
+    assert b'"job.failed"' in hook.body
