@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from flask import Flask
 
-from app import errors
+from app import correlation, errors
 from app.services import Services
 from app.throttle import add_rate_limit_headers
 from callbacks.ssrf import Resolver, system_resolver
@@ -37,9 +37,10 @@ def create_app(
         client = connect(redis_url(settings))
     flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
     errors.register(flask_app)
+    correlation.register(flask_app)
     flask_app.after_request(add_rate_limit_headers)
 
-    from app import admin, health, jobs, partners, results
+    from app import admin, health, jobs, metrics, partners, results
 
     flask_app.register_blueprint(health.bp)
     flask_app.register_blueprint(health.docs)
@@ -47,4 +48,5 @@ def create_app(
     flask_app.register_blueprint(jobs.bp)
     flask_app.register_blueprint(admin.bp)
     flask_app.register_blueprint(results.bp)
+    flask_app.register_blueprint(metrics.bp)
     return flask_app

@@ -11,6 +11,7 @@ from flask import g, request
 
 from app.errors import Forbidden, Unauthorized
 from app.services import services
+from postback import logs
 
 
 def _bearer() -> str:
@@ -38,6 +39,7 @@ def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
                 raise Forbidden("the admin token does not act as a partner; use a partner API key")
             raise Unauthorized("the API key is not valid")
         g.partner_id = partner_id
+        logs.add(partner_id=partner_id)
         services().rate_limiter.check(partner_id)
         return view(*args, **kwargs)
 

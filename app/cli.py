@@ -1,4 +1,4 @@
-"""The `postback` command: up, serve, worker, partners, dead-letters, circuits."""
+"""The `postback` command: up, serve, worker, partners, dead-letters, circuits, status."""
 
 from __future__ import annotations
 
@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     reset = circuit_commands.add_parser("reset", help="close a destination's circuit")
     reset.add_argument("destination", help="scheme://host:port, or a URL")
     reset.set_defaults(run=_circuits_reset)
+
+    status = commands.add_parser("status", help="one screen: Redis, workers, queues, deliveries")
+    status.add_argument("--json", action="store_true", help="print the same data as JSON")
+    status.set_defaults(run=_status)
     return parser
 
 
@@ -252,6 +256,17 @@ def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
     dest = destination(args.destination)
     breaker.reset(dest)
     _print(breaker.state(dest))
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from app.status import render, snapshot
+
+    data = snapshot(connect(redis_url(settings)))
+    if args.json:
+        _print(data)
+    else:
+        render(data)
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
+from app import correlation
 from app import idempotency as idem
 from app.auth import partner_required
 from app.errors import Conflict, NotFound, ValidationFailed
@@ -23,6 +24,7 @@ from app.services import services
 from app.throttle import check_backlog
 from callbacks.deadletters import DeadLetters
 from postback import clock, ids
+from postback import metrics as pm
 from worker import jobs as js
 from worker import registry
 
@@ -77,6 +79,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     if key is not None:
         stored = svc.idempotency.begin(g.partner_id, key, print_)
         if stored is not None:
+            pm.counter(svc.redis, "postback_idempotent_replays_total")
             svc.jobs.confirm_durable()
             return (
                 jsonify(stored.body),
@@ -116,8 +119,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             timeout_seconds=timeout_seconds,
             priority=body["priority"],
             base_url=base_url(),
+            request_id=correlation.request_id(),
+            traceparent=correlation.traceparent(),
             also=keep_response,
         )
+        pm.counter(svc.redis, "postback_jobs_submitted_total", {"type": body["type"]})
     except BaseException:
         if key is not None:
             svc.idempotency.abandon(g.partner_id, key)

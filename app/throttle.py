@@ -13,6 +13,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from rq import Queue
 
 from app.errors import ApiError, Unavailable
+from postback import metrics as pm
 from worker.jobs import QUEUES
 
 
@@ -25,6 +26,7 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis, rate: str) -> None:
         self.item = parse(rate)
+        self.redis = client
         storage = RedisStorage(
             "redis://", connection_pool=client.connection_pool, key_prefix="pb:ratelimit"
         )
@@ -41,6 +43,7 @@ class RateLimiter:
             "RateLimit-Reset": str(reset_seconds),
         }
         if not allowed:
+            pm.counter(self.redis, "postback_rate_limited_total")
             raise TooManyRequests(
                 f"more than {self.item.amount} requests per {self.item.GRANULARITY.name}; "
                 f"retry in {reset_seconds} s",

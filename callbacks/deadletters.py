@@ -133,7 +133,7 @@ class DeadLetters:
     def replay_matching(self, where: Filter) -> int:
         """Replay every matching dead letter; returns how many were replayed.
 
-        Works a page at a time, three round trips per page, in bounded memory.
+        Works a page at a time, four round trips per page, in bounded memory.
         """
         replayed = 0
         for page in _chunks(self.matching(where), PAGE_SIZE):
@@ -144,15 +144,30 @@ class DeadLetters:
             found = [(lid, eid.decode()) for lid, eid in zip(page, event_ids, strict=True) if eid]
             with self.redis.pipeline(transaction=False) as pipe:
                 for _, event_id in found:
-                    pipe.hmget(event_key(event_id), "owner", "destination")
+                    pipe.hmget(event_key(event_id), "owner", "destination", "subject")
                 owners = pipe.execute()
+            records = []
             with self.redis.pipeline(transaction=False) as pipe:
-                for (letter_id, event_id), (owner, dest) in zip(found, owners, strict=True):
+                for (letter_id, event_id), (owner, dest, subject) in zip(
+                    found, owners, strict=True
+                ):
                     if owner is None:
                         continue
-                    record = {"id": event_id, "owner": owner.decode(), "destination": dest.decode()}
+                    record = {
+                        "id": event_id,
+                        "owner": owner.decode(),
+                        "destination": dest.decode(),
+                        "subject": (subject or b"").decode(),
+                    }
+                    records.append(record)
                     self.outbox.reopen(record, dead_letter_id=letter_id, pipeline=pipe)
-                replayed += sum(1 for answer in pipe.execute() if answer)
+                answers = pipe.execute()
+            with self.redis.pipeline(transaction=False) as pipe:
+                for record, answer in zip(records, answers, strict=True):
+                    if answer:
+                        replayed += 1
+                        self.outbox.note_reopened(pipe, record, replay=True)
+                pipe.execute()
         return replayed
 
     def purge(self, where: Filter) -> int:

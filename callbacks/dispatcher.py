@@ -25,7 +25,8 @@ from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.secrets import SecretStore
 from callbacks.sender import Response, Sender
 from callbacks.signing import headers as signed_headers
-from postback import clock
+from postback import clock, logs
+from postback import metrics as pm
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,18 @@ class Dispatcher:
     def deliver_once(self, event_id: str) -> str | None:
         """Make one attempt at `event_id` (or defer it) and settle it; returns its status."""
         event = self.outbox.get(event_id)
+        if event is None:
+            return self._deliver(event_id, None)
+        with logs.bind(
+            webhook_id=event_id,
+            job_id=event["subject"],
+            partner_id=event["owner"],
+            destination=event["destination"],
+            request_id=event["headers"].get("x-request-id"),
+        ):
+            return self._deliver(event_id, event)
+
+    def _deliver(self, event_id: str, event: dict[str, Any] | None) -> str | None:
         if event is None or event["status"] in (ob.DELIVERED, ob.DEAD):
             self.outbox.redis.zrem(ob.DUE_KEY, event_id)
             return None
@@ -184,7 +197,9 @@ class Dispatcher:
         except SecretError as exc:
             response = Response(status_code=None, duration_ms=0, error=f"signing: {exc}")
         else:
-            response = self.sender.post(event["url"], event["body"], headers)
+            response = self.sender.post(
+                event["url"], event["body"], {**event["headers"], **headers}
+            )
         responded = response.ok or response.status_code == 410
         self.breaker.record(event["destination"], ok=responded, probe=probe)
         status, outcome, next_at = self._judge(event, response)
@@ -197,6 +212,11 @@ class Dispatcher:
             outcome=outcome,
         )
         self.outbox.settle(event, attempt, status=status, next_at=next_at)
+        with pm.batch(self.outbox.redis) as pipe:
+            pm.counter(pipe, "postback_delivery_attempts_total", {"outcome": outcome})
+            pm.observe(pipe, "postback_delivery_attempt_seconds", response.duration_ms / 1000)
+            if status == ob.DELIVERED:
+                pm.observe(pipe, "postback_delivery_lag_seconds", clock.now() - event["created_at"])
         log.info(
             "delivery attempt %s of %s: %s (%s, %d ms)",
             attempt.attempt,

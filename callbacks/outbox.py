@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from postback import clock, ids
+from postback import clock, ids, timeline
 
 PREFIX = "pb:cb:"
 DUE_KEY = PREFIX + "due"
@@ -118,6 +118,8 @@ class Event:
     body: bytes
     subject: str = ""
     created_at: float = field(default_factory=clock.now)
+    # Sent with every attempt besides the signature headers (empty values are left out).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,7 @@ class Outbox:
                 "status": PENDING,
                 "attempts": 0,
                 "round_attempts": 0,
+                "headers": json.dumps({k: v for k, v in event.headers.items() if v}),
             },
         )
         pipe.zadd(DUE_KEY, {event.id: event.created_at})
@@ -192,6 +195,7 @@ class Outbox:
         record = {k.decode(): v for k, v in raw.items()}
         for name in _TEXT:
             record[name] = record[name].decode() if record.get(name) else None
+        record["headers"] = json.loads(record["headers"]) if record.get("headers") else {}
         for name in ("attempts", "round_attempts"):
             record[name] = int(record.get(name) or 0)
         for name in _TIMES:
@@ -281,6 +285,25 @@ class Outbox:
             pipe.hset(event_key(event_id), mapping=fields)
             if attempt is not None:
                 pipe.rpush(attempts_key(event_id), json.dumps(attempt.as_json()))
+                timeline.record(
+                    pipe,
+                    record["subject"] or "",
+                    "delivery_attempt",
+                    attempt=attempt.attempt,
+                    status_code=attempt.status_code,
+                    duration_ms=attempt.duration_ms,
+                    outcome=attempt.outcome,
+                )
+            if status == DELIVERED:
+                timeline.record(pipe, record["subject"] or "", "delivered", webhook_id=event_id)
+            elif status == DEAD:
+                timeline.record(
+                    pipe,
+                    record["subject"] or "",
+                    "dead_lettered",
+                    webhook_id=event_id,
+                    dead_letter_id=dead_letter_id,
+                )
             pipe.execute()
         return dead_letter_id
 
@@ -310,4 +333,14 @@ class Outbox:
             args=[record["id"], repr(clock.now()), dead_letter_id or "", url or "", dest],
             client=pipeline if pipeline is not None else self.redis,
         )
+        if pipeline is None and answer:
+            self.note_reopened(self.redis, record, replay=dead_letter_id is not None)
         return bool(answer)
+
+    @staticmethod
+    def note_reopened(
+        target: redis.Redis | redis.client.Pipeline, record: dict[str, Any], *, replay: bool
+    ) -> None:
+        """Put a replay (or a redelivery) on the job's timeline."""
+        event = "replayed" if replay else "redelivery"
+        timeline.record(target, record.get("subject") or "", event, webhook_id=record["id"])

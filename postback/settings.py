@@ -34,6 +34,8 @@ class Settings:
     redis_url: str | None = None
     data_dir: Path = field(default_factory=lambda: Path(".postback"))
     admin_token: str | None = None
+    # Bearer token `GET /metrics` requires; unset: /metrics is open.
+    metrics_token: str | None = None
     # Base URL used in `status_url` and `Location`; unset: the request's own host.
     public_url: str | None = None
     handler_modules: tuple[str, ...] = ()

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +97,16 @@ def eventually(probe: Callable[[], Any], *, timeout_seconds: float, what: str) -
             return result
         assert time.monotonic() < deadline, f"timed out after {timeout_seconds} s: {what}"
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def postback_worker(redis_url: str, **env: str) -> Iterator[subprocess.Popen]:
+    """A `postback worker` process on `redis_url` with the test handlers, stopped at the end."""
+    settings = {"POSTBACK_HANDLER_MODULES": "tests.handlers", "POSTBACK_DURABILITY": "everysec"}
+    process = subprocess.Popen(
+        [*POSTBACK, "worker"], env=cli_env(REDIS_URL=redis_url, **{**settings, **env})
+    )
+    try:
+        yield process
+    finally:
+        stop_process(process, grace_seconds=10)

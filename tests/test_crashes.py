@@ -3,34 +3,20 @@ the embedded Redis SIGKILLed right after jobs were acknowledged."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.processes import POSTBACK, cli_env, eventually, stop_process
+from tests.processes import eventually, postback_worker
 from tests.test_cli import bearer, postback_up
 
 
-@contextlib.contextmanager
-def worker(redis_url: str) -> Iterator[subprocess.Popen]:
-    """A `postback worker` process with a short lease, stopped (or killed) at the end."""
-    env = cli_env(
-        REDIS_URL=redis_url,
-        POSTBACK_JOB_LEASE_SECONDS="2",
-        POSTBACK_HANDLER_MODULES="tests.handlers",
-        POSTBACK_DURABILITY="everysec",
-    )
-    process = subprocess.Popen([*POSTBACK, "worker"], env=env)
-    try:
-        yield process
-    finally:
-        stop_process(process, grace_seconds=10)
+def worker(redis_url: str):
+    """A worker with a short lease, so a lost one is noticed quickly."""
+    return postback_worker(redis_url, POSTBACK_JOB_LEASE_SECONDS="2")
 
 
 def job(client, partner, job_id, **query):

@@ -41,8 +41,16 @@ def test_a_completed_job_is_delivered_as_a_verifiable_standard_webhook(
     assert job["status"] == "completed" and job["progress"] == 100
     assert job["delivery"]["status"] == "delivered"
     assert job["delivery"]["attempts"] == 1
-    sent = {k: v for k, v in payload["data"].items() if k != "delivery"}
-    assert sent == {k: v for k, v in job.items() if k != "delivery"}
+    moving = ("delivery", "timeline")
+    sent = {k: v for k, v in payload["data"].items() if k not in moving}
+    assert sent == {k: v for k, v in job.items() if k not in moving}
+    # The webhook's timeline ends at the finish; the job's goes on with the delivery.
+    sent_timeline = payload["data"]["timeline"]
+    assert job["timeline"][: len(sent_timeline)] == sent_timeline
+    assert [e["event"] for e in job["timeline"][len(sent_timeline) :]] == [
+        "delivery_attempt",
+        "delivered",
+    ]
 
 
 def test_a_failed_job_sends_job_failed_with_the_exception(client, partner, receiver, work):

@@ -21,7 +21,8 @@ import redis
 from rq import Queue
 
 from callbacks.outbox import Event, Outbox
-from postback import clock, ids
+from postback import clock, ids, timeline
+from postback import metrics as pm
 from worker.results import ResultLinks
 
 QUEUE_NAME = "postback"
@@ -95,6 +96,8 @@ class JobStore:
         timeout_seconds: int,
         priority: str = "normal",
         base_url: str = "",
+        request_id: str = "",
+        traceparent: str | None = None,
         also: Callable[[redis.client.Pipeline, dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Record a new job and put it on the queue, in one transaction.
@@ -118,6 +121,9 @@ class JobStore:
             "attempts": 0,
             # Where result links point: the API's public base URL.
             "base_url": base_url,
+            # Correlation, carried to the worker's logs and to the webhook.
+            "request_id": request_id,
+            "traceparent": traceparent or "",
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.multi()
@@ -125,6 +131,8 @@ class JobStore:
             pipe.zadd(partner_index(partner_id), {job_id: 0})
             pipe.zadd(partner_index(partner_id, QUEUED), {job_id: 0})
             pipe.zadd(QUEUED_KEY, {job_id: created_at})
+            timeline.record(pipe, job_id, "accepted", request_id=request_id or None)
+            timeline.record(pipe, job_id, "enqueued", queue=QUEUES[priority])
             self._enqueue(pipe, job_id, priority)
             if also is not None:
                 also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
@@ -242,6 +250,10 @@ class JobStore:
             pipe.zrem(QUEUED_KEY, job_id)
             pipe.zadd(LEASES_KEY, {job_id: now + lease_seconds})
             self._move(pipe, record, PROCESSING)
+            timeline.record(pipe, job_id, "started", attempt=record["attempts"] + 1)
+            if record["attempts"] == 0:
+                waited, labels = now - record["created_at"], {"priority": record["priority"]}
+                pm.observe(pipe, "postback_job_queue_wait_seconds", waited, labels)
             return True
 
         if self._guarded(job_id, begin) is None:
@@ -288,6 +300,16 @@ class JobStore:
             pipe.zrem(LEASES_KEY, job_id)
             pipe.zadd(QUEUED_KEY, {job_id: due})
             self._move(pipe, record, QUEUED)
+            if lapsed_before is not None:
+                timeline.record(pipe, job_id, "recovered", attempt=record["attempts"])
+            elif delay_seconds > 0:
+                timeline.record(
+                    pipe,
+                    job_id,
+                    "retry_scheduled",
+                    attempt=record["attempts"],
+                    delay_seconds=round(delay_seconds, 3),
+                )
             if delay_seconds <= 0:
                 self._enqueue(pipe, job_id, record["priority"])
             else:
@@ -332,7 +354,10 @@ class JobStore:
                 return CANCELLED
             record = self.get(job_id) or record
         if record["status"] == PROCESSING:
-            self.redis.hset(job_key(job_id), "cancel_requested", 1)
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(job_key(job_id), "cancel_requested", 1)
+                timeline.record(pipe, job_id, "cancel_requested")
+                pipe.execute()
             return PROCESSING
         return record["status"]
 
@@ -383,6 +408,15 @@ class JobStore:
                     "finished_at": finished_at,
                     "event_id": fields["event_id"],
                 }
+                # The timeline the webhook carries ends with this very step.
+                updated["timeline"] = [
+                    *timeline.read(self.redis, job_id),
+                    {
+                        "event": "cancelled" if status == CANCELLED else "finished",
+                        "at": clock.rfc3339(finished_at),
+                        "status": status,
+                    },
+                ]
                 self.outbox.add(self._event(updated, status, finished_at), pipeline=pipe)
             pipe.hset(job_key(job_id), mapping=fields)
             pipe.hdel(job_key(job_id), "cancel_requested")
@@ -392,6 +426,15 @@ class JobStore:
             pipe.zadd(RETENTION_KEY, {job_id: finished_at + self.retention_seconds})
             self._move(pipe, record, status)
             pipe.publish(done_channel(job_id), status)
+            labels = {"type": record["type"], "status": status}
+            pm.counter(pipe, "postback_jobs_finished_total", labels)
+            timeline.record(
+                pipe,
+                job_id,
+                "cancelled" if status == CANCELLED else "finished",
+                at=finished_at,
+                status=status,
+            )
             return True
 
         if self._guarded(job_id, end) is None:
@@ -407,7 +450,7 @@ class JobStore:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(RETENTION_KEY, job_id)
             if record is not None:
-                pipe.delete(job_key(job_id))
+                pipe.delete(job_key(job_id), timeline.key(job_id))
                 pipe.zrem(partner_index(record["partner_id"]), job_id)
                 pipe.zrem(partner_index(record["partner_id"], record["status"]), job_id)
                 event = self.outbox.get(record["event_id"]) if record["event_id"] else None
@@ -438,6 +481,10 @@ class JobStore:
             body=body,
             subject=record["id"],
             created_at=at,
+            headers={
+                "x-request-id": record.get("request_id") or "",
+                "traceparent": record.get("traceparent") or "",
+            },
         )
 
     @staticmethod
@@ -460,6 +507,8 @@ class JobStore:
             "started_at": clock.rfc3339(record["started_at"]),
             "finished_at": clock.rfc3339(record["finished_at"]),
         }
+        if record.get("request_id"):
+            job["request_id"] = record["request_id"]
         if record["status"] == COMPLETED:
             size = record.get("result_bytes") or len(json.dumps(record["result"]))
             if size > self.inline_result_bytes:
@@ -478,4 +527,7 @@ class JobStore:
                 "last_attempt_at": None,
                 "next_attempt_at": None,
             }
+        job["timeline"] = (
+            record["timeline"] if "timeline" in record else timeline.read(self.redis, record["id"])
+        )
         return job

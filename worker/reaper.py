@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 
 from postback import clock
+from postback import metrics as pm
 from postback.settings import Settings
 from worker import jobs as js
 from worker.jobs import JobStore
@@ -57,9 +58,11 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
                 error={"code": "worker_lost", "message": message},
             ):
                 done.worker_lost += 1
+                pm.counter(client, "postback_jobs_worker_lost_total")
                 log.warning("job %s failed: worker lost %d times", job_id, record["attempts"])
         elif store.requeue(job_id, run_id=None, lapsed_before=now):
             done.recovered += 1
+            pm.counter(client, "postback_jobs_recovered_total")
             log.warning("job %s: lease lapsed (worker lost); queued again", job_id)
     for raw in client.zrangebyscore(js.RETRY_KEY, "-inf", now, start=0, num=BATCH):
         if store.enqueue_again(raw.decode()):

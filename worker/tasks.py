@@ -13,12 +13,15 @@ import logging
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 from rq import get_current_job
 
 from callbacks.policy import RetryPolicy
+from postback import logs
+from postback import metrics as pm
 from worker import jobs as js
 from worker import registry, runtime
 from worker.context import JobContext
@@ -40,6 +43,17 @@ def run_job(job_id: str) -> None:
     if record is None:
         log.info("job %s is not queued any more; not running it", job_id)
         return
+    with logs.bind(
+        job_id=job_id,
+        partner_id=record["partner_id"],
+        request_id=record.get("request_id"),
+        attempt=record["attempts"],
+    ):
+        _run(store, record, run_id, settings)
+
+
+def _run(store: JobStore, record: dict[str, Any], run_id: str, settings: Any) -> None:
+    job_id = record["id"]
     spec = registry.get(record["type"])
     if spec is None:
         message = f"no handler for job type {record['type']!r}"
@@ -57,8 +71,11 @@ def run_job(job_id: str) -> None:
         attempt=record["attempts"],
     )
     interruptible = threading.Event()
+    started = time.monotonic()
     with _heartbeat(store, job_id, run_id, settings.job_lease_seconds, ctx, interruptible):
         outcome = _run_handler(spec.fn, ctx, record["timeout_seconds"], interruptible)
+    ran_seconds = time.monotonic() - started
+    pm.observe(store.redis, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
     _record(store, record, run_id, outcome, settings)
 
 

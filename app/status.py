@@ -1,0 +1,180 @@
+"""The operator's view of a running system, read from Redis: `postback status` and gauges.
+
+`snapshot(client)` gathers it all in one dict (what `postback status --json`
+prints); the smaller readers are shared with the scrape-time gauges of
+`GET /metrics` (`app.metrics`), so both always say the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.utils import utcparse
+
+from callbacks.breaker import CLOSED, CircuitBreaker
+from callbacks.outbox import DUE_KEY, dead_indexes
+from postback import clock
+from worker.jobs import LEASES_KEY, QUEUES, RETRY_KEY
+
+# The keys `snapshot` returns, documented in the README.
+KEYS = (
+    "redis",
+    "workers",
+    "queues",
+    "jobs_processing",
+    "job_retries_scheduled",
+    "deliveries",
+    "dead_letters",
+    "open_circuits",
+)
+
+
+def queues(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Per RQ queue: `depth` (jobs waiting) and `oldest_age_seconds` (its head's wait, or None)."""
+    found: dict[str, dict[str, Any]] = {}
+    now = clock.now()
+    for name in QUEUES.values():
+        queue = Queue(name, connection=client)
+        age = None
+        head = queue.get_job_ids(0, 1)
+        if head:
+            enqueued_at = client.hget(Job.key_for(head[0]), "enqueued_at")
+            if enqueued_at:
+                age = max(0.0, now - utcparse(enqueued_at.decode()).timestamp())
+        found[name] = {"depth": queue.count, "oldest_age_seconds": age}
+    return found
+
+
+def workers(client: redis.Redis) -> int:
+    """RQ workers alive (each `postback worker` is one)."""
+    return Worker.count(connection=client)
+
+
+def jobs_processing(client: redis.Redis) -> int:
+    """Jobs running now, under a lease."""
+    return client.zcard(LEASES_KEY)
+
+
+def job_retries_scheduled(client: redis.Redis) -> int:
+    """Jobs waiting out a retry delay before they go back on a queue."""
+    return client.zcard(RETRY_KEY)
+
+
+def deliveries(client: redis.Redis) -> dict[str, int]:
+    """Webhooks not yet delivered or dead: `scheduled` (all), `due` (waiting for a dispatcher).
+
+    `scheduled` counts those in flight and those waiting for a retry too.
+    """
+    return {
+        "scheduled": client.zcard(DUE_KEY),
+        "due": client.zcount(DUE_KEY, "-inf", clock.now()),
+    }
+
+
+def dead_letters(client: redis.Redis) -> int:
+    """Dead letters stored (the list of them all)."""
+    return client.zcard(dead_indexes("", "")[0])
+
+
+def open_circuits(client: redis.Redis) -> list[dict[str, Any]]:
+    """Circuits open or half-open, by destination."""
+    return [c for c in CircuitBreaker(client).all() if c["state"] != CLOSED]
+
+
+def redis_info(client: redis.Redis) -> dict[str, Any]:
+    """Server version, memory used and append-only file health."""
+    info = client.info("server") | client.info("memory") | client.info("persistence")
+    return {
+        "version": info.get("redis_version"),
+        "valkey_version": info.get("valkey_version"),
+        "used_memory_bytes": info.get("used_memory"),
+        "used_memory_human": info.get("used_memory_human"),
+        "aof_enabled": bool(info.get("aof_enabled")),
+        "aof_last_write_status": info.get("aof_last_write_status"),
+        # Redis ≥ 7 also reports fsync failures apart; older servers fold them into writes.
+        "aof_last_fsync_status": info.get("aof_last_fsync_status"),
+        "aof_delayed_fsync": info.get("aof_delayed_fsync"),
+    }
+
+
+def snapshot(client: redis.Redis) -> dict[str, Any]:
+    """Everything `postback status` shows, under the keys of `KEYS`."""
+    return {
+        "redis": redis_info(client),
+        "workers": workers(client),
+        "queues": queues(client),
+        "jobs_processing": jobs_processing(client),
+        "job_retries_scheduled": job_retries_scheduled(client),
+        "deliveries": deliveries(client),
+        "dead_letters": dead_letters(client),
+        "open_circuits": open_circuits(client),
+    }
+
+
+def render(data: dict[str, Any]) -> None:
+    """Print a snapshot as one screen of `rich` tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    info = data["redis"]
+    server = Table(title="Redis", show_header=False)
+    version = _text(info["version"])
+    if info["valkey_version"]:
+        version += f" (Valkey {info['valkey_version']})"
+    server.add_row("version", version)
+    server.add_row("memory used", _text(info["used_memory_human"]))
+    server.add_row("AOF", "on" if info["aof_enabled"] else "[red]off[/red]")
+    server.add_row("AOF last write", _status(info["aof_last_write_status"]))
+    if info["aof_last_fsync_status"] is not None:
+        server.add_row("AOF last fsync", _status(info["aof_last_fsync_status"]))
+    console.print(server)
+
+    work = Table(title="Work", show_header=False)
+    work.add_row("workers alive", _count(data["workers"], bad_if_zero=True))
+    work.add_row("jobs processing", str(data["jobs_processing"]))
+    work.add_row("job retries scheduled", str(data["job_retries_scheduled"]))
+    work.add_row("deliveries scheduled", str(data["deliveries"]["scheduled"]))
+    work.add_row("deliveries due now", str(data["deliveries"]["due"]))
+    work.add_row("dead letters", str(data["dead_letters"]))
+    work.add_row("open circuits", str(len(data["open_circuits"])))
+    console.print(work)
+
+    queue_table = Table(title="Queues")
+    queue_table.add_column("queue")
+    queue_table.add_column("depth", justify="right")
+    queue_table.add_column("oldest waiting", justify="right")
+    for name, queue in data["queues"].items():
+        age = queue["oldest_age_seconds"]
+        queue_table.add_row(name, str(queue["depth"]), "—" if age is None else f"{age:.1f} s")
+    console.print(queue_table)
+
+    if data["open_circuits"]:
+        circuits = Table(title="Open circuits")
+        for column in ("destination", "state", "consecutive failures", "open until"):
+            circuits.add_column(column)
+        for circuit in data["open_circuits"]:
+            circuits.add_row(
+                circuit["destination"],
+                circuit["state"],
+                str(circuit["consecutive_failures"]),
+                circuit["open_until"] or "—",
+            )
+        console.print(circuits)
+
+
+def _text(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def _status(value: str | None) -> str:
+    if value is None:
+        return "—"
+    return value if value == "ok" else f"[red]{value}[/red]"
+
+
+def _count(value: int, *, bad_if_zero: bool = False) -> str:
+    return f"[red]{value}[/red]" if bad_if_zero and value == 0 else str(value)

@@ -1,0 +1,209 @@
+"""Counters and histograms whose state lives in Redis, so every process adds to one total.
+
+The API processes, every worker and every delivery thread record into the same
+hashes, and `GET /metrics` (`app.metrics`) reads them back on each scrape: what
+it shows is the state read from Redis, not one process's memory.
+
+Keys: `pb:metrics:{name}`, one hash per metric. A counter's fields are its
+canonical label strings (`status=completed,type=echo`; `""` without labels);
+a histogram's are `{labels}|{upper bound}` (a count per bucket, not
+cumulative), `{labels}|sum` and `{labels}|count`.
+
+Label values come from small fixed sets (job types, statuses, outcomes), never
+job ids or URLs: each metric declares its label names in `CATALOGUE`, and a
+value that does not look like a short name is recorded as `other`.
+
+Recording never breaks the caller: a Redis error is logged and the sample is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "pb:metrics:"
+COUNTER = "counter"
+HISTOGRAM = "histogram"
+
+# Upper bounds (seconds) of histogram buckets; "+Inf" catches the rest.
+BUCKETS_SECONDS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+INF = "+Inf"
+OTHER = "other"
+
+_NAME_LIKE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+Client = redis.Redis | redis.client.Pipeline
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric Postback records: its kind, meaning and label names."""
+
+    name: str
+    kind: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+CATALOGUE: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("postback_jobs_submitted_total", COUNTER, "Jobs accepted (202).", ("type",)),
+        Metric(
+            "postback_jobs_finished_total",
+            COUNTER,
+            "Jobs that reached a terminal status.",
+            ("type", "status"),
+        ),
+        Metric(
+            "postback_jobs_recovered_total",
+            COUNTER,
+            "Running jobs queued again after their lease lapsed (worker lost).",
+        ),
+        Metric(
+            "postback_jobs_worker_lost_total",
+            COUNTER,
+            "Jobs failed with worker_lost after their last lease lapsed.",
+        ),
+        Metric(
+            "postback_idempotent_replays_total",
+            COUNTER,
+            "Submissions answered with a stored response (Idempotency-Key replay).",
+        ),
+        Metric("postback_rate_limited_total", COUNTER, "Partner requests refused with 429."),
+        Metric(
+            "postback_delivery_attempts_total",
+            COUNTER,
+            "Webhook delivery attempts, by outcome.",
+            ("outcome",),
+        ),
+        Metric(
+            "postback_job_run_seconds", HISTOGRAM, "Time a job's handler ran, per run.", ("type",)
+        ),
+        Metric(
+            "postback_job_queue_wait_seconds",
+            HISTOGRAM,
+            "Time from submission to a job's first start.",
+            ("priority",),
+        ),
+        Metric(
+            "postback_delivery_attempt_seconds",
+            HISTOGRAM,
+            "Duration of one webhook delivery attempt.",
+        ),
+        Metric(
+            "postback_delivery_lag_seconds",
+            HISTOGRAM,
+            "Time from a webhook's event being created to its successful delivery.",
+        ),
+    )
+}
+
+
+def key(name: str) -> str:
+    """The Redis hash that holds metric `name`."""
+    return KEY_PREFIX + name
+
+
+def label_string(labels: Mapping[str, str]) -> str:
+    """The canonical field for a label set: `a=x,b=y`, names sorted, odd values as `other`."""
+    return ",".join(f"{n}={_bounded(str(labels[n]))}" for n in sorted(labels))
+
+
+def parse_label_string(text: str) -> dict[str, str]:
+    """The labels of a canonical label string (the inverse of `label_string`)."""
+    return dict(part.split("=", 1) for part in text.split(",") if part)
+
+
+def bucket_of(value_seconds: float) -> str:
+    """The field suffix of the bucket that `value_seconds` falls in."""
+    for bound in BUCKETS_SECONDS:
+        if value_seconds <= bound:
+            return repr(bound)
+    return INF
+
+
+def counter(
+    client: Client, name: str, labels: Mapping[str, str] | None = None, amount: float = 1
+) -> None:
+    """Add `amount` to counter `name`; on a pipeline the write joins its transaction."""
+    field = _field(name, COUNTER, labels)
+    if field is None:
+        return
+    with _recording(client, name) as pipe:
+        pipe.hincrbyfloat(key(name), field, amount)
+
+
+def observe(
+    client: Client, name: str, value_seconds: float, labels: Mapping[str, str] | None = None
+) -> None:
+    """Record one observation of histogram `name` (negative values count as 0)."""
+    field = _field(name, HISTOGRAM, labels)
+    if field is None:
+        return
+    value_seconds = max(0.0, float(value_seconds))
+    with _recording(client, name) as pipe:
+        pipe.hincrby(key(name), f"{field}|{bucket_of(value_seconds)}", 1)
+        pipe.hincrbyfloat(key(name), f"{field}|sum", value_seconds)
+        pipe.hincrby(key(name), f"{field}|count", 1)
+
+
+@contextlib.contextmanager
+def batch(client: redis.Redis) -> Iterator[redis.client.Pipeline]:
+    """A pipeline for several recordings in one round trip; Redis errors are logged."""
+    with client.pipeline(transaction=False) as pipe:
+        yield pipe
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            log.warning("metrics not recorded: Redis error", exc_info=True)
+
+
+def _field(name: str, kind: str, labels: Mapping[str, str] | None) -> str | None:
+    metric = CATALOGUE.get(name)
+    labels = labels or {}
+    if metric is None or metric.kind != kind or set(labels) != set(metric.labels):
+        log.error("metric %s not recorded: not a %s with labels %s", name, kind, sorted(labels))
+        return None
+    return label_string(labels)
+
+
+@contextlib.contextmanager
+def _recording(client: Client, name: str) -> Iterator[Client]:
+    """`client` itself if it is a pipeline (its owner executes it), else a one-off pipeline."""
+    if isinstance(client, redis.client.Pipeline):
+        yield client
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            yield pipe
+            pipe.execute()
+    except redis.RedisError:
+        log.warning("metric %s not recorded: Redis error", name, exc_info=True)
+
+
+def _bounded(value: str) -> str:
+    return value if _NAME_LIKE.match(value) else OTHER

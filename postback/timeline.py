@@ -1,0 +1,44 @@
+"""Each job's timeline: the milestones of its journey, from acceptance to delivery.
+
+Entries are `{"event", "at", ...details}`, appended in order to a Redis list
+kept to the last `MAX_ENTRIES`. Anyone may record (the API, a worker, the
+delivery dispatcher), inside their own transaction when they pass a pipeline.
+Events: accepted, enqueued, started, finished, retry_scheduled, recovered,
+cancel_requested, cancelled, delivery_attempt, delivered, dead_lettered, replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from postback import clock
+
+MAX_ENTRIES = 100
+
+
+def key(subject: str) -> str:
+    return f"pb:timeline:{subject}"
+
+
+def record(
+    target: redis.Redis | redis.client.Pipeline,
+    subject: str,
+    event: str,
+    *,
+    at: float | None = None,
+    **details: Any,
+) -> None:
+    """Append `event` (at `at`, default now) to the timeline of `subject`, a job id."""
+    if not subject:
+        return
+    entry = {"event": event, "at": clock.rfc3339(clock.now() if at is None else at), **details}
+    target.rpush(key(subject), json.dumps(entry, separators=(",", ":")))
+    target.ltrim(key(subject), -MAX_ENTRIES, -1)
+
+
+def read(client: redis.Redis, subject: str) -> list[dict[str, Any]]:
+    """The timeline of `subject`, oldest first."""
+    return [json.loads(item) for item in client.lrange(key(subject), 0, -1)]
