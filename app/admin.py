@@ -67,10 +67,9 @@ def _letter(dead_letter_id: str) -> dict[str, Any]:
 @admin_required
 def list_dead_letters() -> Response:
     """Dead letters, newest first, filtered by partner, destination and time of death."""
-    schema = DeadLetterQuery()
-    query = load(schema, request.args.to_dict())
+    query = load(DeadLetterQuery, request.args.to_dict())
     items, next_cursor = _dead_letters().page(
-        schema.to_filter(query), limit=query["limit"], cursor=query["cursor"]
+        DeadLetterFilter.to_filter(query), limit=query["limit"], cursor=query["cursor"]
     )
     return jsonify({"items": [dead_letter_summary(i) for i in items], "next_cursor": next_cursor})
 
@@ -96,7 +95,7 @@ def delete_dead_letter(dead_letter_id: str) -> tuple[str, int]:
 @admin_required
 def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
     """Deliver a dead letter again, optionally to a corrected callback URL."""
-    body = load(ReplayBody(), optional_json_body())
+    body = load(ReplayBody, optional_json_body())
     if body["callback_url"] is not None:
         check_callback_url(body["callback_url"])
     letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
@@ -109,8 +108,7 @@ def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
 @admin_required
 def replay_dead_letters() -> tuple[Response, int]:
     """Replay every dead letter that matches the filter."""
-    schema = DeadLetterFilter()
-    where = schema.to_filter(load(schema, optional_json_body()))
+    where = DeadLetterFilter.to_filter(load(DeadLetterFilter, optional_json_body()))
     return jsonify({"replayed": _dead_letters().replay_matching(where)}), 202
 
 
@@ -125,7 +123,7 @@ def list_circuits() -> Response:
 @admin_required
 def reset_circuit() -> Response:
     """Close a destination's circuit by hand."""
-    body = load(CircuitReset(), json_body())
+    body = load(CircuitReset, json_body())
     breaker = CircuitBreaker(services().redis)
     breaker.reset(body["destination"])
     return jsonify(breaker.state(body["destination"]))

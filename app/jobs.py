@@ -62,7 +62,7 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Accept a job: 202 with its id and status URL; the work happens on a worker."""
     raw = json_body()
-    body = load(JobSubmission(), raw)
+    body = load(JobSubmission, raw)
     job_input = _validated_input(body["type"], body["input"])
     svc = services()
     timeout_seconds = body["timeout_seconds"] or registry.get(body["type"]).timeout_seconds  # type: ignore[union-attr]
@@ -91,6 +91,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         response: dict[str, Any] = {}
 
         def keep_response(pipe: Any, job: dict[str, Any]) -> None:
+            pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})
             url = status_url(job["id"])
             response["body"] = {
                 "id": job["id"],
@@ -123,7 +124,6 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             traceparent=correlation.traceparent(),
             also=keep_response,
         )
-        pm.counter(svc.redis, "postback_jobs_submitted_total", {"type": body["type"]})
     except BaseException:
         if key is not None:
             svc.idempotency.abandon(g.partner_id, key)
@@ -146,7 +146,7 @@ def _own_job(job_id: str) -> dict[str, Any]:
 @partner_required
 def get_job(job_id: str) -> Response:
     """One of the partner's jobs; with `?wait=N`, as soon as it ends or after N seconds."""
-    query = load(JobQuery(), request.args.to_dict())
+    query = load(JobQuery, request.args.to_dict())
     record = _own_job(job_id)
     if query["wait"] and record["status"] not in js.TERMINAL:
         record = _wait_for_end(job_id, query["wait"]) or record
@@ -227,7 +227,7 @@ def _reopen(event: dict[str, Any]) -> bool:
 @partner_required
 def list_jobs() -> Response:
     """The partner's jobs, newest first, a page at a time."""
-    query = load(JobListQuery(), request.args.to_dict())
+    query = load(JobListQuery, request.args.to_dict())
     records, next_cursor = services().jobs.page(
         g.partner_id, status=query["status"], limit=query["limit"], cursor=query["cursor"]
     )

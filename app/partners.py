@@ -20,7 +20,7 @@ bp = Blueprint("partners", __name__, url_prefix="/v1/admin/partners")
 @admin_required
 def create_partner() -> tuple[Response, int]:
     """Create a partner; its API key and signing secret are shown only in this response."""
-    body = load(PartnerCreate(), json_body())
+    body = load(PartnerCreate, json_body())
     return jsonify(services().partners.create(body["name"])), 201
 
 
@@ -55,7 +55,7 @@ def disable_partner(partner_id: str) -> tuple[str, int]:
 @admin_required
 def list_partners() -> Response:
     """Partners without their secrets, oldest first, a page at a time."""
-    query = load(PartnerListQuery(), request.args.to_dict())
+    query = load(PartnerListQuery, request.args.to_dict())
     items, next_cursor = services().partners.page(limit=query["limit"], cursor=query["cursor"])
     return jsonify({"items": items, "next_cursor": next_cursor})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC
 from typing import Any
@@ -30,8 +31,15 @@ def json_body() -> Any:
         raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
 
 
-def load(schema: Schema, data: Any) -> dict[str, Any]:
-    """`data` validated by `schema`, or a 422 naming every bad field."""
+@functools.cache
+def _schema(kind: type[Schema]) -> Schema:
+    # Building a schema costs more than loading with it; they are reusable.
+    return kind()
+
+
+def load(kind: type[Schema], data: Any) -> dict[str, Any]:
+    """`data` validated by the schema `kind`, or a 422 naming every bad field."""
+    schema = _schema(kind)
     if not isinstance(data, dict) and not schema.many:
         raise ValidationFailed(
             "the body must be a JSON object", errors={"_schema": ["not an object"]}
@@ -141,7 +149,8 @@ class DeadLetterFilter(Schema):
     since = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     until = fields.AwareDateTime(load_default=None, default_timezone=UTC)
 
-    def to_filter(self, data: dict[str, Any]) -> Filter:
+    @staticmethod
+    def to_filter(data: dict[str, Any]) -> Filter:
         return Filter(
             owner=data["partner_id"],
             destination=data["destination"],

@@ -60,7 +60,10 @@ def add_rate_limit_headers(response: Response) -> Response:
 
 def check_backlog(client: redis.Redis, max_backlog: int) -> None:
     """503 with Retry-After while more than `max_backlog` jobs wait in the queue."""
-    waiting = sum(Queue(name, connection=client).count for name in QUEUES.values())
+    with client.pipeline(transaction=False) as pipe:
+        for name in QUEUES.values():
+            pipe.llen(Queue(name, connection=client).key)
+        waiting = sum(pipe.execute())
     if waiting >= max_backlog:
         raise Unavailable(
             f"{waiting} jobs are waiting; submissions resume when the backlog drains",

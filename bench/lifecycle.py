@@ -135,6 +135,53 @@ def memory_per_job(url: str, *, jobs: int) -> float:
     return (after - before) / jobs
 
 
+def worker_rss(url: str, *, jobs: int) -> dict:
+    """A worker process's resident memory before and after running `jobs` echo jobs."""
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = job_store(client, Settings(durability="everysec"))
+    env = {**os.environ, "REDIS_URL": url, "POSTBACK_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        first = store.create(
+            partner_id="ptn_bench",
+            type="echo",
+            input={"n": 0},
+            callback_url=None,
+            timeout_seconds=60,
+        )["id"]
+        while store.get(first)["status"] != js.COMPLETED:
+            time.sleep(0.05)
+        before = _rss_kib(process.pid)
+        ids = [
+            store.create(
+                partner_id="ptn_bench",
+                type="echo",
+                input={"n": n},
+                callback_url=None,
+                timeout_seconds=60,
+            )["id"]
+            for n in range(jobs)
+        ]
+        deadline = time.monotonic() + 600
+        while store.get(ids[-1])["status"] != js.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return {"jobs": jobs, "rss_kib_after_1": before, "rss_kib_after_all": _rss_kib(process.pid)}
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        client.close()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def main(quick: bool = False, data_parent: str = ".") -> dict:
     # On the disk `postback up` would use (./.postback lives there), not on a tmpfs
     # where fsync costs nothing.
@@ -168,10 +215,34 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
             "runs": seconds,
         }
         results["bytes_per_retained_job"] = memory_per_job(url, jobs=200 if quick else 5000)
+        results["worker_rss"] = worker_rss(url, jobs=100 if quick else 10_000)
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
     return results
+
+
+def report(results: dict) -> str:
+    lines = []
+    for clients in (1, 8):
+        row = results[f"durability_{clients}_clients"]
+        lines.append(
+            f"durability, {clients} client(s): fsync {row['fsync']['per_second']:.0f}/s, "
+            f"everysec {row['everysec']['per_second']:.0f}/s, "
+            f"ratio {row['ratio_fsync_to_everysec']:.2f}"
+        )
+    p5 = results["p5_recovery_seconds"]
+    lines.append(
+        f"P5 recovery after SIGKILL: median {p5['median']:.2f} s "
+        f"(lease {p5['lease_seconds']} s; goal <= 15)"
+    )
+    lines.append(f"Redis bytes per retained job: {results['bytes_per_retained_job']:.0f}")
+    rss = results["worker_rss"]
+    lines.append(
+        f"worker RSS: {rss['rss_kib_after_1']} KiB after 1 job, "
+        f"{rss['rss_kib_after_all']} KiB after {rss['jobs']} more"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -29,3 +29,37 @@ def test_the_lifecycle_benchmark_runs(tmp_path):
     assert results["durability_1_clients"]["fsync"]["per_second"] > 0
     assert results["p5_recovery_seconds"]["median"] > 0
     assert results["bytes_per_retained_job"] > 0
+
+
+def test_the_accept_benchmark_runs_and_reports(tmp_path):
+    """A quick accept benchmark loads Postback (both durability modes) and its baseline."""
+    from bench import accept
+
+    results = accept.main(quick=True, data_parent=str(tmp_path))
+    assert results["client_ceiling_per_second"]["median"] > 0
+    assert results["baseline"]["per_second"]["median"] > 0
+    for mode in ("fsync", "everysec"):
+        assert results[mode]["per_second"]["median"] > 0
+        assert results[mode]["ratio_to_baseline"]["median"] > 0
+        assert results[mode]["half_load"]["p99_ms"]["median"] > 0
+        assert results[mode]["errors"] == 0
+    assert results["ratio_fsync_to_everysec"]["median"] > 0
+    assert "P1" in accept.report(results)
+    assert list(tmp_path.iterdir()) == []  # the Redis data dir is removed
+
+
+def test_the_pipeline_benchmark_runs_and_reports(tmp_path):
+    """A quick pipeline benchmark delivers every job's webhook, with 1 and 2 workers."""
+    from bench import pipeline
+
+    results = pipeline.main(quick=True, data_parent=str(tmp_path))
+    for key in (
+        "baseline_per_second",
+        "postback_1_worker_per_second",
+        "postback_2_workers_per_second",
+        "ratio_1_worker_to_baseline",
+        "scaling_2_to_1",
+    ):
+        assert results[key]["median"] > 0
+    assert "P2" in pipeline.report(results)
+    assert list(tmp_path.iterdir()) == []

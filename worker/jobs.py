@@ -137,7 +137,8 @@ class JobStore:
             if also is not None:
                 also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
             pipe.execute()
-        return self.get(job_id)  # type: ignore[return-value]
+        # What was just written, without reading it back.
+        return self._decode({name: str(value) for name, value in record.items()})
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
         # RQ's own timeout is off: the job's timeout is enforced around the handler
@@ -171,7 +172,12 @@ class JobStore:
         raw = self.redis.hgetall(job_key(job_id))
         if not raw:
             return None
-        record: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        return self._decode({k.decode(): v.decode() for k, v in raw.items()})
+
+    @staticmethod
+    def _decode(stored: dict[str, str]) -> dict[str, Any]:
+        """A record as the hash stores it (all text) → typed values."""
+        record: dict[str, Any] = dict(stored)
         record["progress"] = int(record.get("progress") or 0)
         record["result_bytes"] = len(record.get("result") or "")
         for name in ("input", "result", "error"):

@@ -1,0 +1,60 @@
+"""`python -m bench [--quick]`: every benchmark, one table, results in bench/results.json.
+
+Each figure is set against a baseline measured in the same run on the same
+machine (see BENCHMARKS.md for the method and the latest figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench import accept, dead_letters, delivery, lifecycle, pipeline
+
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def run(quick: bool) -> dict:
+    """Run every benchmark; returns {name: results}."""
+    sections = {
+        "accept": (accept.main, accept.report),
+        "pipeline": (pipeline.main, pipeline.report),
+        "delivery": (
+            lambda q: delivery.main(1, 20, 1.0) if q else delivery.main(),
+            delivery.report,
+        ),
+        "lifecycle": (lifecycle.main, lifecycle.report),
+        "dead_letters": (
+            lambda q: dead_letters.main(1000 if q else 100_000),
+            lambda r: (
+                f"dead letters: first page {r['first_page_of_100_ms']:.0f} ms, "
+                f"replay of {r['replayed']} in {r['replay_seconds']:.1f} s, "
+                f"peak {r['replay_peak_python_kib']} KiB"
+            ),
+        ),
+    }
+    results: dict = {
+        "quick": quick,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for name, (measure, report) in sections.items():
+        started = time.monotonic()
+        results[name] = measure(quick)
+        print(f"== {name} ({time.monotonic() - started:.0f} s)")
+        print(report(results[name]), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
+    args = parser.parse_args()
+    results = run(args.quick)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"results written to {RESULTS.name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Accept benchmark (P1): `POST /v1/jobs` throughput and latency under gunicorn.
+
+    python -m bench.accept [--quick]
+
+Postback's API (`postback serve`: gunicorn, gthread, 8 threads, 2 workers) is
+loaded by a fixed number of concurrent clients (threads of this process, one
+`requests.Session` each) for a fixed time after a warm-up, and compared with a
+bare Flask app under the same gunicorn settings whose endpoint does one Redis
+LPUSH (`bench.baseline_app`). The same clients against that app's `GET /ping`
+(no Redis) show what the load generator itself can do. Then a fixed-rate load
+at half of Postback's measured throughput gives the p99 of a loaded but not
+saturated API. Both durability modes (`fsync`, `everysec`) are measured, and
+every figure is the median of the runs, each run measuring every target.
+
+Goals: Postback accepts/s ÷ baseline accepts/s >= 0.7; p99 at half load <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import requests
+
+from postback.embedded import EmbeddedRedis, _free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = 16
+# Client processes the clients are spread over (threads in each).
+PROCESSES = 2
+API_WORKERS = 2
+# As app/server.py runs the API.
+THREADS = 8
+MODES = ("fsync", "everysec")
+JOB = json.dumps({"type": "echo", "input": {"order": 1, "note": "bench"}}).encode()
+
+
+@dataclass(frozen=True)
+class Target:
+    method: str
+    url: str
+    expect: int
+    body: bytes | None = None
+    token: str | None = None
+
+
+def _load(
+    target: Target,
+    begin: float,
+    warmup: float,
+    seconds: float,
+    threads: int,
+    first: int,
+    clients: int,
+    rate: float | None,
+) -> tuple[list[float], int]:
+    """One client process: `threads` clients (numbers `first`...) from `begin` (monotonic).
+
+    Returns the latencies (seconds) of the good answers to requests sent after the
+    warm-up, and how many requests sent then failed.
+    """
+    headers = {"Content-Type": "application/json"} if target.body is not None else {}
+    if target.token:
+        headers["Authorization"] = f"Bearer {target.token}"
+    counted_from = begin + warmup
+    until = counted_from + seconds
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+
+    def client(index: int) -> None:
+        session = requests.Session()
+        # Prepared once and sent as is: no per-request preparation or proxy lookups,
+        # so the load generator spends as little CPU as it can (the server shares it).
+        prepared = session.prepare_request(
+            requests.Request(target.method, target.url, data=target.body, headers=headers)
+        )
+        interval = clients / rate if rate else 0.0
+        # Paced clients are spread evenly over the interval.
+        next_at = begin + interval * (first + index) / clients
+        mine = latencies[index]
+        time.sleep(max(0.0, begin - time.monotonic()))
+        try:
+            while True:
+                if rate:
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    next_at += interval
+                sent = time.monotonic()
+                if sent >= until:
+                    break
+                try:
+                    response = session.send(prepared, timeout=30)
+                    ok = response.status_code == target.expect
+                except requests.RequestException:
+                    ok = False
+                if sent >= counted_from:
+                    if ok:
+                        mine.append(time.monotonic() - sent)
+                    else:
+                        errors[index] += 1
+        finally:
+            session.close()
+
+    pool = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    return [latency for mine in latencies for latency in mine], sum(errors)
+
+
+class LoadGenerator:
+    """`CLIENTS` concurrent clients: threads with a `requests.Session` each, spread over
+    `PROCESSES` processes so that one interpreter's lock does not cap the load."""
+
+    def __init__(self, clients: int = CLIENTS, processes: int = PROCESSES) -> None:
+        self.clients = clients
+        self.processes = processes
+        self.pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"))
+        # Start every process now (imports included), not inside the first measurement.
+        list(self.pool.map(time.sleep, [0.2] * processes))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def measure(
+        self, target: Target, *, seconds: float, warmup: float, rate: float | None = None
+    ) -> dict:
+        """Load `target`; count what is sent during `seconds` after `warmup` seconds.
+
+        Without `rate` each client sends its next request as soon as the last one is
+        answered (saturation); with it, each client paces itself to `rate / clients`
+        per second. Latency runs from sending a request to having read its answer.
+        """
+        begin = time.monotonic() + 0.1
+        shares = [self.clients // self.processes] * self.processes
+        shares[0] += self.clients - sum(shares)
+        parts = [
+            self.pool.submit(
+                _load, target, begin, warmup, seconds, share, sum(shares[:n]), self.clients, rate
+            )
+            for n, share in enumerate(shares)
+        ]
+        done: list[float] = []
+        errors = 0
+        for part in parts:
+            latencies, failed = part.result()
+            done.extend(latencies)
+            errors += failed
+        done.sort()
+        return {
+            "per_second": len(done) / seconds,
+            "p50_ms": _percentile(done, 0.50) * 1000,
+            "p95_ms": _percentile(done, 0.95) * 1000,
+            "p99_ms": _percentile(done, 0.99) * 1000,
+            "requests": len(done),
+            "errors": errors,
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values (NaN when there are none)."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTBACK_")}
+    env.pop("REDIS_URL", None)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def _server(
+    command: list[str], env: dict[str, str], ready_url: str, log: Path
+) -> Iterator[subprocess.Popen]:
+    """A gunicorn master (in its own process group) answering `ready_url`; stopped at the end."""
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[2:4]} exited with {process.returncode}:\n{tail(log)}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(ready_url, timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ready_url} did not answer in 60 s:\n{tail(log)}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (master and workers), SIGKILL after 10 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    # Workers outliving their master would go on their own; do not leave them to it.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+
+
+def _postback(url: str, mode: str, port: int, admin_token: str, log: Path):
+    env = clean_env(
+        REDIS_URL=url,
+        POSTBACK_ADMIN_TOKEN=admin_token,
+        POSTBACK_RATE_LIMIT="1000000/second",
+        POSTBACK_LOG_LEVEL="WARNING",
+        POSTBACK_API_WORKERS=str(API_WORKERS),
+        POSTBACK_DURABILITY=mode,
+    )
+    command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return _server(command, env, f"http://127.0.0.1:{port}/healthz", log)
+
+
+def _baseline(url: str, port: int, log: Path):
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(API_WORKERS),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(THREADS),
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "5",
+        "--log-level",
+        "warning",
+        "--no-control-socket",
+        "bench.baseline_app:create_app()",
+    ]
+    return _server(command, clean_env(REDIS_URL=url), f"http://127.0.0.1:{port}/ping", log)
+
+
+def _partner_key(base: str, admin_token: str) -> str:
+    response = requests.post(
+        f"{base}/v1/admin/partners",
+        json={"name": "bench"},
+        headers={"Authorization": f"Bearer {admin_token}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return response.json()["api_key"]
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "runs": values}
+
+
+def main(quick: bool = False, data_parent: str = ".") -> dict:
+    seconds, warmup, repeats = (1.0, 0.3, 1) if quick else (8.0, 1.0, 3)
+    # On the working directory's disk, where fsync costs what it costs `postback up`.
+    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
+    server = EmbeddedRedis(data)
+    url = server.start().url
+    client = redis.Redis.from_url(url)
+    admin_token = secrets.token_hex(16)
+    ports = {name: _free_port() for name in ("baseline", *MODES)}
+    bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    runs: dict[str, list[dict]] = {name: [] for name in ("ping", "baseline", *MODES)}
+    half: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    try:
+        with contextlib.ExitStack() as stack:
+            generator = LoadGenerator()
+            stack.callback(generator.close)
+            measure = generator.measure
+            stack.enter_context(_baseline(url, ports["baseline"], data / "baseline.log"))
+            for mode in MODES:
+                stack.enter_context(
+                    _postback(url, mode, ports[mode], admin_token, data / f"api-{mode}.log")
+                )
+            for number in range(repeats):
+                timing = {"seconds": seconds, "warmup": warmup}
+                runs["ping"].append(
+                    measure(Target("GET", f"{bases['baseline']}/ping", 200), **timing)
+                )
+                client.flushall()
+                runs["baseline"].append(
+                    measure(Target("POST", f"{bases['baseline']}/v1/jobs", 202, JOB), **timing)
+                )
+                # Alternate the order of the modes from run to run: drift hits both alike.
+                for mode in MODES if number % 2 == 0 else MODES[::-1]:
+                    client.flushall()  # no backlog carried over (it is bounded, and costs AOF)
+                    key = _partner_key(bases[mode], admin_token)
+                    target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
+                    full = measure(target, **timing)
+                    runs[mode].append(full)
+                    client.flushall()
+                    key = _partner_key(bases[mode], admin_token)
+                    target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
+                    rate = full["per_second"] / 2
+                    half[mode].append({"rate": rate, **measure(target, rate=rate, **timing)})
+    finally:
+        client.close()
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+    def figures(name: str) -> dict:
+        return {
+            key: _summary([r[key] for r in runs[name]])
+            for key in ("per_second", "p50_ms", "p95_ms", "p99_ms")
+        } | {"errors": sum(r["errors"] for r in runs[name])}
+
+    results: dict = {
+        "settings": {
+            "clients": CLIENTS,
+            "client_processes": PROCESSES,
+            "seconds": seconds,
+            "warmup_seconds": warmup,
+            "repeats": repeats,
+            "gunicorn": {"workers": API_WORKERS, "worker_class": "gthread", "threads": THREADS},
+        },
+        "client_ceiling_per_second": _summary([r["per_second"] for r in runs["ping"]]),
+        "baseline": figures("baseline"),
+    }
+    for mode in MODES:
+        results[mode] = figures(mode) | {
+            "ratio_to_baseline": _summary(
+                [
+                    p["per_second"] / b["per_second"]
+                    for p, b in zip(runs[mode], runs["baseline"], strict=True)
+                ]
+            ),
+            "half_load": {
+                "rate": _summary([h["rate"] for h in half[mode]]),
+                "achieved_per_second": _summary([h["per_second"] for h in half[mode]]),
+                "p50_ms": _summary([h["p50_ms"] for h in half[mode]]),
+                "p99_ms": _summary([h["p99_ms"] for h in half[mode]]),
+                "errors": sum(h["errors"] for h in half[mode]),
+            },
+        }
+    results["ratio_fsync_to_everysec"] = _summary(
+        [
+            f["per_second"] / e["per_second"]
+            for f, e in zip(runs["fsync"], runs["everysec"], strict=True)
+        ]
+    )
+    return results
+
+
+def _runs(values: list[float], digits: int = 0) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def report(results: dict) -> str:
+    s = results["settings"]
+    b = results["baseline"]
+
+    def latency(figures: dict) -> str:
+        return "/".join(f"{figures[k]['median']:.1f}" for k in ("p50_ms", "p95_ms", "p99_ms"))
+
+    lines = [
+        f"P1 accept: {s['clients']} clients in {s['client_processes']} processes, "
+        f"{s['seconds']:.0f} s x {s['repeats']} runs; "
+        f"load generator alone (GET /ping): "
+        f"{results['client_ceiling_per_second']['median']:.0f}/s",
+        f"   baseline (Flask + LPUSH): {b['per_second']['median']:.0f}/s "
+        f"(runs {_runs(b['per_second']['runs'])}), p50/p95/p99 {latency(b)} ms",
+    ]
+    for mode in MODES:
+        m = results[mode]
+        h = m["half_load"]
+        lines.append(
+            f"   {mode}: {m['per_second']['median']:.0f}/s, p50/p95/p99 {latency(m)} ms, "
+            f"ratio {m['ratio_to_baseline']['median']:.2f} "
+            f"(runs {_runs(m['ratio_to_baseline']['runs'], 2)}; goal >= 0.7); "
+            f"p99 at {h['rate']['median']:.0f}/s {h['p99_ms']['median']:.1f} ms "
+            f"(runs {_runs(h['p99_ms']['runs'], 1)}; goal <= 10)"
+        )
+    errors = sum(results[name]["errors"] for name in ("baseline", *MODES))
+    errors += sum(results[mode]["half_load"]["errors"] for mode in MODES)
+    cost = results["ratio_fsync_to_everysec"]
+    lines.append(
+        f"   durability cost, accepts/s fsync / everysec: {cost['median']:.2f} "
+        f"(runs {_runs(cost['runs'], 2)}); failed requests: {errors}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="1 s loads, one run")
+    parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
+    args = parser.parse_args()
+    print(report(main(args.quick, args.data_parent)))
