@@ -63,3 +63,38 @@ def test_the_pipeline_benchmark_runs_and_reports(tmp_path):
         assert results[key]["median"] > 0
     assert "P2" in pipeline.report(results)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path, capsys):
+    """`python -m bench --quick` runs each benchmark in quick mode and writes results.json."""
+    import sys
+
+    from bench import __main__ as harness
+    from bench import accept, dead_letters, delivery, lifecycle, pipeline
+
+    calls = []
+    for module in (accept, pipeline, lifecycle):
+        monkeypatch.setattr(module, "main", lambda quick, m=module: calls.append((m, quick)) or {})
+        monkeypatch.setattr(module, "report", lambda results: "ok")
+    monkeypatch.setattr(delivery, "main", lambda *args: calls.append((delivery, args)) or {})
+    monkeypatch.setattr(delivery, "report", lambda results: "ok")
+    monkeypatch.setattr(
+        dead_letters,
+        "main",
+        lambda count: (
+            calls.append((dead_letters, count))
+            or {
+                "first_page_of_100_ms": 1,
+                "replayed": count,
+                "replay_seconds": 1,
+                "replay_peak_python_kib": 1,
+            }
+        ),
+    )
+    monkeypatch.setattr(harness, "RESULTS", tmp_path / "results.json")
+    monkeypatch.setattr(sys, "argv", ["bench", "--quick"])
+    harness.main()
+    assert [module for module, _ in calls] == [accept, pipeline, delivery, lifecycle, dead_letters]
+    assert (accept, True) in calls and (dead_letters, 1000) in calls
+    written = (tmp_path / "results.json").read_text()
+    assert '"quick": true' in written and "dead_letters" in written
