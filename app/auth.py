@@ -33,14 +33,13 @@ def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         token = _bearer()
-        partner_id = services().partners.authenticate(token)
+        partner_id = services().rate_limiter.authenticate_and_count(token)
         if partner_id is None:
             if _is_admin(token):
                 raise Forbidden("the admin token does not act as a partner; use a partner API key")
             raise Unauthorized("the API key is not valid")
         g.partner_id = partner_id
         logs.add(partner_id=partner_id)
-        services().rate_limiter.check(partner_id)
         return view(*args, **kwargs)
 
     return wrapped

@@ -21,7 +21,6 @@ from app.schemas import (
     load,
 )
 from app.services import services
-from app.throttle import check_backlog
 from callbacks.deadletters import DeadLetters
 from postback import clock, ids
 from postback import metrics as pm
@@ -87,7 +86,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                 {**stored.headers, "Idempotent-Replayed": "true"},
             )
     try:
-        check_backlog(svc.redis, svc.settings.max_backlog)
+        svc.backlog.admit()
         response: dict[str, Any] = {}
 
         def keep_response(pipe: Any, job: dict[str, Any]) -> None:

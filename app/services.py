@@ -9,7 +9,7 @@ from flask import current_app
 
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
-from app.throttle import RateLimiter
+from app.throttle import Backlog, RateLimiter
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
 from worker.jobs import JobStore
@@ -23,6 +23,7 @@ class Services:
     jobs: JobStore
     partners: PartnerStore
     rate_limiter: RateLimiter
+    backlog: Backlog
     idempotency: Idempotency
     url_policy: UrlPolicy
     # Resolves callback host names (tests substitute their own DNS).
@@ -38,6 +39,7 @@ class Services:
             job_store(client, settings),
             PartnerStore(client),
             RateLimiter(client, settings.rate_limit),
+            Backlog(client, settings.max_backlog),
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
             url_policy(settings),
             resolver,

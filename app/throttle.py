@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import redis
 from flask import Response, g
 from limits import parse
-from limits.storage import RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
 from rq import Queue
 
 from app.errors import ApiError, Unavailable
+from app.partners_store import api_key_index, hash_api_key
 from postback import metrics as pm
 from worker.jobs import QUEUES
 
@@ -21,25 +21,54 @@ class TooManyRequests(ApiError):
     status, title, slug = 429, "Too many requests", "rate-limited"
 
 
+# Find the partner of an API key and count the request against its limit, in one
+# round trip. A sliding window approximated from two fixed windows (the current
+# one and the previous one, weighted by how much of it still overlaps).
+# KEYS[1] the key's index entry. ARGV: rate-key prefix, limit, window seconds, now.
+# Returns {partner id or false, allowed 0/1, remaining, seconds to reset}.
+_AUTHENTICATE_AND_COUNT = """
+local partner = redis.call('GET', KEYS[1])
+if not partner then return {false, 0, 0, '0'} end
+local limit, window, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local index = math.floor(now / window)
+local current_key = ARGV[1] .. partner .. ':' .. index
+local current = tonumber(redis.call('GET', current_key) or '0')
+local previous = tonumber(redis.call('GET', ARGV[1] .. partner .. ':' .. (index - 1)) or '0')
+local overlap = 1 - (now - index * window) / window
+local used = previous * overlap + current
+local reset = tostring((index + 1) * window - now)
+if used + 1 > limit then return {partner, 0, 0, reset} end
+redis.call('INCR', current_key)
+redis.call('EXPIRE', current_key, math.ceil(window * 2) + 1)
+return {partner, 1, math.floor(limit - used - 1), reset}
+"""
+RATE_PREFIX = "pb:ratelimit:"
+
+
 class RateLimiter:
     """`POSTBACK_RATE_LIMIT` per partner, counted in Redis so every API process shares it."""
 
     def __init__(self, client: redis.Redis, rate: str) -> None:
         self.item = parse(rate)
         self.redis = client
-        storage = RedisStorage(
-            "redis://", connection_pool=client.connection_pool, key_prefix="pb:ratelimit"
-        )
-        self.limiter = SlidingWindowCounterRateLimiter(storage)
+        self._script = client.register_script(_AUTHENTICATE_AND_COUNT)
 
-    def check(self, partner_id: str) -> None:
-        """Count one request; raise 429 past the limit. Headers go on the response either way."""
-        allowed = self.limiter.hit(self.item, partner_id)
-        stats = self.limiter.get_window_stats(self.item, partner_id)
-        reset_seconds = max(1, math.ceil(stats.reset_time - time.time()))
+    def authenticate_and_count(self, api_key: str) -> str | None:
+        """The partner owning `api_key` (None if no live key), its request counted.
+
+        Raises 429 past the limit; the RateLimit-* headers go on the response either way.
+        """
+        window = self.item.get_expiry()
+        partner, allowed, remaining, reset = self._script(
+            keys=[api_key_index(hash_api_key(api_key))],
+            args=[RATE_PREFIX, self.item.amount, window, repr(time.time())],
+        )
+        if not partner:
+            return None
+        reset_seconds = max(1, math.ceil(float(reset)))
         g.rate_limit_headers = {
             "RateLimit-Limit": str(self.item.amount),
-            "RateLimit-Remaining": str(max(0, stats.remaining)),
+            "RateLimit-Remaining": str(max(0, int(remaining))),
             "RateLimit-Reset": str(reset_seconds),
         }
         if not allowed:
@@ -49,6 +78,7 @@ class RateLimiter:
                 f"retry in {reset_seconds} s",
                 headers={**g.rate_limit_headers, "Retry-After": str(reset_seconds)},
             )
+        return partner.decode()
 
 
 def add_rate_limit_headers(response: Response) -> Response:
@@ -58,14 +88,42 @@ def add_rate_limit_headers(response: Response) -> Response:
     return response
 
 
-def check_backlog(client: redis.Redis, max_backlog: int) -> None:
-    """503 with Retry-After while more than `max_backlog` jobs wait in the queue."""
-    with client.pipeline(transaction=False) as pipe:
-        for name in QUEUES.values():
-            pipe.llen(Queue(name, connection=client).key)
-        waiting = sum(pipe.execute())
-    if waiting >= max_backlog:
-        raise Unavailable(
-            f"{waiting} jobs are waiting; submissions resume when the backlog drains",
-            headers={"Retry-After": "30"},
-        )
+class Backlog:
+    """A bound on queued jobs that costs a Redis read only now and then.
+
+    The count is read at most every `refresh_seconds`, and again whenever this
+    process's own submissions since the last read could have reached the
+    limit, so the bound is exact for one process and close for several.
+    """
+
+    refresh_seconds = 0.25
+
+    def __init__(self, client: redis.Redis, max_backlog: int) -> None:
+        self.redis = client
+        self.max_backlog = max_backlog
+        self._waiting = 0
+        self._added = 0
+        self._read_at = -math.inf
+        self._lock = threading.Lock()
+
+    def _read(self) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in QUEUES.values():
+                pipe.llen(Queue(name, connection=self.redis).key)
+            self._waiting = sum(pipe.execute())
+        self._added = 0
+        self._read_at = time.monotonic()
+
+    def admit(self) -> None:
+        """Count one submission; 503 with Retry-After while the backlog is full."""
+        with self._lock:
+            if time.monotonic() - self._read_at > self.refresh_seconds:
+                self._read()
+            if self._waiting + self._added >= self.max_backlog:
+                self._read()
+            if self._waiting + self._added >= self.max_backlog:
+                raise Unavailable(
+                    f"{self._waiting} jobs are waiting; submissions resume when the backlog drains",
+                    headers={"Retry-After": "30"},
+                )
+            self._added += 1
