@@ -77,9 +77,6 @@ class PartnerStore:
         partner_id = self.redis.get(api_key_index(hash_api_key(api_key)))
         return partner_id.decode() if partner_id is not None else None
 
-    def exists(self, partner_id: str) -> bool:
-        return bool(self.redis.exists(partner_key(partner_id)))
-
     def get(self, partner_id: str) -> dict[str, Any] | None:
         """The partner without secrets: id, name, created_at, disabled."""
         raw = self.redis.hgetall(partner_key(partner_id))

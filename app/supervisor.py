@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postback.embedded import EmbeddedRedis, _write_private
+from postback.embedded import EmbeddedRedis, write_private
 from postback.settings import Settings
 
 STOP_SECONDS = 7.0
@@ -56,7 +56,7 @@ class Supervisor:
         if path.exists():
             return path.read_text().strip(), True
         token = secrets.token_urlsafe(32)
-        _write_private(path, token + "\n")
+        write_private(path, token + "\n")
         return token, True
 
     def run(self) -> int:

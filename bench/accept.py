@@ -40,7 +40,7 @@ from pathlib import Path
 import redis
 import requests
 
-from postback.embedded import EmbeddedRedis, _free_port
+from postback.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 16
@@ -301,7 +301,7 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
     url = server.start().url
     client = redis.Redis.from_url(url)
     admin_token = secrets.token_hex(16)
-    ports = {name: _free_port() for name in ("baseline", *MODES)}
+    ports = {name: free_port() for name in ("baseline", *MODES)}
     bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     runs: dict[str, list[dict]] = {name: [] for name in ("ping", "baseline", *MODES)}
     half: dict[str, list[dict]] = {mode: [] for mode in MODES}

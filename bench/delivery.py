@@ -26,7 +26,7 @@ from callbacks.outbox import DELIVERED, Event, Outbox, event_key
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
 from postback import ids
-from postback.embedded import EmbeddedRedis, _free_port
+from postback.embedded import EmbeddedRedis, free_port
 from postback.settings import Settings
 from worker.process import dispatcher
 
@@ -141,7 +141,7 @@ def main(repeats: int = 3, per_destination_count: int = 600, timeout_seconds: fl
     }
     try:
         # P3: one destination answering in 200 ms.
-        port = _free_port()
+        port = free_port()
         with receivers([port], delay=0.2):
             target = f"http://127.0.0.1:{port}/hook"
             runs = [
@@ -158,8 +158,8 @@ def main(repeats: int = 3, per_destination_count: int = 600, timeout_seconds: fl
         results["p3_deliveries_per_second"] = {"median": statistics.median(rates), "runs": rates}
 
         # P4: four healthy destinations (200 ms), with and without a fifth that hangs.
-        healthy_ports = [_free_port() for _ in range(4)]
-        hang_port = _free_port()
+        healthy_ports = [free_port() for _ in range(4)]
+        hang_port = free_port()
         with receivers(healthy_ports, delay=0.2, hang_ports=[hang_port]):
             healthy = [f"http://127.0.0.1:{p}/hook" for p in healthy_ports]
             hanging = f"http://127.0.0.1:{hang_port}/hook"

@@ -35,7 +35,7 @@ from bench.delivery import receivers
 from callbacks.outbox import DELIVERED, DUE_KEY, event_key
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
-from postback.embedded import EmbeddedRedis, _free_port
+from postback.embedded import EmbeddedRedis, free_port
 from postback.settings import Settings
 from worker import jobs as js
 from worker.runtime import job_store
@@ -183,7 +183,7 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
     rq_runs: list[float] = []
     runs: dict[int, list[dict]] = {1: [], 2: []}
     try:
-        port = _free_port()
+        port = free_port()
         with receivers([port], delay=0):
             callback_url = f"http://127.0.0.1:{port}/hook"
             for _ in range(repeats):

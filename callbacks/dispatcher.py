@@ -104,23 +104,25 @@ class Dispatcher:
         """Deliver a claimed event, then whatever waits here for the same destination."""
         try:
             event = self.outbox.get(event_id)
-            dest = event["destination"] if event else None
-            if dest is None or not self._take_slot(dest, event_id):
-                if dest is None:
-                    self._guarded(event_id)
+            if event is None:
+                self._guarded(event_id, None)
                 return
-            current: str | None = event_id
-            while current is not None:
-                self._guarded(current)
-                current = self._next_for(dest)
+            dest = event["destination"]
+            if not self._take_slot(dest, event_id):
+                return
+            # The first attempt uses the record just read; events that waited in
+            # line here are read when their turn comes.
+            self._guarded(event_id, event)
+            while (current := self._next_for(dest)) is not None:
+                self._guarded(current, self.outbox.get(current))
         finally:
             with self._lock:
                 self._free += 1
                 self._lock.notify_all()
 
-    def _guarded(self, event_id: str) -> None:
+    def _guarded(self, event_id: str, event: dict[str, Any] | None) -> None:
         try:
-            self.deliver_once(event_id)
+            self._deliver_bound(event_id, event)
         except Exception:
             # The claim lapses and the event falls due again: nothing is lost.
             log.exception("delivery attempt of %s crashed", event_id)
@@ -160,7 +162,10 @@ class Dispatcher:
 
     def deliver_once(self, event_id: str) -> str | None:
         """Make one attempt at `event_id` (or defer it) and settle it; returns its status."""
-        event = self.outbox.get(event_id)
+        return self._deliver_bound(event_id, self.outbox.get(event_id))
+
+    def _deliver_bound(self, event_id: str, event: dict[str, Any] | None) -> str | None:
+        """`_deliver` with the event's context bound to every log line."""
         if event is None:
             return self._deliver(event_id, None)
         with logs.bind(

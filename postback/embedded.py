@@ -98,7 +98,7 @@ class EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         password = self._password()
-        port = self.port or _free_port()
+        port = self.port or free_port()
         url = f"redis://:{password}@127.0.0.1:{port}/0"
         command = [
             server_binary(),
@@ -138,7 +138,7 @@ class EmbeddedRedis:
                 )
             if _answers(url, wait_seconds=0):
                 state = {"pid": process.pid, "port": port, "url": url}
-                _write_private(self.statefile, json.dumps(state))
+                write_private(self.statefile, json.dumps(state))
                 return RunningServer(pid=process.pid, port=port, url=url)
             time.sleep(0.05)
         process.kill()
@@ -161,7 +161,7 @@ class EmbeddedRedis:
                 if line.startswith("requirepass "):
                     return line.split(" ", 1)[1].strip()
         password = secrets.token_hex(24)
-        _write_private(self.conffile, f"requirepass {password}\n")
+        write_private(self.conffile, f"requirepass {password}\n")
         return password
 
     def _read_pid(self) -> int | None:
@@ -229,13 +229,13 @@ def _answers(url: str, *, wait_seconds: float) -> bool:
             time.sleep(0.1)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:

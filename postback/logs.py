@@ -53,11 +53,6 @@ def add(**values: Any) -> None:
     _context.set({**(_context.get() or {}), **{k: v for k, v in values.items() if v}})
 
 
-def context() -> dict[str, Any]:
-    """The context bound now."""
-    return dict(_context.get() or {})
-
-
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.postback_context = _context.get() or {}

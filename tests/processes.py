@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -69,12 +68,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["POSTBACK_CALLBACK_ALLOW_CIDRS"] = "127.0.0.0/8"
     env.update(extra)
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def stop_process(process: subprocess.Popen, *, grace_seconds: float) -> None:

@@ -7,18 +7,8 @@ import base64
 import pytest
 from rq import Worker
 
+from tests.helpers import PROBLEM, stored_state
 from worker.jobs import QUEUE_NAME
-
-PROBLEM = "application/problem+json"
-
-
-def stored_state(redis_client):
-    """Every key and its value, but the rate limiter's counters (which every request moves)."""
-    return {
-        key: redis_client.dump(key)
-        for key in redis_client.scan_iter()
-        if not key.startswith(b"pb:ratelimit")
-    }
 
 
 def submit(client, partner, **body):

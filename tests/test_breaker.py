@@ -8,7 +8,7 @@ import time
 import pytest
 
 from callbacks.breaker import CLOSED, HALF_OPEN, OPEN, BreakerSettings, CircuitBreaker
-from callbacks.outbox import destination
+from callbacks.outbox import DUE_KEY, Event, Outbox, destination
 from postback import clock
 
 DEST = "https://hooks.example.com:443"
@@ -139,16 +139,20 @@ def test_processes_racing_in_half_open_get_one_probe_between_them(redis_url, red
     assert allowed == 1
 
 
-def test_closing_a_circuit_makes_its_deferred_events_due_now(redis_client, fake_now):
-    """Events deferred by an open circuit fall due the moment the circuit closes."""
-    from callbacks.outbox import DUE_KEY, Event, Outbox
-
+def open_with_a_deferred_event(redis_client, now, event_id):
+    """An open circuit for DEST holding back one event for an hour; returns the breaker."""
     outbox = Outbox(redis_client)
-    outbox.add(Event(id="msg_1", owner="ptn_1", url=DEST + "/hook", body=b"{}"))
+    outbox.add(Event(id=event_id, owner="ptn_1", url=DEST + "/hook", body=b"{}"))
     breaker = breaker_for(redis_client)
     for _ in range(3):
         breaker.record(DEST, ok=False)
-    outbox.defer("msg_1", fake_now[0] + 3600, circuit_of=DEST)
+    outbox.defer(event_id, now + 3600, circuit_of=DEST)
+    return breaker
+
+
+def test_closing_a_circuit_makes_its_deferred_events_due_now(redis_client, fake_now):
+    """Events deferred by an open circuit fall due the moment the circuit closes."""
+    breaker = open_with_a_deferred_event(redis_client, fake_now[0], "msg_1")
     fake_now[0] += 10
     probe = breaker.acquire(DEST).probe
     assert breaker.record(DEST, ok=True, probe=probe) == CLOSED
@@ -157,13 +161,6 @@ def test_closing_a_circuit_makes_its_deferred_events_due_now(redis_client, fake_
 
 def test_a_reset_makes_deferred_events_due_now(redis_client, fake_now):
     """An admin reset also releases the events the circuit held back."""
-    from callbacks.outbox import DUE_KEY, Event, Outbox
-
-    outbox = Outbox(redis_client)
-    outbox.add(Event(id="msg_2", owner="ptn_1", url=DEST + "/hook", body=b"{}"))
-    breaker = breaker_for(redis_client)
-    for _ in range(3):
-        breaker.record(DEST, ok=False)
-    outbox.defer("msg_2", fake_now[0] + 3600, circuit_of=DEST)
+    breaker = open_with_a_deferred_event(redis_client, fake_now[0], "msg_2")
     breaker.reset(DEST)
     assert redis_client.zscore(DUE_KEY, "msg_2") == fake_now[0]

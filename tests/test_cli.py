@@ -16,11 +16,12 @@ from typing import Any
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from postback.embedded import free_port
+from tests.helpers import bearer
 from tests.processes import (
     POSTBACK,
     cli_env,
     eventually,
-    free_port,
     is_gone,
     stop_process,
     valkey_pids,
@@ -63,10 +64,6 @@ def is_valkey(pid: int) -> bool:
         return b"valkey-server" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
     except OSError:
         return False
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import bearer
 from tests.processes import eventually, postback_worker
-from tests.test_cli import bearer, postback_up
+from tests.test_cli import postback_up
 
 
 def worker(redis_url: str):

@@ -9,25 +9,13 @@ from dataclasses import asdict, replace
 import pytest
 
 from app import create_app
-from postback.embedded import EmbeddedRedis, _free_port
+from postback.embedded import EmbeddedRedis, free_port
+from tests.helpers import PROBLEM, bearer, stored_state
 from worker.jobs import QUEUE_NAME
-
-PROBLEM = "application/problem+json"
-
-
-def stored_state(client):
-    """Every key and its value, but the rate limiter's counters (which every request moves)."""
-    return {
-        key: client.dump(key) for key in client.scan_iter() if not key.startswith(b"pb:ratelimit")
-    }
 
 
 def app_with(settings, redis_client, **changes):
     return create_app(asdict(replace(settings, **changes)), client=redis_client)
-
-
-def bearer(key):
-    return {"Authorization": f"Bearer {key}"}
 
 
 # -- partners and keys -----------------------------------------------------------
@@ -151,7 +139,7 @@ def test_a_full_backlog_answers_503_with_retry_after(settings, redis_client, par
 
 def test_redis_down_is_503_everywhere_and_recovers(settings, tmp_path, admin_headers):
     """With Redis gone every endpoint answers 503 problem+json; when it returns, all works."""
-    server = EmbeddedRedis(tmp_path / "outage", port=_free_port())
+    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
     url = server.start().url
     from postback.connection import connect
 

@@ -262,9 +262,19 @@ class JobStore:
                 pm.observe(pipe, "postback_job_queue_wait_seconds", waited, labels)
             return True
 
-        if self._guarded(job_id, begin) is None:
+        record = self._guarded(job_id, begin)
+        if record is None:
             return None
-        return self.get(job_id)
+        # What was just written, without reading it back.
+        attempts = record["attempts"] + 1
+        return {
+            **record,
+            "status": PROCESSING,
+            "started_at": now,
+            "run_id": run_id,
+            "lease_until": now + lease_seconds,
+            "attempts": attempts,
+        }
 
     def renew(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
         """Extend the lease of a run that still holds it; None if it lost it."""
@@ -443,9 +453,23 @@ class JobStore:
             )
             return True
 
-        if self._guarded(job_id, end) is None:
+        record = self._guarded(job_id, end)
+        if record is None:
             return None
-        return self.get(job_id)
+        # What was just written, without reading it back.
+        return {
+            **record,
+            "status": status,
+            "finished_at": finished_at,
+            "run_id": None,
+            "lease_until": None,
+            "cancel_requested": False,
+            "progress": fields.get("progress", record["progress"]),
+            "result": result if status == COMPLETED else record["result"],
+            "result_bytes": len(fields.get("result", "")),
+            "error": error if error is not None else record["error"],
+            "event_id": fields.get("event_id", record["event_id"]),
+        }
 
     def remove(self, job_id: str) -> None:
         """Delete a finished job and everything that belongs to it (retention).
