@@ -189,7 +189,11 @@ class Outbox:
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """The stored event as a dict (body as bytes), or None."""
-        raw = self.redis.hgetall(event_key(event_id))
+        return self.decode(self.redis.hgetall(event_key(event_id)))
+
+    @staticmethod
+    def decode(raw: dict[bytes, bytes]) -> dict[str, Any] | None:
+        """An event hash as Redis returns it → the event as `get` gives it (None if empty)."""
         if not raw:
             return None
         record = {k.decode(): v for k, v in raw.items()}
@@ -204,7 +208,11 @@ class Outbox:
 
     def delivery_status(self, event_id: str) -> dict[str, Any] | None:
         """The public `delivery` object of an event."""
-        record = self.get(event_id)
+        return self.delivery_of(self.get(event_id))
+
+    @staticmethod
+    def delivery_of(record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The public `delivery` object of a stored event (None for None)."""
         if record is None:
             return None
         return {

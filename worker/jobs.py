@@ -20,7 +20,7 @@ from typing import Any
 import redis
 from rq import Queue
 
-from callbacks.outbox import Event, Outbox
+from callbacks.outbox import Event, Outbox, event_key
 from postback import clock, ids, timeline
 from postback import metrics as pm
 from worker.results import ResultLinks
@@ -210,8 +210,29 @@ class JobStore:
         job_ids = [item.decode() for item in found]
         more = len(job_ids) > limit
         job_ids = job_ids[:limit]
-        records = [r for r in (self.get(job_id) for job_id in job_ids) if r is not None]
-        return records, (job_ids[-1] if more and job_ids else None)
+        return self.many(job_ids), (job_ids[-1] if more and job_ids else None)
+
+    def many(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        """The records of `job_ids` (missing ones left out), each with its timeline and
+        delivery, read in two round trips rather than three per job."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(job_key(job_id))
+                pipe.lrange(timeline.key(job_id), 0, -1)
+            replies = pipe.execute()
+        records = []
+        for raw, entries in zip(replies[::2], replies[1::2], strict=True):
+            if raw:
+                record = self._decode({k.decode(): v.decode() for k, v in raw.items()})
+                record["timeline"] = [json.loads(entry) for entry in entries]
+                records.append(record)
+        with_events = [r for r in records if r["event_id"]]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for record in with_events:
+                pipe.hgetall(event_key(record["event_id"]))
+            for record, raw in zip(with_events, pipe.execute(), strict=True):
+                record["delivery"] = Outbox.delivery_of(Outbox.decode(raw))
+        return records
 
     def _guarded(
         self, job_id: str, change: Callable[[dict[str, Any], redis.client.Pipeline], bool]
@@ -549,6 +570,8 @@ class JobStore:
             job["error"] = record["error"]
         if record["callback_url"]:
             job["callback_url"] = record["callback_url"]
+            if delivery is None:
+                delivery = record.get("delivery")
             if delivery is None and record["event_id"]:
                 delivery = self.outbox.delivery_status(record["event_id"])
             job["delivery"] = delivery or {
