@@ -1,4 +1,4 @@
-"""The `postback` command: up, serve, worker, partners, dead-letters, circuits, status."""
+"""The `postback` command: up, serve, worker, deliver, partners, dead-letters, circuits, status."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run one worker: jobs and webhook deliveries")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(run=_worker)
+
+    deliver = commands.add_parser("deliver", help="run one more delivery process (webhooks only)")
+    deliver.set_defaults(run=_deliver)
 
     partners = commands.add_parser("partners", help="manage partners")
     partner_commands = partners.add_subparsers(required=True, metavar="ACTION")
@@ -157,8 +160,22 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     configure_logging(settings.log_level)
     url = redis_url(settings)
-    run(settings, connect(url), queue_client=connect(url, blocking=True), burst=args.burst)
+    run(
+        settings,
+        connect(url),
+        delivery_command=[sys.executable, "-m", "app.cli", "deliver"],
+        queue_client=connect(url, blocking=True),
+        burst=args.burst,
+    )
     return 0
+
+
+def _deliver(args: argparse.Namespace, settings: Settings) -> int:
+    from postback.logs import configure_logging
+    from worker.process import deliver
+
+    configure_logging(settings.log_level)
+    return deliver(settings, connect(redis_url(settings)))
 
 
 def _partners_create(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,8 +1,10 @@
-"""A worker process: an RQ worker (with the scheduler) and a delivery dispatcher beside it."""
+"""A worker: an RQ worker (with the scheduler) in this process, a delivery process beside it."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 
 import redis
@@ -16,11 +18,16 @@ from callbacks.secrets import SecretStore
 from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
+from postback.children import Children, die_with_parent, orphaned
 from postback.settings import Settings
 from worker import reaper, registry, runtime
 from worker.jobs import PRIORITIES, QUEUES
 
 log = logging.getLogger(__name__)
+
+# Tells a delivery process which worker started it.
+PARENT_PID_ENV = "POSTBACK_WORKER_PID"
+SUPERVISE_EVERY_SECONDS = 0.5
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:
@@ -71,20 +78,30 @@ def run(
     settings: Settings,
     client: redis.Redis,
     *,
+    delivery_command: list[str],
     queue_client: redis.Redis | None = None,
     burst: bool = False,
 ) -> None:
-    """Work jobs and deliver webhooks until SIGTERM/SIGINT (or, with `burst`, until idle).
+    """Work jobs until SIGTERM/SIGINT (or, with `burst`, until idle), with a delivery process.
 
-    Jobs run in this process (RQ's SimpleWorker: no fork per job); deliveries run
-    on a thread pool beside it. `queue_client` is the connection RQ blocks on
-    while it waits for jobs (default: `client`).
+    Jobs run in this process (RQ's SimpleWorker: no fork per job); webhooks are
+    delivered by `delivery_command`, a child process kept running beside it
+    (restarted if it dies, stopped when this process stops, and by the kernel
+    if this process is killed), so the two never wait on one interpreter lock.
+    `queue_client` is the connection RQ blocks on while it waits for jobs
+    (default: `client`).
     """
     registry.load(settings.handler_modules)
     runtime.configure(settings)
     stop = threading.Event()
-    delivery = threading.Thread(
-        target=dispatcher(settings, client).run, args=(stop,), name="dispatcher", daemon=True
+    deliveries = Children(
+        {**os.environ, PARENT_PID_ENV: str(os.getpid())},
+        stop_seconds=settings.delivery_timeout_seconds + 5,
+    )
+    deliveries.add("delivery process", delivery_command)
+    deliveries.start()
+    supervising = threading.Thread(
+        target=_supervise, args=(deliveries, stop), name="deliveries", daemon=True
     )
     reaping = threading.Thread(
         target=reaper.run,
@@ -92,7 +109,7 @@ def run(
         name="reaper",
         daemon=True,
     )
-    delivery.start()
+    supervising.start()
     reaping.start()
     try:
         queue_client = queue_client or client
@@ -101,7 +118,46 @@ def run(
         )
     finally:
         stop.set()
-        delivery.join(timeout=settings.delivery_timeout_seconds + 5)
+        supervising.join()
+        deliveries.stop()
+
+
+def _supervise(deliveries: Children, stop: threading.Event) -> None:
+    while not stop.wait(SUPERVISE_EVERY_SECONDS):
+        deliveries.supervise()
+
+
+def deliver(settings: Settings, client: redis.Redis) -> int:
+    """Deliver webhooks until SIGTERM/SIGINT; attempts in flight finish first. Returns an exit code.
+
+    Started by a worker (`PARENT_PID_ENV` set), it stops when that worker dies.
+    """
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent:
+        die_with_parent()
+        if orphaned(int(parent)):
+            return 0
+    # The signals are taken by sigwait in this thread, not by a handler, which
+    # could interrupt the dispatcher's own wait on `stop` and deadlock on its lock.
+    stopping = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+    stop = threading.Event()
+    crashed = threading.Event()
+
+    def delivering() -> None:
+        try:
+            dispatcher(settings, client).run(stop)
+        except BaseException:
+            log.exception("the dispatcher crashed; this delivery process exits")
+            crashed.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=delivering, name="dispatcher")
+    thread.start()
+    signal.sigwait(stopping)
+    stop.set()
+    thread.join()
+    return 1 if crashed.is_set() else 0
 
 
 def queues(client: redis.Redis) -> list[Queue]:
