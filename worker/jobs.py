@@ -7,8 +7,9 @@ three schedules the reaper walks: `pb:queued` (job → when it should be on a
 queue by), `pb:leases` (running job → when its lease lapses) and
 `pb:retention` (finished job → when it is removed).
 
-Every change of state is guarded (WATCH/MULTI on the job's hash): a run that
-lost its lease cannot overwrite what the run that replaced it recorded.
+Every change of state is guarded (`worker.guard`: applied by Redis only if
+the job is still as the change saw it): a run that lost its lease cannot
+overwrite what the run that replaced it recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rq import Queue
 from callbacks.outbox import Event, Outbox, event_key
 from postback import clock, ids, timeline
 from postback import metrics as pm
+from worker.guard import Guard, Outcome, Snapshot
 from worker.results import ResultLinks
 
 QUEUE_NAME = "postback"
@@ -82,6 +84,7 @@ class JobStore:
         self.retention_seconds = retention_seconds
         self.inline_result_bytes = inline_result_bytes
         self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
+        self.guard = Guard(client)
 
     def queue(self, priority: str) -> Queue:
         return Queue(QUEUES[priority], connection=self.redis)
@@ -235,30 +238,50 @@ class JobStore:
         return records
 
     def _guarded(
-        self, job_id: str, change: Callable[[dict[str, Any], redis.client.Pipeline], bool]
+        self,
+        job_id: str,
+        change: Callable[[dict[str, Any], redis.client.Pipeline], bool],
+        *,
+        known: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Apply `change(record, pipeline)` atomically; None if the job is gone or it declines.
+        """Apply `change(record, pipeline)` atomically; the record after it, or None if the
+        job is gone or `change` declines.
 
-        `change` queues its writes on the pipeline (already in MULTI) and
-        returns True; the whole transaction is retried if the job changed meanwhile.
+        `change` queues its writes on the pipeline and returns True; if the job
+        changed meanwhile it is called again with the job as it is now. `known`
+        is a record this store returned (with its version), to save the read.
         """
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key(job_id))
-                    record = self.get(job_id)
-                    if record is None:
-                        return None
-                    pipe.multi()
-                    if not change(record, pipe):
-                        return None
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue
+        record = known if known is not None else self._snapshot(job_id)
+        while record is not None:
+            writes = self.guard.recorder()
+            if not change(record, writes):
+                writes.reset()
+                return None
+            outcome, now = self.guard.apply(
+                job_key(job_id), timeline.key(job_id), record["version"], writes
+            )
+            record = self._from_snapshot(now)
+            if outcome is Outcome.APPLIED:
+                return record
+        return None
+
+    def _snapshot(self, job_id: str) -> dict[str, Any] | None:
+        """The record with its timeline and version (see `worker.guard`), or None."""
+        return self._from_snapshot(self.guard.read(job_key(job_id), timeline.key(job_id)))
+
+    def _from_snapshot(self, snapshot: Snapshot | None) -> dict[str, Any] | None:
+        if snapshot is None:
+            return None
+        record = self._decode(snapshot.fields)
+        record["timeline"] = [json.loads(entry) for entry in snapshot.timeline]
+        record["version"] = snapshot.version
+        return record
 
     def start(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
-        """Queued → processing under a lease held by `run_id`; None if not queued any more."""
+        """Queued → processing under a lease held by `run_id`; None if not queued any more.
+
+        The record returned can be passed to `finish` as `known`.
+        """
         now = clock.now()
 
         def begin(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
@@ -283,19 +306,7 @@ class JobStore:
                 pm.observe(pipe, "postback_job_queue_wait_seconds", waited, labels)
             return True
 
-        record = self._guarded(job_id, begin)
-        if record is None:
-            return None
-        # What was just written, without reading it back.
-        attempts = record["attempts"] + 1
-        return {
-            **record,
-            "status": PROCESSING,
-            "started_at": now,
-            "run_id": run_id,
-            "lease_until": now + lease_seconds,
-            "attempts": attempts,
-        }
+        return self._guarded(job_id, begin)
 
     def renew(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
         """Extend the lease of a run that still holds it; None if it lost it."""
@@ -317,11 +328,14 @@ class JobStore:
         run_id: str | None,
         delay_seconds: float = 0.0,
         lapsed_before: float | None = None,
+        known: dict[str, Any] | None = None,
+        ran_seconds: float | None = None,
     ) -> dict[str, Any] | None:
         """Processing → queued again, now or after `delay_seconds` (a retry or a recovery).
 
         Only the run holding the lease (`run_id`) may do it, or the reaper
         (`lapsed_before`: only if the lease lapsed before that time).
+        `known` and `ran_seconds` as for `finish`.
         """
         due = clock.now() + delay_seconds
 
@@ -347,6 +361,8 @@ class JobStore:
                     attempt=record["attempts"],
                     delay_seconds=round(delay_seconds, 3),
                 )
+            if ran_seconds is not None:
+                pm.observe(pipe, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
             if delay_seconds <= 0:
                 self._enqueue(pipe, job_id, record["priority"])
             else:
@@ -354,7 +370,7 @@ class JobStore:
                 pipe.zadd(RETRY_KEY, {job_id: due})
             return True
 
-        return self._guarded(job_id, back)
+        return self._guarded(job_id, back, known=known)
 
     def enqueue_again(self, job_id: str) -> bool:
         """Put a queued job that is on no queue back on its queue (the reaper's repair)."""
@@ -410,11 +426,15 @@ class JobStore:
         error: dict[str, str] | None = None,
         run_id: str | None = None,
         expect: tuple[str, ...] = (PROCESSING,),
+        known: dict[str, Any] | None = None,
+        ran_seconds: float | None = None,
     ) -> dict[str, Any] | None:
         """Move a job to a terminal status and, if it has a callback URL, queue its webhook.
 
         Applies only while the job is in an `expect`ed status (and, with
-        `run_id`, still held by that run); returns None otherwise.
+        `run_id`, still held by that run); returns the record after it, or None.
+        `known`: the record `start` returned, to save a read. `ran_seconds`:
+        how long the run took, recorded with its outcome.
         """
         finished_at = clock.now()
         fields: dict[str, Any] = {
@@ -447,7 +467,7 @@ class JobStore:
                 }
                 # The timeline the webhook carries ends with this very step.
                 updated["timeline"] = [
-                    *timeline.read(self.redis, job_id),
+                    *record["timeline"],
                     {
                         "event": "cancelled" if status == CANCELLED else "finished",
                         "at": clock.rfc3339(finished_at),
@@ -465,6 +485,8 @@ class JobStore:
             pipe.publish(done_channel(job_id), status)
             labels = {"type": record["type"], "status": status}
             pm.counter(pipe, "postback_jobs_finished_total", labels)
+            if ran_seconds is not None:
+                pm.observe(pipe, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
             timeline.record(
                 pipe,
                 job_id,
@@ -474,23 +496,7 @@ class JobStore:
             )
             return True
 
-        record = self._guarded(job_id, end)
-        if record is None:
-            return None
-        # What was just written, without reading it back.
-        return {
-            **record,
-            "status": status,
-            "finished_at": finished_at,
-            "run_id": None,
-            "lease_until": None,
-            "cancel_requested": False,
-            "progress": fields.get("progress", record["progress"]),
-            "result": result if status == COMPLETED else record["result"],
-            "result_bytes": len(fields.get("result", "")),
-            "error": error if error is not None else record["error"],
-            "event_id": fields.get("event_id", record["event_id"]),
-        }
+        return self._guarded(job_id, end, known=known)
 
     def remove(self, job_id: str) -> None:
         """Delete a finished job and everything that belongs to it (retention).

@@ -21,7 +21,6 @@ from rq import get_current_job
 
 from callbacks.policy import RetryPolicy
 from postback import logs
-from postback import metrics as pm
 from worker import jobs as js
 from worker import registry, runtime
 from worker.context import JobContext
@@ -74,9 +73,7 @@ def _run(store: JobStore, record: dict[str, Any], run_id: str, settings: Any) ->
     started = time.monotonic()
     with _heartbeat(store, job_id, run_id, settings.job_lease_seconds, ctx, interruptible):
         outcome = _run_handler(spec.fn, ctx, record["timeout_seconds"], interruptible)
-    ran_seconds = time.monotonic() - started
-    pm.observe(store.redis, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
-    _record(store, record, run_id, outcome, settings)
+    _record(store, record, run_id, outcome, time.monotonic() - started, settings)
 
 
 def _run_handler(
@@ -102,11 +99,18 @@ def _run_handler(
 
 
 def _record(
-    store: JobStore, record: dict[str, Any], run_id: str, outcome: tuple[str, Any], settings: Any
+    store: JobStore,
+    record: dict[str, Any],
+    run_id: str,
+    outcome: tuple[str, Any],
+    ran_seconds: float,
+    settings: Any,
 ) -> None:
     job_id = record["id"]
     kind, value = outcome
-    finish = lambda **kw: store.finish(job_id, run_id=run_id, **kw)  # noqa: E731
+    # `record` is what `start` returned: finishing from it saves a read.
+    ran = {"run_id": run_id, "known": record, "ran_seconds": ran_seconds}
+    finish = lambda **kw: store.finish(job_id, **ran, **kw)  # noqa: E731
     if kind == "ok":
         try:
             done = finish(status=js.COMPLETED, result=value)
@@ -136,7 +140,7 @@ def _record(
         )
         delay = policy.delay_seconds(record["attempts"])
         log.info("job %s: %s; retrying in %.1f s", job_id, value, delay)
-        done = store.requeue(job_id, run_id=run_id, delay_seconds=delay)
+        done = store.requeue(job_id, delay_seconds=delay, **ran)
     else:
         done = finish(status=js.FAILED, error={"code": type(value).__name__, "message": str(value)})
     if done is None:

@@ -1,0 +1,78 @@
+"""Guarded changes (worker.guard) on a real Redis: stale snapshots are refused and redone."""
+
+from __future__ import annotations
+
+from postback import timeline
+from worker import jobs as js
+from worker.guard import Guard, Outcome
+from worker.runtime import job_store
+
+
+def create(redis_client, settings) -> str:
+    store = job_store(redis_client, settings)
+    return store.create(
+        partner_id="ptn_guard", type="echo", input={}, callback_url=None, timeout_seconds=60
+    )["id"]
+
+
+def test_a_change_from_a_stale_snapshot_is_computed_again(redis_client, settings):
+    """A write between read and apply makes the change run again on the current record."""
+    job_id = create(redis_client, settings)
+    store = job_store(redis_client, settings)
+    seen = []
+
+    def change(record, pipe):
+        seen.append(record["progress"])
+        if len(seen) == 1:
+            redis_client.hset(js.job_key(job_id), "progress", 40)  # a concurrent writer
+        pipe.hset(js.job_key(job_id), "progress", record["progress"] + 1)
+        return True
+
+    after = store._guarded(job_id, change)
+    assert seen == [0, 40]
+    assert after["progress"] == 41 == store.get(job_id)["progress"]
+
+
+def test_finishing_from_the_started_record_survives_a_renewal(redis_client, settings):
+    """`finish` from the record `start` returned still applies after a renewal changed the job."""
+    job_id = create(redis_client, settings)
+    store = job_store(redis_client, settings)
+    started = store.start(job_id, run_id="r1", lease_seconds=60)
+    assert store.renew(job_id, run_id="r1", lease_seconds=60) is not None
+    done = store.finish(job_id, status=js.COMPLETED, result={"ok": 1}, run_id="r1", known=started)
+    assert done["status"] == js.COMPLETED and done["result"] == {"ok": 1}
+    assert [entry["event"] for entry in done["timeline"]][-1] == "finished"
+
+
+def test_a_declined_or_vanished_job_is_not_written(redis_client, settings):
+    """A change that declines writes nothing; a deleted record reports GONE."""
+    job_id = create(redis_client, settings)
+    store = job_store(redis_client, settings)
+    before = redis_client.hgetall(js.job_key(job_id))
+
+    def decline(record, pipe):
+        pipe.hset(js.job_key(job_id), "status", "bogus")
+        return False
+
+    assert store._guarded(job_id, decline) is None
+    assert redis_client.hgetall(js.job_key(job_id)) == before
+    guard = Guard(redis_client)
+    snapshot = guard.read(js.job_key(job_id), timeline.key(job_id))
+    redis_client.delete(js.job_key(job_id))
+    writes = guard.recorder()
+    writes.hset(js.job_key(job_id), "status", "bogus")
+    outcome, now = guard.apply(js.job_key(job_id), timeline.key(job_id), snapshot.version, writes)
+    assert (outcome, now) == (Outcome.GONE, None)
+    assert not redis_client.exists(js.job_key(job_id))
+
+
+def test_the_version_ignores_field_order(redis_client):
+    """Two hashes with the same fields in a different order have the same version."""
+    redis_client.hset("pb:test:a", mapping={"x": 1, "y": 2})
+    redis_client.hset("pb:test:b", mapping={"y": 2, "x": 1})
+    guard = Guard(redis_client)
+    a = guard.read("pb:test:a", "pb:test:none")
+    b = guard.read("pb:test:b", "pb:test:none")
+    assert a.version == b.version and a.fields == b.fields
+    redis_client.hset("pb:test:b", "x", 3)
+    assert guard.read("pb:test:b", "pb:test:none").version != a.version

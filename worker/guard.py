@@ -1,0 +1,126 @@
+"""Guarded changes to one record, each checked and applied by Redis in one round trip.
+
+A change is computed in Python from a snapshot of the record (its hash and
+its timeline list) and sent with the snapshot's version, a digest of both. A
+script applies the change's writes only if the record still has that
+version; otherwise it returns the current snapshot, from which the caller
+computes the change again. This is WATCH/MULTI's optimistic concurrency with
+the check made by the server: a change costs two round trips (read, apply)
+instead of four, and one when the caller already holds a fresh snapshot (a
+run finishing the job it started: `apply` returns the snapshot after its writes).
+
+The writes may touch any key (indexes, schedules, queues, metrics), which is
+fine on one Redis server and would not be on a cluster. As with MULTI/EXEC,
+a write that fails at run time does not undo the writes before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import redis
+
+# A record's version: the SHA-1 of its fields (sorted, so that field order in
+# the hash does not matter) and of its timeline.
+_VERSION = """
+local function snapshot(key, list_key)
+  local fields = redis.call('HGETALL', key)
+  if #fields == 0 then return nil end
+  local timeline = redis.call('LRANGE', list_key, 0, -1)
+  local entries = {}
+  for i = 1, #fields, 2 do entries[#entries + 1] = fields[i] .. '\\0' .. fields[i + 1] end
+  table.sort(entries)
+  local text = table.concat(entries, '\\0') .. '\\1' .. table.concat(timeline, '\\0')
+  return {redis.sha1hex(text), fields, timeline}
+end
+"""
+
+_READ = (
+    _VERSION
+    + """
+return snapshot(KEYS[1], KEYS[2]) or {}
+"""
+)
+
+# ARGV: the expected version, then each write as its argument count followed by its arguments.
+# Returns {0} if the record is gone, {1, snapshot} if it changed, {2, snapshot after} if applied.
+_APPLY = (
+    _VERSION
+    + """
+local current = snapshot(KEYS[1], KEYS[2])
+if not current then return {0} end
+if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
+local i = 2
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + count))
+  i = i + count + 1
+end
+local after = snapshot(KEYS[1], KEYS[2])
+if not after then return {2} end
+return {2, after[1], after[2], after[3]}
+"""
+)
+
+
+class Outcome(Enum):
+    GONE = 0
+    CHANGED = 1
+    APPLIED = 2
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    fields: dict[str, str]
+    timeline: list[bytes]
+
+
+class Guard:
+    """Reads snapshots of records and applies changes recorded on a pipeline against them."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._read = client.register_script(_READ)
+        self._apply = client.register_script(_APPLY)
+        self._encode = client.get_encoder().encode
+
+    def read(self, key: str, timeline_key: str) -> Snapshot | None:
+        """The record at `key` with the list at `timeline_key`, or None if there is no record."""
+        return _snapshot(self._read(keys=[key, timeline_key]))
+
+    def recorder(self) -> redis.client.Pipeline:
+        """A pipeline to queue a change's writes on; `apply` sends them, never `execute`.
+
+        It is in MULTI mode, as code that adds to a caller's transaction expects (RQ's enqueue).
+        """
+        writes = self.redis.pipeline(transaction=True)
+        writes.multi()
+        return writes
+
+    def apply(
+        self, key: str, timeline_key: str, version: str, writes: redis.client.Pipeline
+    ) -> tuple[Outcome, Snapshot | None]:
+        """Apply the writes queued on `writes` if the record still has `version`.
+
+        (APPLIED, the snapshot after the writes; None if they deleted the
+        record), (CHANGED, the current snapshot) or (GONE, None).
+        """
+        args: list[bytes | str] = [version]
+        for command, _options in writes.command_stack:
+            args.append(str(len(command)))
+            args.extend(self._encode(arg) for arg in command)
+        writes.reset()
+        reply = self._apply(keys=[key, timeline_key], args=args)
+        return Outcome(reply[0]), _snapshot(reply[1:])
+
+
+def _snapshot(reply: list) -> Snapshot | None:
+    if not reply:
+        return None
+    version, flat, timeline = reply
+    fields = {
+        name.decode(): value.decode() for name, value in zip(flat[::2], flat[1::2], strict=True)
+    }
+    return Snapshot(version.decode(), fields, timeline)
