@@ -28,7 +28,7 @@ def test_a_change_from_a_stale_snapshot_is_computed_again(redis_client, settings
         pipe.hset(js.job_key(job_id), "progress", record["progress"] + 1)
         return True
 
-    after = store._guarded(job_id, change)
+    after = store._guarded(job_id, change, after=True)
     assert seen == [0, 40]
     assert after["progress"] == 41 == store.get(job_id)["progress"]
 
@@ -39,9 +39,10 @@ def test_finishing_from_the_started_record_survives_a_renewal(redis_client, sett
     store = job_store(redis_client, settings)
     started = store.start(job_id, run_id="r1", lease_seconds=60)
     assert store.renew(job_id, run_id="r1", lease_seconds=60) is not None
-    done = store.finish(job_id, status=js.COMPLETED, result={"ok": 1}, run_id="r1", known=started)
+    assert store.finish(job_id, status=js.COMPLETED, result={"ok": 1}, run_id="r1", known=started)
+    done = store.get(job_id)
     assert done["status"] == js.COMPLETED and done["result"] == {"ok": 1}
-    assert [entry["event"] for entry in done["timeline"]][-1] == "finished"
+    assert [entry["event"] for entry in timeline.read(redis_client, job_id)][-1] == "finished"
 
 
 def test_a_declined_or_vanished_job_is_not_written(redis_client, settings):

@@ -211,6 +211,6 @@ def test_a_run_that_lost_its_lease_cannot_record_its_outcome(
     store.start(job_id, run_id="old", lease_seconds=-1)
     reaper.reap(store, settings)
     store.start(job_id, run_id="new", lease_seconds=60)
-    assert store.finish(job_id, status=js.COMPLETED, result=1, run_id="old") is None
-    assert store.finish(job_id, status=js.COMPLETED, result=2, run_id="new") is not None
+    assert store.finish(job_id, status=js.COMPLETED, result=1, run_id="old") is False
+    assert store.finish(job_id, status=js.COMPLETED, result=2, run_id="new") is True
     assert get(client, partner, job_id)["result"] == 2

@@ -43,20 +43,22 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 """
 )
 
-# ARGV: the expected version, then each write as its argument count followed by its arguments.
-# Returns {0} if the record is gone, {1, snapshot} if it changed, {2, snapshot after} if applied.
+# ARGV: the expected version, "1" to return the snapshot after the writes (else "0"), then
+# each write as its argument count followed by its arguments.
+# Returns {0} if the record is gone, {1, snapshot} if it changed, {2[, snapshot after]} if applied.
 _APPLY = (
     _VERSION
     + """
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
 if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
-local i = 2
+local i = 3
 while i <= #ARGV do
   local count = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + count))
   i = i + count + 1
 end
+if ARGV[2] ~= '1' then return {2} end
 local after = snapshot(KEYS[1], KEYS[2])
 if not after then return {2} end
 return {2, after[1], after[2], after[3]}
@@ -100,14 +102,20 @@ class Guard:
         return writes
 
     def apply(
-        self, key: str, timeline_key: str, version: str, writes: redis.client.Pipeline
+        self,
+        key: str,
+        timeline_key: str,
+        version: str,
+        writes: redis.client.Pipeline,
+        *,
+        after: bool = False,
     ) -> tuple[Outcome, Snapshot | None]:
         """Apply the writes queued on `writes` if the record still has `version`.
 
-        (APPLIED, the snapshot after the writes; None if they deleted the
-        record), (CHANGED, the current snapshot) or (GONE, None).
+        (APPLIED, the snapshot after the writes if `after`, else None),
+        (CHANGED, the current snapshot) or (GONE, None).
         """
-        args: list[bytes | str] = [version]
+        args: list[bytes | str] = [version, "1" if after else "0"]
         for command, _options in writes.command_stack:
             args.append(str(len(command)))
             args.extend(self._encode(arg) for arg in command)

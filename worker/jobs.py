@@ -243,13 +243,14 @@ class JobStore:
         change: Callable[[dict[str, Any], redis.client.Pipeline], bool],
         *,
         known: dict[str, Any] | None = None,
+        after: bool = False,
     ) -> dict[str, Any] | None:
-        """Apply `change(record, pipeline)` atomically; the record after it, or None if the
-        job is gone or `change` declines.
+        """Apply `change(record, pipeline)` atomically; None if the job is gone or `change`
+        declines, else the record `change` saw or, with `after`, the record after it.
 
         `change` queues its writes on the pipeline and returns True; if the job
         changed meanwhile it is called again with the job as it is now. `known`
-        is a record this store returned (with its version), to save the read.
+        is a record `start` returned (it carries its version), to save the read.
         """
         record = known if known is not None else self._snapshot(job_id)
         while record is not None:
@@ -258,11 +259,11 @@ class JobStore:
                 writes.reset()
                 return None
             outcome, now = self.guard.apply(
-                job_key(job_id), timeline.key(job_id), record["version"], writes
+                job_key(job_id), timeline.key(job_id), record["version"], writes, after=after
             )
-            record = self._from_snapshot(now)
             if outcome is Outcome.APPLIED:
-                return record
+                return self._from_snapshot(now) if after else record
+            record = self._from_snapshot(now)
         return None
 
     def _snapshot(self, job_id: str) -> dict[str, Any] | None:
@@ -306,7 +307,7 @@ class JobStore:
                 pm.observe(pipe, "postback_job_queue_wait_seconds", waited, labels)
             return True
 
-        return self._guarded(job_id, begin)
+        return self._guarded(job_id, begin, after=True)
 
     def renew(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
         """Extend the lease of a run that still holds it; None if it lost it."""
@@ -330,7 +331,7 @@ class JobStore:
         lapsed_before: float | None = None,
         known: dict[str, Any] | None = None,
         ran_seconds: float | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> bool:
         """Processing → queued again, now or after `delay_seconds` (a retry or a recovery).
 
         Only the run holding the lease (`run_id`) may do it, or the reaper
@@ -370,7 +371,7 @@ class JobStore:
                 pipe.zadd(RETRY_KEY, {job_id: due})
             return True
 
-        return self._guarded(job_id, back, known=known)
+        return self._guarded(job_id, back, known=known) is not None
 
     def enqueue_again(self, job_id: str) -> bool:
         """Put a queued job that is on no queue back on its queue (the reaper's repair)."""
@@ -403,7 +404,7 @@ class JobStore:
                 expect=(QUEUED,),
                 error={"code": "cancelled", "message": "cancelled before it started"},
             )
-            if finished is not None:
+            if finished:
                 return CANCELLED
             record = self.get(job_id) or record
         if record["status"] == PROCESSING:
@@ -428,11 +429,11 @@ class JobStore:
         expect: tuple[str, ...] = (PROCESSING,),
         known: dict[str, Any] | None = None,
         ran_seconds: float | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> bool:
         """Move a job to a terminal status and, if it has a callback URL, queue its webhook.
 
         Applies only while the job is in an `expect`ed status (and, with
-        `run_id`, still held by that run); returns the record after it, or None.
+        `run_id`, still held by that run); returns whether it applied.
         `known`: the record `start` returned, to save a read. `ran_seconds`:
         how long the run took, recorded with its outcome.
         """
@@ -496,7 +497,7 @@ class JobStore:
             )
             return True
 
-        return self._guarded(job_id, end, known=known)
+        return self._guarded(job_id, end, known=known) is not None
 
     def remove(self, job_id: str) -> None:
         """Delete a finished job and everything that belongs to it (retention).

@@ -143,7 +143,7 @@ def _record(
         done = store.requeue(job_id, delay_seconds=delay, **ran)
     else:
         done = finish(status=js.FAILED, error={"code": type(value).__name__, "message": str(value)})
-    if done is None:
+    if not done:
         log.warning("job %s: this run lost its lease; its outcome is discarded", job_id)
 
 
