@@ -48,25 +48,28 @@ class Permit:
     retry_at: float | None = None
     # When allowed as the half-open probe: the token that reports its result.
     probe: str | None = None
+    # The circuit had no state at all (closed, no failures): a success need not be recorded.
+    clean: bool = False
 
 
 # KEYS[1] circuit hash, KEYS[2] index set. ARGV: now, token, probe lease, destination.
-# Returns {allowed (0/1), retry_at or "", probe token or ""}.
+# Returns {allowed (0/1), retry_at or "", probe token or "", clean (0/1)}.
 _ACQUIRE = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state or state == 'closed' then return {1, '', ''} end
+if not state then return {1, '', '', 1} end
+if state == 'closed' then return {1, '', '', 0} end
 local now = tonumber(ARGV[1])
 local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until') or '0')
 if state == 'open' then
-  if now < open_until then return {0, tostring(open_until), ''} end
+  if now < open_until then return {0, tostring(open_until), '', 0} end
   state = 'half_open'
   redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe', '', 'probe_until', '0')
 end
 local probe_until = tonumber(redis.call('HGET', KEYS[1], 'probe_until') or '0')
-if now < probe_until then return {0, tostring(probe_until), ''} end
+if now < probe_until then return {0, tostring(probe_until), '', 0} end
 local until_ = now + tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'probe', ARGV[2], 'probe_until', tostring(until_))
-return {1, '', ARGV[2]}
+return {1, '', ARGV[2], 0}
 """
 
 # KEYS[1] circuit hash, KEYS[2] index set, KEYS[3] events deferred by this circuit,
@@ -142,7 +145,7 @@ class CircuitBreaker:
     def acquire(self, dest: str) -> Permit:
         """Whether an attempt to `dest` may go now; in half-open, only one caller gets through."""
         token = secrets.token_hex(8)
-        allowed, retry_at, probe = self._acquire(
+        allowed, retry_at, probe, clean = self._acquire(
             keys=[_key(dest), CIRCUITS_KEY],
             args=[repr(clock.now()), token, self.settings.probe_lease_seconds, dest],
         )
@@ -150,10 +153,14 @@ class CircuitBreaker:
             allowed=bool(allowed),
             retry_at=float(retry_at) if retry_at else None,
             probe=probe.decode() if probe else None,
+            clean=bool(clean),
         )
 
     def record(self, dest: str, *, ok: bool, probe: str | None = None) -> str:
-        """Report an attempt's outcome; returns the circuit's state after it."""
+        """Report an attempt's outcome; returns the circuit's state after it.
+
+        A success under a `clean` permit changes nothing and need not be reported.
+        """
         state = self._record(
             keys=[_key(dest), CIRCUITS_KEY, deferred_key(dest), DUE_KEY],
             args=[

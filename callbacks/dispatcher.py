@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from callbacks import outbox as ob
-from callbacks.breaker import CircuitBreaker
+from callbacks.breaker import CircuitBreaker, Permit
 from callbacks.deadletters import DeadLetters
 from callbacks.errors import SecretError
 from callbacks.outbox import Attempt, Outbox
@@ -192,9 +192,9 @@ class Dispatcher:
             retry_at = permit.retry_at or clock.now() + 1
             self.outbox.defer(event_id, retry_at, circuit_of=dest)
             return event["status"]
-        return self._attempt(event, permit.probe)
+        return self._attempt(event, permit)
 
-    def _attempt(self, event: dict[str, Any], probe: str | None) -> str:
+    def _attempt(self, event: dict[str, Any], permit: Permit) -> str:
         at = clock.now()
         try:
             secrets = self.secrets.signing_secrets(event["owner"])
@@ -206,7 +206,8 @@ class Dispatcher:
                 event["url"], event["body"], {**event["headers"], **headers}
             )
         responded = response.ok or response.status_code == 410
-        self.breaker.record(event["destination"], ok=responded, probe=probe)
+        if not (responded and permit.clean):
+            self.breaker.record(event["destination"], ok=responded, probe=permit.probe)
         status, outcome, next_at = self._judge(event, response)
         attempt = Attempt(
             attempt=event["attempts"] + 1,
@@ -216,12 +217,14 @@ class Dispatcher:
             error=response.error,
             outcome=outcome,
         )
-        self.outbox.settle(event, attempt, status=status, next_at=next_at)
-        with pm.batch(self.outbox.redis) as pipe:
+
+        def measure(pipe: Any) -> None:
             pm.counter(pipe, "postback_delivery_attempts_total", {"outcome": outcome})
             pm.observe(pipe, "postback_delivery_attempt_seconds", response.duration_ms / 1000)
             if status == ob.DELIVERED:
                 pm.observe(pipe, "postback_delivery_lag_seconds", clock.now() - event["created_at"])
+
+        self.outbox.settle(event, attempt, status=status, next_at=next_at, also=measure)
         log.info(
             "delivery attempt %s of %s: %s (%s, %d ms)",
             attempt.attempt,

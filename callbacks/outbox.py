@@ -12,6 +12,7 @@ attempt log and `webhook-id` run across rounds.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -258,11 +259,13 @@ class Outbox:
         status: str,
         next_at: float | None = None,
         error: str | None = None,
+        also: Callable[[redis.client.Pipeline], None] | None = None,
     ) -> str | None:
         """Record `attempt` (if any) and move the event to `status`.
 
         RETRYING makes it due at `next_at`; DEAD puts it on the dead list and
-        returns the dead letter's id.
+        returns the dead letter's id. `also(pipeline)` adds the caller's own
+        writes to the same round trip.
         """
         event_id = record["id"]
         now = clock.now()
@@ -312,6 +315,8 @@ class Outbox:
                     webhook_id=event_id,
                     dead_letter_id=dead_letter_id,
                 )
+            if also is not None:
+                also(pipe)
             pipe.execute()
         return dead_letter_id
 

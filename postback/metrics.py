@@ -171,17 +171,6 @@ def observe(
         pipe.hincrby(key(name), f"{field}|count", 1)
 
 
-@contextlib.contextmanager
-def batch(client: redis.Redis) -> Iterator[redis.client.Pipeline]:
-    """A pipeline for several recordings in one round trip; Redis errors are logged."""
-    with client.pipeline(transaction=False) as pipe:
-        yield pipe
-        try:
-            pipe.execute()
-        except redis.RedisError:
-            log.warning("metrics not recorded: Redis error", exc_info=True)
-
-
 def _field(name: str, kind: str, labels: Mapping[str, str] | None) -> str | None:
     metric = CATALOGUE.get(name)
     labels = labels or {}

@@ -49,6 +49,18 @@ def test_the_circuit_opens_after_threshold_consecutive_failures(redis_client, fa
     assert not permit.allowed and permit.retry_at == fake_now[0] + 10
 
 
+def test_a_permit_is_clean_only_while_the_circuit_has_no_state(redis_client, fake_now):
+    """Only a destination with no failures on record gives a clean permit (no report needed)."""
+    breaker = breaker_for(redis_client)
+    assert breaker.acquire(DEST).clean
+    breaker.record(DEST, ok=False)
+    permit = breaker.acquire(DEST)
+    assert permit.allowed and not permit.clean
+    breaker.record(DEST, ok=True)
+    assert breaker.acquire(DEST).clean
+    assert not redis_client.exists(f"pb:cb:circuit:{DEST}")
+
+
 def test_half_open_lets_exactly_one_probe_through(redis_client, fake_now):
     """After the cooldown one caller probes; the others are deferred until it reports."""
     breaker = breaker_for(redis_client)
