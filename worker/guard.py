@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import redis
 
@@ -86,7 +87,6 @@ class Guard:
         self.redis = client
         self._read = client.register_script(_READ)
         self._apply = client.register_script(_APPLY)
-        self._encode = client.get_encoder().encode
 
     def read(self, key: str, timeline_key: str) -> Snapshot | None:
         """The record at `key` with the list at `timeline_key`, or None if there is no record."""
@@ -115,10 +115,10 @@ class Guard:
         (APPLIED, the snapshot after the writes if `after`, else None),
         (CHANGED, the current snapshot) or (GONE, None).
         """
-        args: list[bytes | str] = [version, "1" if after else "0"]
+        args: list[Any] = [version, "1" if after else "0"]
         for command, _options in writes.command_stack:
-            args.append(str(len(command)))
-            args.extend(self._encode(arg) for arg in command)
+            args.append(len(command))
+            args.extend(command)
         writes.reset()
         reply = self._apply(keys=[key, timeline_key], args=args)
         return Outcome(reply[0]), _snapshot(reply[1:])

@@ -8,6 +8,9 @@ from postback.settings import Settings
 from worker.jobs import JobStore
 
 _settings: list[Settings] = []
+# The last store made, reused while its client and settings are asked for again
+# (a store registers its Lua scripts when it is made: once per worker, not per job).
+_last_store: list[tuple[redis.Redis, Settings, JobStore]] = []
 
 
 def configure(settings: Settings) -> None:
@@ -23,10 +26,16 @@ def settings() -> Settings:
 def job_store(client: redis.Redis, current: Settings | None = None) -> JobStore:
     """The job store as the settings describe it."""
     current = current or settings()
-    return JobStore(
+    if _last_store:
+        last_client, last_settings, store = _last_store[0]
+        if last_client is client and last_settings == current:
+            return store
+    store = JobStore(
         client,
         durability=current.durability,
         retention_seconds=current.job_retention_seconds,
         inline_result_bytes=current.inline_result_bytes,
         result_url_ttl_seconds=current.result_url_ttl_seconds,
     )
+    _last_store[:] = [(client, current, store)]
+    return store

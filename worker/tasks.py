@@ -1,6 +1,6 @@
 """The RQ entry point that runs a job's handler under a lease, and records what happened.
 
-A run holds a lease on its job, renewed by a heartbeat thread; if the process
+A run holds a lease on its job, renewed by the heartbeat thread; if the process
 dies, the lease lapses and the reaper (`worker.reaper`) puts the job back on
 its queue. The handler's time limit and cancellation interrupt the handler
 only (SIGALRM and SIGUSR1 in the worker's main thread), never the recording.
@@ -25,6 +25,7 @@ from worker import jobs as js
 from worker import registry, runtime
 from worker.context import JobContext
 from worker.errors import JobCancelled, JobTimedOut, RetryableError
+from worker.heartbeat import HEARTBEAT, Run
 from worker.jobs import JobStore
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,6 @@ def _heartbeat(
     interruptible: threading.Event,
 ) -> Iterator[None]:
     """Renew the run's lease until the block ends; pass a cancellation on to the handler."""
-    stop = threading.Event()
     main = threading.main_thread()
     in_main = threading.current_thread() is main
     previous = None
@@ -190,27 +190,11 @@ def _heartbeat(
                 raise JobCancelled(job_id)
 
         previous = signal.signal(signal.SIGUSR1, cancel)
-
-    def beat() -> None:
-        while not stop.wait(lease_seconds / 3):
-            try:
-                record = store.renew(job_id, run_id=run_id, lease_seconds=lease_seconds)
-            except Exception:
-                log.warning("job %s: lease renewal failed; retrying", job_id, exc_info=True)
-                continue
-            if record is None:
-                return
-            if record["cancel_requested"] and not ctx.cancelled.is_set():
-                ctx.cancelled.set()
-                if in_main and main.ident is not None:
-                    signal.pthread_kill(main.ident, signal.SIGUSR1)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    thread.start()
+    run = Run(store, job_id, run_id, lease_seconds, ctx, main.ident if in_main else None)
+    HEARTBEAT.watch(run)
     try:
         yield
     finally:
-        stop.set()
-        thread.join(timeout=5)
+        HEARTBEAT.release(run)
         if in_main:
             signal.signal(signal.SIGUSR1, previous)
