@@ -35,8 +35,8 @@ def base_url() -> str:
     return (services().settings.public_url or request.url_root).rstrip("/")
 
 
-def status_url(job_id: str) -> str:
-    return f"{base_url()}/v1/jobs/{job_id}"
+def status_url(job_id: str, base: str | None = None) -> str:
+    return f"{base_url() if base is None else base}/v1/jobs/{job_id}"
 
 
 def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         check_callback_url(body["callback_url"])
     header = request.headers.get(idem.HEADER)
     key = idem.parse_key(header) if header is not None else None
-    print_ = idem.fingerprint(raw)
+    print_ = idem.fingerprint(raw) if key is not None else ""
     if key is not None:
         stored = svc.idempotency.begin(g.partner_id, key, print_)
         if stored is not None:
@@ -88,10 +88,11 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     try:
         svc.backlog.admit()
         response: dict[str, Any] = {}
+        base = base_url()
 
         def keep_response(pipe: Any, job: dict[str, Any]) -> None:
             pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})
-            url = status_url(job["id"])
+            url = status_url(job["id"], base)
             response["body"] = {
                 "id": job["id"],
                 "status": job["status"],
@@ -118,7 +119,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             callback_url=body["callback_url"],
             timeout_seconds=timeout_seconds,
             priority=body["priority"],
-            base_url=base_url(),
+            base_url=base,
             request_id=correlation.request_id(),
             traceparent=correlation.traceparent(),
             also=keep_response,

@@ -24,6 +24,7 @@ from rq import Queue
 from callbacks.outbox import Event, Outbox, event_key
 from postback import clock, ids, timeline
 from postback import metrics as pm
+from worker.enqueue import Enqueuer
 from worker.guard import Guard, Outcome, Snapshot
 from worker.results import ResultLinks
 
@@ -31,6 +32,7 @@ QUEUE_NAME = "postback"
 PRIORITIES = ("high", "normal", "low")
 QUEUES = {"high": "postback:high", "normal": QUEUE_NAME, "low": "postback:low"}
 RUN_JOB = "worker.tasks.run_job"
+_ENQUEUER = Enqueuer(RUN_JOB)
 
 QUEUED_KEY = "pb:queued"
 RETRY_KEY = "pb:retry"
@@ -85,9 +87,10 @@ class JobStore:
         self.inline_result_bytes = inline_result_bytes
         self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
         self.guard = Guard(client)
+        self._queues = {p: Queue(QUEUES[p], connection=client) for p in PRIORITIES}
 
     def queue(self, priority: str) -> Queue:
-        return Queue(QUEUES[priority], connection=self.redis)
+        return self._queues[priority]
 
     def create(
         self,
@@ -128,33 +131,22 @@ class JobStore:
             "request_id": request_id,
             "traceparent": traceparent or "",
         }
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.multi()
-            pipe.hset(job_key(job_id), mapping=record)
-            pipe.zadd(partner_index(partner_id), {job_id: 0})
-            pipe.zadd(partner_index(partner_id, QUEUED), {job_id: 0})
-            pipe.zadd(QUEUED_KEY, {job_id: created_at})
-            timeline.record(pipe, job_id, "accepted", request_id=request_id or None)
-            timeline.record(pipe, job_id, "enqueued", queue=QUEUES[priority])
-            self._enqueue(pipe, job_id, priority)
-            if also is not None:
-                also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
-            pipe.execute()
+        pipe = self.guard.recorder()
+        pipe.hset(job_key(job_id), mapping=record)
+        pipe.zadd(partner_index(partner_id), {job_id: 0})
+        pipe.zadd(partner_index(partner_id, QUEUED), {job_id: 0})
+        pipe.zadd(QUEUED_KEY, {job_id: created_at})
+        timeline.record(pipe, job_id, "accepted", request_id=request_id or None)
+        timeline.record(pipe, job_id, "enqueued", queue=QUEUES[priority])
+        self._enqueue(pipe, job_id, priority)
+        if also is not None:
+            also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
+        self.guard.write(pipe)
         # What was just written, without reading it back.
         return self._decode({name: str(value) for name, value in record.items()})
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
-        # RQ's own timeout is off: the job's timeout is enforced around the handler
-        # alone (worker.tasks), so recording the outcome is never cut short.
-        self.queue(priority).enqueue_call(
-            RUN_JOB,
-            args=(job_id,),
-            job_id=job_id,
-            timeout=-1,
-            result_ttl=0,
-            failure_ttl=86400,
-            pipeline=pipe,
-        )
+        _ENQUEUER.enqueue(pipe, self.queue(priority), job_id)
 
     def confirm_durable(self) -> None:
         """In `fsync` durability, return only once this client's writes are fsynced to the AOF.

@@ -1,0 +1,58 @@
+"""Enqueueing without RQ's Job object (worker.enqueue) writes exactly what RQ would."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from rq import Queue
+from rq.job import Job
+
+from worker.enqueue import OPTIONS, Enqueuer
+from worker.jobs import QUEUES, RUN_JOB
+
+RQ_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def writes(redis_client, enqueue) -> list[tuple]:
+    """The commands `enqueue(pipe)` queues, with RQ's timestamps blanked."""
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.multi()
+    enqueue(pipe)
+    commands = [
+        tuple("<time>" if isinstance(a, str) and RQ_TIME.match(a) else str(a) for a in command)
+        for command, _ in pipe.command_stack
+    ]
+    pipe.reset()
+    return commands
+
+
+@pytest.mark.parametrize("name", QUEUES.values())
+def test_the_writes_are_rqs_own_for_the_same_job(redis_client, name):
+    """For every queue, the replayed template equals RQ's enqueue_call of the same job."""
+    queue = Queue(name, connection=redis_client)
+    job_id = "job_01KAAAAAAAAAAAAAAAAAAAAAAA"
+    ours = writes(redis_client, lambda p: Enqueuer(RUN_JOB).enqueue(p, queue, job_id))
+    theirs = writes(
+        redis_client,
+        lambda p: queue.enqueue_call(RUN_JOB, args=(job_id,), job_id=job_id, pipeline=p, **OPTIONS),
+    )
+    assert ours == theirs
+    assert any(job_id in arg for command in ours for arg in command)
+
+
+def test_rq_reads_back_the_call(redis_client):
+    """RQ fetches a job enqueued this way as run_job(job_id), on its queue."""
+    queue = Queue(QUEUES["low"], connection=redis_client)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.multi()
+    Enqueuer(RUN_JOB).enqueue(pipe, queue, "job_01KBBBBBBBBBBBBBBBBBBBBBBB")
+    pipe.execute()
+    job = Job.fetch("job_01KBBBBBBBBBBBBBBBBBBBBBBB", connection=redis_client)
+    assert (job.func_name, job.args, job.kwargs) == (
+        RUN_JOB,
+        ("job_01KBBBBBBBBBBBBBBBBBBBBBBB",),
+        {},
+    )
+    assert job.origin == queue.name and job.timeout == -1 and job.result_ttl == 0
+    assert queue.job_ids == ["job_01KBBBBBBBBBBBBBBBBBBBBBBB"]
