@@ -327,21 +327,24 @@ def test_the_backlog_counts_every_priority(settings, redis_client, partner):
 
 
 def test_a_retry_after_an_unconfirmed_write_replays_instead_of_duplicating(
-    client, partner, redis_client, monkeypatch
+    settings, partner, redis_client, monkeypatch
 ):
     """If the disk cannot confirm a job (503), a retry with its key returns that same job."""
+    client = app_with(settings, redis_client, durability="fsync").test_client()
     from worker.jobs import JobStore, NotDurable
 
     calls = []
 
-    def flaky_confirm(self):
-        calls.append(1)
+    def flaky_check(reply):
+        calls.append(reply)
         if len(calls) == 1:
             raise NotDurable("simulated: no fsync confirmation")
 
-    monkeypatch.setattr(JobStore, "confirm_durable", flaky_confirm)
+    monkeypatch.setattr(JobStore, "_check_durable", staticmethod(flaky_check))
     first = post_with_key(client, partner, "durable-1", {"type": "echo"})
     assert first.status_code == 503 and first.mimetype == PROBLEM
     second = post_with_key(client, partner, "durable-1", {"type": "echo"})
     assert second.status_code == 202 and second.headers["Idempotent-Replayed"] == "true"
     assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
+    # Both answers came from real WAITAOF replies: one with the write, one for the replay.
+    assert [local for local, _ in calls] == [1, 1]

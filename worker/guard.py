@@ -37,6 +37,18 @@ local function snapshot(key, list_key)
 end
 """
 
+# Writes come in ARGV from `first` on, each as its argument count followed by its arguments.
+_WRITES = """
+local function write(first)
+  local i = first
+  while i <= #ARGV do
+    local count = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + count))
+    i = i + count + 1
+  end
+end
+"""
+
 _READ = (
     _VERSION
     + """
@@ -44,21 +56,16 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 """
 )
 
-# ARGV: the expected version, "1" to return the snapshot after the writes (else "0"), then
-# each write as its argument count followed by its arguments.
+# ARGV: the expected version, "1" to return the snapshot after the writes (else "0"), the writes.
 # Returns {0} if the record is gone, {1, snapshot} if it changed, {2[, snapshot after]} if applied.
 _APPLY = (
     _VERSION
+    + _WRITES
     + """
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
 if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
-local i = 3
-while i <= #ARGV do
-  local count = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + count))
-  i = i + count + 1
-end
+write(3)
 if ARGV[2] ~= '1' then return {2} end
 local after = snapshot(KEYS[1], KEYS[2])
 if not after then return {2} end
@@ -67,15 +74,8 @@ return {2, after[1], after[2], after[3]}
 )
 
 
-# Applies every write (ARGV as for _APPLY, without the first two) and returns nothing.
-_WRITE = """
-local i = 1
-while i <= #ARGV do
-  local count = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + count))
-  i = i + count + 1
-end
-"""
+# ARGV: the writes, all applied.
+_WRITE = _WRITES + "write(1)"
 
 
 class Outcome(Enum):
@@ -131,13 +131,34 @@ class Guard:
         reply = self._apply(keys=[key, timeline_key], args=args)
         return Outcome(reply[0]), _snapshot(reply[1:])
 
-    def write(self, writes: redis.client.Pipeline) -> None:
+    def write(self, writes: redis.client.Pipeline, *, then: tuple[Any, ...] = ()) -> Any:
         """Apply the writes queued on `writes`, unconditionally, as one script.
 
         What a MULTI/EXEC of the same writes does, with one reply to read
-        instead of two per write (a new record needs no guard).
+        instead of two per write (a new record needs no guard). `then`: a
+        command sent in the same round trip after the script (such as
+        WAITAOF, which then waits for these writes); its reply (or error) is returned.
         """
-        self._write(keys=[], args=_flat(writes))
+        args = _flat(writes)
+        if not then:
+            self._write(keys=[], args=args)
+            return None
+        return self._write_then(args, then)
+
+    def _write_then(self, args: list[Any], then: tuple[Any, ...]) -> Any:
+        # Not the Script object on a pipeline: that asks SCRIPT EXISTS first, a round trip more.
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._write.sha, 0, *args)
+            pipe.execute_command(*then)
+            replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], redis.exceptions.NoScriptError):
+            # The server lost its scripts (a restart): nothing was written; load and go again.
+            self.redis.script_load(_WRITE)
+            return self._write_then(args, then)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        # An error reply of `then` is returned as it is, for the caller to judge.
+        return replies[1]
 
 
 def _flat(writes: redis.client.Pipeline) -> list[Any]:

@@ -34,6 +34,9 @@ QUEUES = {"high": "postback:high", "normal": QUEUE_NAME, "low": "postback:low"}
 RUN_JOB = "worker.tasks.run_job"
 _ENQUEUER = Enqueuer(RUN_JOB)
 
+# Wait for the local AOF fsync (no replicas), at most 5 s.
+WAITAOF = ("WAITAOF", 1, 0, 5000)
+
 QUEUED_KEY = "pb:queued"
 RETRY_KEY = "pb:retry"
 LEASES_KEY = "pb:leases"
@@ -109,7 +112,9 @@ class JobStore:
         """Record a new job and put it on the queue, in one transaction.
 
         `also(pipeline, job)` adds the caller's own writes to that transaction
-        (the API stores an idempotent response there).
+        (the API stores an idempotent response there). In `fsync` durability it
+        returns once Redis has fsynced the job to its AOF, or raises NotDurable
+        (the job exists then; it is only not confirmed).
         """
         job_id = ids.new_id("job")
         created_at = clock.now()
@@ -141,7 +146,11 @@ class JobStore:
         self._enqueue(pipe, job_id, priority)
         if also is not None:
             also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
-        self.guard.write(pipe)
+        if self.durability == "fsync":
+            # In the same round trip: wait until Redis has fsynced these writes to its AOF.
+            self._check_durable(self.guard.write(pipe, then=WAITAOF))
+        else:
+            self.guard.write(pipe)
         # What was just written, without reading it back.
         return self._decode({name: str(value) for name, value in record.items()})
 
@@ -151,14 +160,22 @@ class JobStore:
     def confirm_durable(self) -> None:
         """In `fsync` durability, return only once this client's writes are fsynced to the AOF.
 
-        Raises NotDurable if Redis cannot confirm it (call it after `create`).
+        Raises NotDurable if Redis cannot confirm it. (`create` confirms its own writes.)
         """
         if self.durability != "fsync":
             return
         try:
-            local, _ = self.redis.execute_command("WAITAOF", 1, 0, 5000)
+            reply = self.redis.execute_command(*WAITAOF)
         except redis.ResponseError as exc:
-            raise NotDurable(f"WAITAOF failed: {exc}") from exc
+            reply = exc
+        self._check_durable(reply)
+
+    @staticmethod
+    def _check_durable(reply: Any) -> None:
+        """Raise NotDurable unless WAITAOF's `reply` says the local AOF was fsynced."""
+        if isinstance(reply, Exception):
+            raise NotDurable(f"WAITAOF failed: {reply}") from reply
+        local, _ = reply
         if local < 1:
             raise NotDurable("the append-only file was not fsynced within 5 s")
 
