@@ -124,14 +124,13 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             traceparent=correlation.traceparent(),
             also=keep_response,
         )
-    except js.NotDurable:
-        # The job exists, only unconfirmed: it keeps its key, so a retry after this
-        # 503 replays this response instead of making a second job.
-        raise
     except BaseException:
         if key is not None:
             svc.idempotency.abandon(g.partner_id, key)
         raise
+    # Outside the block above: a job that exists keeps its key, so a retry after a
+    # 503 here replays this response instead of making a second job.
+    svc.jobs.confirm_durable()
     return jsonify(response["body"]), 202, response["headers"]
 
 

@@ -85,10 +85,10 @@ class Dispatcher:
                 claimed = []
                 if free:
                     claimed = self.outbox.claim(limit=free, lease_seconds=self.lease_seconds)
-                for event_id in claimed:
+                for event_id, event in claimed:
                     with self._lock:
                         self._free -= 1
-                    pool.submit(self._deliver_and_release, event_id)
+                    pool.submit(self._deliver_and_release, event_id, event)
                 if self.dead_letter_retention_seconds and time.monotonic() >= next_expiry:
                     DeadLetters(self.outbox.redis).expire(self.dead_letter_retention_seconds)
                     next_expiry = time.monotonic() + EXPIRE_EVERY_SECONDS
@@ -100,18 +100,17 @@ class Dispatcher:
                         self._lock.wait_for(lambda: self._free > 0 or stop.is_set(), timeout=1)
         self._release_waiting()
 
-    def _deliver_and_release(self, event_id: str) -> None:
+    def _deliver_and_release(self, event_id: str, event: dict[str, Any] | None) -> None:
         """Deliver a claimed event, then whatever waits here for the same destination."""
         try:
-            event = self.outbox.get(event_id)
             if event is None:
                 self._guarded(event_id, None)
                 return
             dest = event["destination"]
             if not self._take_slot(dest, event_id):
                 return
-            # The first attempt uses the record just read; events that waited in
-            # line here are read when their turn comes.
+            # The first attempt uses the record read with the claim; events that
+            # waited in line here are read again when their turn comes.
             self._guarded(event_id, event)
             while (current := self._next_for(dest)) is not None:
                 self._guarded(current, self.outbox.get(current))

@@ -33,13 +33,17 @@ DEAD = "dead"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Take up to ARGV[2] events due by ARGV[1], pushing each one's due time to
-# ARGV[3]: the claim is a lease that lapses if the claimer dies.
+# ARGV[3]: the claim is a lease that lapses if the claimer dies. ARGV[4] is the
+# prefix of event keys: each id comes with its event's fields (empty if gone).
 _CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local claimed = {}
 for _, id in ipairs(ids) do
   redis.call('ZADD', KEYS[1], ARGV[3], id)
+  claimed[#claimed + 1] = id
+  claimed[#claimed + 1] = redis.call('HGETALL', ARGV[4] .. id)
 end
-return ids
+return claimed
 """
 
 # Start a new delivery round. KEYS: event, due, dead-letter link, 4 dead-letter indexes.
@@ -227,11 +231,19 @@ class Outbox:
         """The attempt log, oldest first."""
         return [json.loads(item) for item in self.redis.lrange(attempts_key(event_id), 0, -1)]
 
-    def claim(self, *, limit: int, lease_seconds: float) -> list[str]:
-        """Take up to `limit` due events; each stays ours for `lease_seconds`."""
+    def claim(self, *, limit: int, lease_seconds: float) -> list[tuple[str, dict[str, Any] | None]]:
+        """Take up to `limit` due events; each stays ours for `lease_seconds`.
+
+        Returns (id, the event as `get` gives it) for each, read with the claim.
+        """
         now = clock.now()
-        ids_ = self._claim(keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds)])
-        return [item.decode() for item in ids_]
+        reply = self._claim(
+            keys=[DUE_KEY], args=[repr(now), limit, repr(now + lease_seconds), event_key("")]
+        )
+        return [
+            (event_id.decode(), self.decode(dict(zip(flat[::2], flat[1::2], strict=True))))
+            for event_id, flat in zip(reply[::2], reply[1::2], strict=True)
+        ]
 
     def forget(self, event_id: str, *, pipeline: redis.client.Pipeline) -> None:
         """Delete an event and its attempt log (its job is being removed)."""

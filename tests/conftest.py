@@ -114,7 +114,7 @@ def work(settings: Settings, redis_client: redis.Redis):
         SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
         if deliveries:
             deliver = dispatcher(settings, redis_client)
-            for event_id in deliver.outbox.claim(limit=1000, lease_seconds=60):
+            for event_id, _ in deliver.outbox.claim(limit=1000, lease_seconds=60):
                 deliver.deliver_once(event_id)
 
     return run

@@ -54,13 +54,24 @@ def run_due(delivery, *, rounds=1):
     for number in range(rounds):
         if number:
             time.sleep(delivery.policy.max_seconds + 0.01)
-        for event_id in delivery.outbox.claim(limit=1000, lease_seconds=60):
+        for event_id, _ in delivery.outbox.claim(limit=1000, lease_seconds=60):
             delivery.deliver_once(event_id)
 
 
 @pytest.fixture
 def delivery(settings, redis_client):
     return dispatcher(settings, redis_client)
+
+
+def test_a_claim_reads_each_event_with_it(outbox, redis_client):
+    """Claimed ids come with their events as `get` reads them; a vanished one comes as None."""
+    kept = add_event(outbox, "http://127.0.0.1:9/a")
+    gone = add_event(outbox, "http://127.0.0.1:9/b")
+    redis_client.delete(ob.event_key(gone))
+    claimed = dict(outbox.claim(limit=10, lease_seconds=60))
+    assert claimed == {kept: outbox.get(kept), gone: None}
+    assert claimed[kept]["body"] == b'{"type":"job.completed"}'
+    assert outbox.claim(limit=10, lease_seconds=60) == [], "claimed events are leased"
 
 
 def test_500_then_200_is_delivered_on_the_second_attempt(outbox, delivery, receiver):

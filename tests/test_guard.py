@@ -77,14 +77,3 @@ def test_the_version_ignores_field_order(redis_client):
     assert a.version == b.version and a.fields == b.fields
     redis_client.hset("pb:test:b", "x", 3)
     assert guard.read("pb:test:b", "pb:test:none").version != a.version
-
-
-def test_a_write_with_a_follow_up_survives_a_script_flush(redis_client):
-    """After the server lost its scripts, a write with `then` loads it again and applies once."""
-    guard = Guard(redis_client)
-    redis_client.script_flush()
-    writes = guard.recorder()
-    writes.hincrby("pb:test:w", "n", 1)
-    local, _ = guard.write(writes, then=("WAITAOF", 1, 0, 5000))
-    assert local == 1
-    assert redis_client.hget("pb:test:w", "n") == b"1"

@@ -108,7 +108,7 @@ def partner_headers(
     assert len(links) == 1
     assert client.get(urlsplit(links[0]).path).status_code == 200
     deliver = dispatcher(fuzz_settings, redis_client)
-    for event_id in deliver.outbox.claim(limit=10, lease_seconds=60):
+    for event_id, _ in deliver.outbox.claim(limit=10, lease_seconds=60):
         deliver.deliver_once(event_id)
     return headers
 

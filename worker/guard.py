@@ -131,34 +131,13 @@ class Guard:
         reply = self._apply(keys=[key, timeline_key], args=args)
         return Outcome(reply[0]), _snapshot(reply[1:])
 
-    def write(self, writes: redis.client.Pipeline, *, then: tuple[Any, ...] = ()) -> Any:
+    def write(self, writes: redis.client.Pipeline) -> None:
         """Apply the writes queued on `writes`, unconditionally, as one script.
 
         What a MULTI/EXEC of the same writes does, with one reply to read
-        instead of two per write (a new record needs no guard). `then`: a
-        command sent in the same round trip after the script (such as
-        WAITAOF, which then waits for these writes); its reply (or error) is returned.
+        instead of two per write (a new record needs no guard).
         """
-        args = _flat(writes)
-        if not then:
-            self._write(keys=[], args=args)
-            return None
-        return self._write_then(args, then)
-
-    def _write_then(self, args: list[Any], then: tuple[Any, ...]) -> Any:
-        # Not the Script object on a pipeline: that asks SCRIPT EXISTS first, a round trip more.
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._write.sha, 0, *args)
-            pipe.execute_command(*then)
-            replies = pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], redis.exceptions.NoScriptError):
-            # The server lost its scripts (a restart): nothing was written; load and go again.
-            self.redis.script_load(_WRITE)
-            return self._write_then(args, then)
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        # An error reply of `then` is returned as it is, for the caller to judge.
-        return replies[1]
+        self._write(keys=[], args=_flat(writes))
 
 
 def _flat(writes: redis.client.Pipeline) -> list[Any]:
