@@ -38,6 +38,8 @@ class Heartbeat:
         self._run: Run | None = None
         self._due = 0.0
         self._thread: threading.Thread | None = None
+        # The thread waits with no timeout (it has had no run since its last wake-up).
+        self._idle = False
 
     def watch(self, run: Run) -> None:
         """Renew `run`'s lease from now on, until `release`."""
@@ -47,14 +49,16 @@ class Heartbeat:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            elif self._idle:
+                # Jobs run back to back: the thread is then waiting for an earlier
+                # (sooner) due time and needs no wake-up, which saves two per job.
+                self._changed.notify()
 
     def release(self, run: Run) -> None:
         """Stop renewing `run` (no interrupt reaches its thread after this returns)."""
         with self._changed:
             if self._run is run:
                 self._run = None
-                self._changed.notify()
 
     def _beat(self) -> None:
         while True:
@@ -62,7 +66,9 @@ class Heartbeat:
                 run = self._run
                 wait = self._due - time.monotonic() if run is not None else None
                 if wait is None or wait > 0:
+                    self._idle = wait is None
                     self._changed.wait(wait)
+                    self._idle = False
                     continue
                 self._due = time.monotonic() + run.lease_seconds / 3
             self._renew(run)
