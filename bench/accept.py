@@ -22,14 +22,10 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
-import os
 import secrets
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,9 +36,9 @@ from pathlib import Path
 import redis
 import requests
 
-from postback.embedded import EmbeddedRedis, free_port
+from bench.common import ROOT, clean_env, embedded_redis, stop_group, tail
+from postback.embedded import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = 16
 # Client processes the clients are spread over (threads in each).
 PROCESSES = 2
@@ -184,13 +180,6 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTBACK_")}
-    env.pop("REDIS_URL", None)
-    env.update(extra)
-    return env
-
-
 @contextlib.contextmanager
 def _server(
     command: list[str], env: dict[str, str], ready_url: str, log: Path
@@ -220,24 +209,6 @@ def _server(
         yield process
     finally:
         stop_group(process)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (master and workers), SIGKILL after 10 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-    # Workers outliving their master would go on their own; do not leave them to it.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
 
 
 def _postback(url: str, mode: str, port: int, admin_token: str, log: Path):
@@ -295,51 +266,46 @@ def _summary(values: list[float]) -> dict:
 
 def main(quick: bool = False, data_parent: str = ".") -> dict:
     seconds, warmup, repeats = (1.0, 0.3, 1) if quick else (8.0, 1.0, 3)
-    # On the working directory's disk, where fsync costs what it costs `postback up`.
-    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
-    server = EmbeddedRedis(data)
-    url = server.start().url
-    client = redis.Redis.from_url(url)
-    admin_token = secrets.token_hex(16)
-    ports = {name: free_port() for name in ("baseline", *MODES)}
-    bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    runs: dict[str, list[dict]] = {name: [] for name in ("ping", "baseline", *MODES)}
-    half: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    try:
-        with contextlib.ExitStack() as stack:
-            generator = LoadGenerator()
-            stack.callback(generator.close)
-            measure = generator.measure
-            stack.enter_context(_baseline(url, ports["baseline"], data / "baseline.log"))
-            for mode in MODES:
-                stack.enter_context(
-                    _postback(url, mode, ports[mode], admin_token, data / f"api-{mode}.log")
-                )
-            for number in range(repeats):
-                timing = {"seconds": seconds, "warmup": warmup}
-                runs["ping"].append(
-                    measure(Target("GET", f"{bases['baseline']}/ping", 200), **timing)
-                )
-                client.flushall()
-                runs["baseline"].append(
-                    measure(Target("POST", f"{bases['baseline']}/v1/jobs", 202, JOB), **timing)
-                )
-                # Alternate the order of the modes from run to run: drift hits both alike.
-                for mode in MODES if number % 2 == 0 else MODES[::-1]:
-                    client.flushall()  # no backlog carried over (it is bounded, and costs AOF)
-                    key = _partner_key(bases[mode], admin_token)
-                    target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
-                    full = measure(target, **timing)
-                    runs[mode].append(full)
+    with embedded_redis(data_parent) as (url, data):
+        client = redis.Redis.from_url(url)
+        admin_token = secrets.token_hex(16)
+        ports = {name: free_port() for name in ("baseline", *MODES)}
+        bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        runs: dict[str, list[dict]] = {name: [] for name in ("ping", "baseline", *MODES)}
+        half: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        try:
+            with contextlib.ExitStack() as stack:
+                generator = LoadGenerator()
+                stack.callback(generator.close)
+                measure = generator.measure
+                stack.enter_context(_baseline(url, ports["baseline"], data / "baseline.log"))
+                for mode in MODES:
+                    stack.enter_context(
+                        _postback(url, mode, ports[mode], admin_token, data / f"api-{mode}.log")
+                    )
+                for number in range(repeats):
+                    timing = {"seconds": seconds, "warmup": warmup}
+                    runs["ping"].append(
+                        measure(Target("GET", f"{bases['baseline']}/ping", 200), **timing)
+                    )
                     client.flushall()
-                    key = _partner_key(bases[mode], admin_token)
-                    target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
-                    rate = full["per_second"] / 2
-                    half[mode].append({"rate": rate, **measure(target, rate=rate, **timing)})
-    finally:
-        client.close()
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+                    runs["baseline"].append(
+                        measure(Target("POST", f"{bases['baseline']}/v1/jobs", 202, JOB), **timing)
+                    )
+                    # Alternate the order of the modes from run to run: drift hits both alike.
+                    for mode in MODES if number % 2 == 0 else MODES[::-1]:
+                        client.flushall()  # no backlog carried over (it is bounded, and costs AOF)
+                        key = _partner_key(bases[mode], admin_token)
+                        target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
+                        full = measure(target, **timing)
+                        runs[mode].append(full)
+                        client.flushall()
+                        key = _partner_key(bases[mode], admin_token)
+                        target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
+                        rate = full["per_second"] / 2
+                        half[mode].append({"rate": rate, **measure(target, rate=rate, **timing)})
+        finally:
+            client.close()
 
     def figures(name: str) -> dict:
         return {

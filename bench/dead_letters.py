@@ -6,26 +6,22 @@ python -m bench.dead_letters [--count 100000]
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
 import redis
 
+from bench.common import embedded_redis
 from callbacks.deadletters import DeadLetters, Filter
 from callbacks.outbox import DEAD, Event, Outbox
 from postback import ids
-from postback.embedded import EmbeddedRedis
 
 BATCH = 1000
 
 
 def main(count: int) -> dict:
-    server = EmbeddedRedis(Path(tempfile.mkdtemp(prefix="postback-bench-")))
-    client = redis.Redis.from_url(server.start().url)
-    outbox = Outbox(client)
-    try:
+    with embedded_redis(None) as (url, _), redis.Redis.from_url(url) as client:
+        outbox = Outbox(client)
         for _ in range(0, count, BATCH):
             events = [
                 Event(
@@ -52,9 +48,6 @@ def main(count: int) -> dict:
         replay_seconds = time.monotonic() - started
         peak_kib = tracemalloc.get_traced_memory()[1] // 1024
         tracemalloc.stop()
-    finally:
-        client.close()
-        server.stop()
     return {
         "dead_letters": count,
         "first_page_of_100_ms": page_ms,

@@ -13,7 +13,6 @@ import contextlib
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import redis
 
+from bench.common import embedded_redis
 from callbacks.outbox import DELIVERED, Event, Outbox, event_key
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
 from postback import ids
-from postback.embedded import EmbeddedRedis, free_port
+from postback.embedded import free_port
 from postback.settings import Settings
 from worker.process import dispatcher
 
@@ -120,77 +120,77 @@ def deliver(
 
 
 def main(repeats: int = 3, per_destination_count: int = 600, timeout_seconds: float = 5.0) -> dict:
-    data = Path(tempfile.mkdtemp(prefix="postback-bench-"))
-    server = EmbeddedRedis(data)
-    url = server.start().url
-    client = redis.Redis.from_url(url)
-    settings = Settings.from_env(
-        {},
-        redis_url=url,
-        delivery_timeout_seconds=timeout_seconds,
-        log_level="WARNING",
-        # The receivers listen on loopback, which callback URLs may not reach otherwise.
-        callback_allow_cidrs=("127.0.0.0/8",),
-    )
-    results: dict = {
-        "settings": {
-            "concurrency": settings.delivery_concurrency,
-            "per_destination": settings.delivery_per_destination,
-            "timeout_seconds": settings.delivery_timeout_seconds,
+    with embedded_redis(None) as (url, _):
+        client = redis.Redis.from_url(url)
+        settings = Settings.from_env(
+            {},
+            redis_url=url,
+            delivery_timeout_seconds=timeout_seconds,
+            log_level="WARNING",
+            # The receivers listen on loopback, which callback URLs may not reach otherwise.
+            callback_allow_cidrs=("127.0.0.0/8",),
+        )
+        results: dict = {
+            "settings": {
+                "concurrency": settings.delivery_concurrency,
+                "per_destination": settings.delivery_per_destination,
+                "timeout_seconds": settings.delivery_timeout_seconds,
+            }
         }
-    }
-    try:
-        # P3: one destination answering in 200 ms.
-        port = free_port()
-        with receivers([port], delay=0.2):
-            target = f"http://127.0.0.1:{port}/hook"
-            runs = [
-                deliver(
-                    client,
-                    settings,
-                    [target],
-                    healthy={target},
-                    count_per_url=per_destination_count,
-                )
-                for _ in range(repeats)
-            ]
-        rates = [r.per_second for r in runs]
-        results["p3_deliveries_per_second"] = {"median": statistics.median(rates), "runs": rates}
+        try:
+            # P3: one destination answering in 200 ms.
+            port = free_port()
+            with receivers([port], delay=0.2):
+                target = f"http://127.0.0.1:{port}/hook"
+                runs = [
+                    deliver(
+                        client,
+                        settings,
+                        [target],
+                        healthy={target},
+                        count_per_url=per_destination_count,
+                    )
+                    for _ in range(repeats)
+                ]
+            rates = [r.per_second for r in runs]
+            results["p3_deliveries_per_second"] = {
+                "median": statistics.median(rates),
+                "runs": rates,
+            }
 
-        # P4: four healthy destinations (200 ms), with and without a fifth that hangs.
-        healthy_ports = [free_port() for _ in range(4)]
-        hang_port = free_port()
-        with receivers(healthy_ports, delay=0.2, hang_ports=[hang_port]):
-            healthy = [f"http://127.0.0.1:{p}/hook" for p in healthy_ports]
-            hanging = f"http://127.0.0.1:{hang_port}/hook"
-            ratios, without, with_hang = [], [], []
-            for _ in range(repeats):
-                base = deliver(
-                    client,
-                    settings,
-                    healthy,
-                    healthy=set(healthy),
-                    count_per_url=per_destination_count // 2,
-                )
-                sick = deliver(
-                    client,
-                    settings,
-                    [*healthy, hanging],
-                    healthy=set(healthy),
-                    count_per_url=per_destination_count // 2,
-                )
-                without.append(base.per_second)
-                with_hang.append(sick.per_second)
-                ratios.append(sick.per_second / base.per_second)
-        results["p4_isolation"] = {
-            "ratio_median": statistics.median(ratios),
-            "ratios": ratios,
-            "healthy_per_second_without": without,
-            "healthy_per_second_with_hang": with_hang,
-        }
-    finally:
-        client.close()
-        server.stop()
+            # P4: four healthy destinations (200 ms), with and without a fifth that hangs.
+            healthy_ports = [free_port() for _ in range(4)]
+            hang_port = free_port()
+            with receivers(healthy_ports, delay=0.2, hang_ports=[hang_port]):
+                healthy = [f"http://127.0.0.1:{p}/hook" for p in healthy_ports]
+                hanging = f"http://127.0.0.1:{hang_port}/hook"
+                ratios, without, with_hang = [], [], []
+                for _ in range(repeats):
+                    base = deliver(
+                        client,
+                        settings,
+                        healthy,
+                        healthy=set(healthy),
+                        count_per_url=per_destination_count // 2,
+                    )
+                    sick = deliver(
+                        client,
+                        settings,
+                        [*healthy, hanging],
+                        healthy=set(healthy),
+                        count_per_url=per_destination_count // 2,
+                    )
+                    without.append(base.per_second)
+                    with_hang.append(sick.per_second)
+                    ratios.append(sick.per_second / base.per_second)
+            results["p4_isolation"] = {
+                "ratio_median": statistics.median(ratios),
+                "ratios": ratios,
+                "healthy_per_second_without": without,
+                "healthy_per_second_with_hang": with_hang,
+            }
+        finally:
+            client.close()
     return results
 
 

@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import redis
 
-from postback.embedded import EmbeddedRedis
+from bench.common import clean_env, embedded_redis
 from postback.settings import Settings
 from worker import jobs as js
 from worker.runtime import job_store
@@ -74,12 +72,9 @@ def recovery(url: str, *, lease_seconds: float) -> float:
     client = redis.Redis.from_url(url)
     client.flushall()
     store = job_store(client, Settings(durability="everysec"))
-    env = {
-        **os.environ,
-        "REDIS_URL": url,
-        "POSTBACK_JOB_LEASE_SECONDS": str(lease_seconds),
-        "POSTBACK_LOG_LEVEL": "WARNING",
-    }
+    env = clean_env(
+        REDIS_URL=url, POSTBACK_JOB_LEASE_SECONDS=str(lease_seconds), POSTBACK_LOG_LEVEL="WARNING"
+    )
     command = [sys.executable, "-m", "app.cli", "worker"]
     first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     second = None
@@ -136,11 +131,11 @@ def memory_per_job(url: str, *, jobs: int) -> float:
 
 
 def worker_rss(url: str, *, jobs: int) -> dict:
-    """A worker process's resident memory before and after running `jobs` echo jobs."""
+    """A worker's resident memory (its job process) before and after running `jobs` echo jobs."""
     client = redis.Redis.from_url(url)
     client.flushall()
     store = job_store(client, Settings(durability="everysec"))
-    env = {**os.environ, "REDIS_URL": url, "POSTBACK_LOG_LEVEL": "WARNING"}
+    env = clean_env(REDIS_URL=url, POSTBACK_LOG_LEVEL="WARNING")
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker"], env=env, stderr=subprocess.DEVNULL
     )
@@ -183,13 +178,8 @@ def _rss_kib(pid: int) -> int:
 
 
 def main(quick: bool = False, data_parent: str = ".") -> dict:
-    # On the disk `postback up` would use (./.postback lives there), not on a tmpfs
-    # where fsync costs nothing.
-    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
-    server = EmbeddedRedis(data)
-    url = server.start().url
-    results: dict = {}
-    try:
+    with embedded_redis(data_parent) as (url, _):
+        results: dict = {}
         count = 40 if quick else 800
         for threads in (1, 8):
             runs = {
@@ -216,9 +206,6 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
         }
         results["bytes_per_retained_job"] = memory_per_job(url, jobs=200 if quick else 5000)
         results["worker_rss"] = worker_rss(url, jobs=100 if quick else 10_000)
-    finally:
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
     return results
 
 

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +28,12 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 
 from bench import baseline_tasks
-from bench.accept import ROOT, clean_env, stop_group, tail
+from bench.common import ROOT, clean_env, embedded_redis, stop_group, tail
 from bench.delivery import receivers
 from callbacks.outbox import DELIVERED, DUE_KEY, event_key
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
-from postback.embedded import EmbeddedRedis, free_port
+from postback.embedded import free_port
 from postback.settings import Settings
 from worker import jobs as js
 from worker.runtime import job_store
@@ -176,26 +174,22 @@ def _summary(values: list[float]) -> dict:
 
 def main(quick: bool = False, data_parent: str = ".") -> dict:
     jobs, repeats = (50, 1) if quick else (2000, 3)
-    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
-    server = EmbeddedRedis(data)
-    url = server.start().url
-    client = redis.Redis.from_url(url)
-    rq_runs: list[float] = []
-    runs: dict[int, list[dict]] = {1: [], 2: []}
-    try:
-        port = free_port()
-        with receivers([port], delay=0):
-            callback_url = f"http://127.0.0.1:{port}/hook"
-            for _ in range(repeats):
-                rq_runs.append(baseline(client, url, jobs=jobs))
-                for workers in (1, 2):
-                    runs[workers].append(
-                        postback(client, url, callback_url, data, jobs=jobs, workers=workers)
-                    )
-    finally:
-        client.close()
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    with embedded_redis(data_parent) as (url, data):
+        client = redis.Redis.from_url(url)
+        rq_runs: list[float] = []
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        try:
+            port = free_port()
+            with receivers([port], delay=0):
+                callback_url = f"http://127.0.0.1:{port}/hook"
+                for _ in range(repeats):
+                    rq_runs.append(baseline(client, url, jobs=jobs))
+                    for workers in (1, 2):
+                        runs[workers].append(
+                            postback(client, url, callback_url, data, jobs=jobs, workers=workers)
+                        )
+        finally:
+            client.close()
     one = [r["per_second"] for r in runs[1]]
     two = [r["per_second"] for r in runs[2]]
     return {
