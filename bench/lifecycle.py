@@ -25,6 +25,8 @@ from pathlib import Path
 import redis
 
 from bench.common import clean_env, embedded_redis
+from callbacks.outbox import DUE_KEY, event_key
+from postback import timeline
 from postback.settings import Settings
 from worker import jobs as js
 from worker.runtime import job_store
@@ -105,12 +107,18 @@ def recovery(url: str, *, lease_seconds: float) -> float:
         client.close()
 
 
-def memory_per_job(url: str, *, jobs: int) -> float:
-    """Redis bytes per finished job kept for retention (record, indexes, webhook event)."""
+def memory_per_job(url: str, *, jobs: int, sample: int = 100) -> dict:
+    """Redis bytes per finished job kept for retention (record, timeline, webhook event, indexes).
+
+    `MEMORY USAGE` of a sample of jobs' own keys, plus each job's share of the
+    sorted sets they are indexed in; and, as a cross-check that includes the
+    keyspace's own overhead, the growth of `used_memory` over all `jobs`.
+    """
     client = redis.Redis.from_url(url)
     client.flushall()
     store = job_store(client, Settings(durability="everysec"))
     before = client.info("memory")["used_memory"]
+    records = []
     for number in range(jobs):
         record = store.create(
             partner_id="ptn_bench",
@@ -121,13 +129,32 @@ def memory_per_job(url: str, *, jobs: int) -> float:
         )
         store.start(record["id"], run_id="bench", lease_seconds=60)
         store.finish(record["id"], status=js.COMPLETED, result={"order": number}, run_id="bench")
+        records.append(record)
     # The RQ job hashes are gone once RQ runs a job (result_ttl=0): drop them as a worker would.
     for key in client.scan_iter("rq:job:*"):
         client.delete(key)
     client.delete(*(f"rq:queue:{name}" for name in js.QUEUES.values()))
-    after = client.info("memory")["used_memory"]
+    used = (client.info("memory")["used_memory"] - before) / jobs
+    picked = records[:: max(1, jobs // sample)]
+    own = 0
+    for record in picked:
+        event_id = client.hget(js.job_key(record["id"]), "event_id").decode()
+        for key in (js.job_key(record["id"]), timeline.key(record["id"]), event_key(event_id)):
+            own += client.memory_usage(key) or 0
+    shared_keys = [
+        js.partner_index("ptn_bench"),
+        js.partner_index("ptn_bench", js.COMPLETED),
+        js.RETENTION_KEY,
+        DUE_KEY,
+    ]
+    shared = sum(client.memory_usage(key) or 0 for key in shared_keys)
     client.close()
-    return (after - before) / jobs
+    return {
+        "memory_usage_bytes": own / len(picked) + shared / jobs,
+        "used_memory_bytes": used,
+        "jobs": jobs,
+        "sample": len(picked),
+    }
 
 
 def worker_rss(url: str, *, jobs: int) -> dict:
@@ -223,7 +250,11 @@ def report(results: dict) -> str:
         f"P5 recovery after SIGKILL: median {p5['median']:.2f} s "
         f"(lease {p5['lease_seconds']} s; goal <= 15)"
     )
-    lines.append(f"Redis bytes per retained job: {results['bytes_per_retained_job']:.0f}")
+    memory = results["bytes_per_retained_job"]
+    lines.append(
+        f"Redis bytes per retained job: {memory['memory_usage_bytes']:.0f} (MEMORY USAGE, "
+        f"sample of {memory['sample']}); used_memory growth {memory['used_memory_bytes']:.0f}"
+    )
     rss = results["worker_rss"]
     lines.append(
         f"worker RSS: {rss['rss_kib_after_1']} KiB after 1 job, "
