@@ -28,9 +28,9 @@ def test_a_change_from_a_stale_snapshot_is_computed_again(redis_client, settings
         pipe.hset(js.job_key(job_id), "progress", record["progress"] + 1)
         return True
 
-    after = store._guarded(job_id, change, after=True)
+    assert store._guarded(job_id, change)["progress"] == 40, "the record the change saw"
     assert seen == [0, 40]
-    assert after["progress"] == 41 == store.get(job_id)["progress"]
+    assert store.get(job_id)["progress"] == 41
 
 
 def test_finishing_from_the_started_record_survives_a_renewal(redis_client, settings):
@@ -77,3 +77,25 @@ def test_the_version_ignores_field_order(redis_client):
     assert a.version == b.version and a.fields == b.fields
     redis_client.hset("pb:test:b", "x", 3)
     assert guard.read("pb:test:b", "pb:test:none").version != a.version
+
+
+def test_start_writes_what_the_python_side_would(redis_client, settings):
+    """`start` (a Lua transition) moves the indexes and writes timeline.record's exact entry."""
+    import json
+
+    from postback import clock
+
+    job_id = create(redis_client, settings)
+    store = job_store(redis_client, settings)
+    record = store.start(job_id, run_id="r1", lease_seconds=30)
+    assert record["status"] == js.PROCESSING and record["attempts"] == 1
+    assert record["run_id"] == "r1" and record["lease_until"] == record["started_at"] + 30
+    entry = {"event": "started", "at": clock.rfc3339(record["started_at"]), "attempt": 1}
+    assert redis_client.lindex(timeline.key(job_id), -1).decode() == json.dumps(
+        entry, separators=(",", ":")
+    )
+    assert redis_client.zscore(js.partner_index("ptn_guard", js.PROCESSING), job_id) == 0
+    assert redis_client.zscore(js.partner_index("ptn_guard", js.QUEUED), job_id) is None
+    assert redis_client.zscore(js.LEASES_KEY, job_id) == record["lease_until"]
+    assert redis_client.zscore(js.QUEUED_KEY, job_id) is None
+    assert store.start(job_id, run_id="r2", lease_seconds=30) is None, "started only once"

@@ -7,7 +7,9 @@ version; otherwise it returns the current snapshot, from which the caller
 computes the change again. This is WATCH/MULTI's optimistic concurrency with
 the check made by the server: a change costs two round trips (read, apply)
 instead of four, and one when the caller already holds a fresh snapshot (a
-run finishing the job it started: `apply` returns the snapshot after its writes).
+run finishing the job it started holds the snapshot its start returned).
+A transition that Redis can decide alone is a script of its own
+(`transition`), which returns the snapshot after it.
 
 The writes may touch any key (indexes, schedules, queues, metrics), which is
 fine on one Redis server and would not be on a cluster. As with MULTI/EXEC,
@@ -16,6 +18,7 @@ a write that fails at run time does not undo the writes before it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -56,8 +59,8 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 """
 )
 
-# ARGV: the expected version, "1" to return the snapshot after the writes (else "0"), the writes.
-# Returns {0} if the record is gone, {1, snapshot} if it changed, {2[, snapshot after]} if applied.
+# ARGV: the expected version, then the writes.
+# Returns {0} if the record is gone, {1, snapshot} if it changed, {2} if applied.
 _APPLY = (
     _VERSION
     + _WRITES
@@ -65,11 +68,8 @@ _APPLY = (
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
 if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
-write(3)
-if ARGV[2] ~= '1' then return {2} end
-local after = snapshot(KEYS[1], KEYS[2])
-if not after then return {2} end
-return {2, after[1], after[2], after[3]}
+write(2)
+return {2}
 """
 )
 
@@ -100,6 +100,16 @@ class Guard:
         self._apply = client.register_script(_APPLY)
         self._write = client.register_script(_WRITE)
 
+    def transition(self, body: str) -> Callable[..., Snapshot | None]:
+        """A script of its own for a transition that can be decided in Redis alone.
+
+        `body` sees `snapshot(key, list_key)` and must return `snapshot(KEYS[1],
+        KEYS[2])` after its writes, or `{}` to decline. Called with `keys` and
+        `args`, it returns that snapshot, or None.
+        """
+        script = self.redis.register_script(_VERSION + body)
+        return lambda *, keys, args: _snapshot(script(keys=keys, args=args))
+
     def read(self, key: str, timeline_key: str) -> Snapshot | None:
         """The record at `key` with the list at `timeline_key`, or None if there is no record."""
         return _snapshot(self._read(keys=[key, timeline_key]))
@@ -119,15 +129,12 @@ class Guard:
         timeline_key: str,
         version: str,
         writes: redis.client.Pipeline,
-        *,
-        after: bool = False,
     ) -> tuple[Outcome, Snapshot | None]:
         """Apply the writes queued on `writes` if the record still has `version`.
 
-        (APPLIED, the snapshot after the writes if `after`, else None),
-        (CHANGED, the current snapshot) or (GONE, None).
+        (APPLIED, None), (CHANGED, the current snapshot) or (GONE, None).
         """
-        args = [version, "1" if after else "0", *_flat(writes)]
+        args = [version, *_flat(writes)]
         reply = self._apply(keys=[key, timeline_key], args=args)
         return Outcome(reply[0]), _snapshot(reply[1:])
 

@@ -62,6 +62,28 @@ def done_channel(job_id: str) -> str:
     return f"pb:job:{job_id}:done"
 
 
+# Queued → processing, decided in Redis (one round trip; `JobStore.start`).
+# KEYS: job, timeline, queued schedule, leases. ARGV: job id, now, run id, lease
+# until, now as RFC 3339, timeline length kept, the two statuses, the two
+# statuses' partner indexes (%s for the partner id). The timeline entry is the
+# one `timeline.record(..., "started", attempt=n)` writes (a test compares them).
+_START = """
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[7] then return {} end
+local partner = redis.call('HGET', KEYS[1], 'partner_id')
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', ARGV[8], 'started_at', ARGV[2], 'run_id', ARGV[3],
+           'lease_until', ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('ZREM', string.format(ARGV[9], partner), ARGV[1])
+redis.call('ZADD', string.format(ARGV[10], partner), 0, ARGV[1])
+redis.call('RPUSH', KEYS[2],
+           '{"event":"started","at":' .. cjson.encode(ARGV[5]) .. ',"attempt":' .. attempt .. '}')
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+return snapshot(KEYS[1], KEYS[2])
+"""
+
+
 class NotDurable(RuntimeError):
     """Redis did not confirm that the new job reached its append-only file in time."""
 
@@ -91,6 +113,7 @@ class JobStore:
         self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
         self.guard = Guard(client)
         self._queues = {p: Queue(QUEUES[p], connection=client) for p in PRIORITIES}
+        self._start = self.guard.transition(_START)
 
     def queue(self, priority: str) -> Queue:
         return self._queues[priority]
@@ -251,10 +274,9 @@ class JobStore:
         change: Callable[[dict[str, Any], redis.client.Pipeline], bool],
         *,
         known: dict[str, Any] | None = None,
-        after: bool = False,
     ) -> dict[str, Any] | None:
         """Apply `change(record, pipeline)` atomically; None if the job is gone or `change`
-        declines, else the record `change` saw or, with `after`, the record after it.
+        declines, else the record `change` saw.
 
         `change` queues its writes on the pipeline and returns True; if the job
         changed meanwhile it is called again with the job as it is now. `known`
@@ -267,10 +289,10 @@ class JobStore:
                 writes.reset()
                 return None
             outcome, now = self.guard.apply(
-                job_key(job_id), timeline.key(job_id), record["version"], writes, after=after
+                job_key(job_id), timeline.key(job_id), record["version"], writes
             )
             if outcome is Outcome.APPLIED:
-                return self._from_snapshot(now) if after else record
+                return record
             record = self._from_snapshot(now)
         return None
 
@@ -292,30 +314,22 @@ class JobStore:
         The record returned can be passed to `finish` as `known`.
         """
         now = clock.now()
-
-        def begin(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
-            if record["status"] != QUEUED:
-                return False
-            pipe.hset(
-                job_key(job_id),
-                mapping={
-                    "status": PROCESSING,
-                    "started_at": repr(now),
-                    "run_id": run_id,
-                    "lease_until": repr(now + lease_seconds),
-                    "attempts": record["attempts"] + 1,
-                },
-            )
-            pipe.zrem(QUEUED_KEY, job_id)
-            pipe.zadd(LEASES_KEY, {job_id: now + lease_seconds})
-            self._move(pipe, record, PROCESSING)
-            timeline.record(pipe, job_id, "started", attempt=record["attempts"] + 1)
-            if record["attempts"] == 0:
-                waited, labels = now - record["created_at"], {"priority": record["priority"]}
-                pm.observe(pipe, "postback_job_queue_wait_seconds", waited, labels)
-            return True
-
-        return self._guarded(job_id, begin, after=True)
+        snapshot = self._start(
+            keys=[job_key(job_id), timeline.key(job_id), QUEUED_KEY, LEASES_KEY],
+            args=[
+                job_id,
+                repr(now),
+                run_id,
+                repr(now + lease_seconds),
+                clock.rfc3339(now),
+                timeline.MAX_ENTRIES,
+                QUEUED,
+                PROCESSING,
+                partner_index("%s", QUEUED),
+                partner_index("%s", PROCESSING),
+            ],
+        )
+        return self._from_snapshot(snapshot)
 
     def renew(self, job_id: str, *, run_id: str, lease_seconds: float) -> dict[str, Any] | None:
         """Extend the lease of a run that still holds it; None if it lost it."""
@@ -339,12 +353,13 @@ class JobStore:
         lapsed_before: float | None = None,
         known: dict[str, Any] | None = None,
         ran_seconds: float | None = None,
+        waited_seconds: float | None = None,
     ) -> bool:
         """Processing → queued again, now or after `delay_seconds` (a retry or a recovery).
 
         Only the run holding the lease (`run_id`) may do it, or the reaper
         (`lapsed_before`: only if the lease lapsed before that time).
-        `known` and `ran_seconds` as for `finish`.
+        `known`, `ran_seconds` and `waited_seconds` as for `finish`.
         """
         due = clock.now() + delay_seconds
 
@@ -370,8 +385,7 @@ class JobStore:
                     attempt=record["attempts"],
                     delay_seconds=round(delay_seconds, 3),
                 )
-            if ran_seconds is not None:
-                pm.observe(pipe, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
+            self._observe_run(pipe, record, ran_seconds, waited_seconds)
             if delay_seconds <= 0:
                 self._enqueue(pipe, job_id, record["priority"])
             else:
@@ -437,13 +451,16 @@ class JobStore:
         expect: tuple[str, ...] = (PROCESSING,),
         known: dict[str, Any] | None = None,
         ran_seconds: float | None = None,
+        waited_seconds: float | None = None,
     ) -> bool:
         """Move a job to a terminal status and, if it has a callback URL, queue its webhook.
 
         Applies only while the job is in an `expect`ed status (and, with
         `run_id`, still held by that run); returns whether it applied.
-        `known`: the record `start` returned, to save a read. `ran_seconds`:
-        how long the run took, recorded with its outcome.
+        `known`: the record `start` returned, to save a read. `ran_seconds`
+        and `waited_seconds`: how long the run took and, for a first run, how
+        long the job had waited on its queue, recorded with the outcome (so
+        that starting a job stays one round trip).
         """
         finished_at = clock.now()
         fields: dict[str, Any] = {
@@ -494,8 +511,7 @@ class JobStore:
             pipe.publish(done_channel(job_id), status)
             labels = {"type": record["type"], "status": status}
             pm.counter(pipe, "postback_jobs_finished_total", labels)
-            if ran_seconds is not None:
-                pm.observe(pipe, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
+            self._observe_run(pipe, record, ran_seconds, waited_seconds)
             timeline.record(
                 pipe,
                 job_id,
@@ -552,6 +568,19 @@ class JobStore:
                 "traceparent": record.get("traceparent") or "",
             },
         )
+
+    @staticmethod
+    def _observe_run(
+        pipe: redis.client.Pipeline,
+        record: dict[str, Any],
+        ran_seconds: float | None,
+        waited_seconds: float | None,
+    ) -> None:
+        if ran_seconds is not None:
+            pm.observe(pipe, "postback_job_run_seconds", ran_seconds, {"type": record["type"]})
+        if waited_seconds is not None:
+            labels = {"priority": record["priority"]}
+            pm.observe(pipe, "postback_job_queue_wait_seconds", waited_seconds, labels)
 
     @staticmethod
     def _move(pipe: redis.client.Pipeline, record: dict[str, Any], status: str) -> None:

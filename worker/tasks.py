@@ -110,7 +110,8 @@ def _record(
     job_id = record["id"]
     kind, value = outcome
     # `record` is what `start` returned: finishing from it saves a read.
-    ran = {"run_id": run_id, "known": record, "ran_seconds": ran_seconds}
+    waited = record["started_at"] - record["created_at"] if record["attempts"] == 1 else None
+    ran = {"run_id": run_id, "known": record, "ran_seconds": ran_seconds, "waited_seconds": waited}
     finish = lambda **kw: store.finish(job_id, **ran, **kw)  # noqa: E731
     if kind == "ok":
         try:
