@@ -24,7 +24,11 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """Get SIGTERM when the parent process dies, even by SIGKILL (Linux; elsewhere nothing)."""
+    """Get SIGTERM when the parent process dies, even by SIGKILL (Linux; elsewhere nothing).
+
+    Strictly, when the parent *thread* that started this process ends: start
+    children from threads that live as long as the parent process does.
+    """
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
