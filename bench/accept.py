@@ -36,7 +36,7 @@ from pathlib import Path
 import redis
 import requests
 
-from bench.common import ROOT, clean_env, embedded_redis, stop_group, tail
+from bench.common import clean_env, embedded_redis, spawn, stop_group, tail
 from postback.embedded import free_port
 
 CLIENTS = 16
@@ -185,16 +185,7 @@ def _server(
     command: list[str], env: dict[str, str], ready_url: str, log: Path
 ) -> Iterator[subprocess.Popen]:
     """A gunicorn master (in its own process group) answering `ready_url`; stopped at the end."""
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
-        )
+    process = spawn(command, env, log)
     try:
         deadline = time.monotonic() + 60
         while True:

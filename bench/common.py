@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from postback.embedded import EmbeddedRedis
+from worker.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
+OWNER = "ptn_bench"
 
 
 @contextlib.contextmanager
@@ -39,6 +41,29 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.pop("REDIS_URL", None)
     env.update(extra)
     return env
+
+
+def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` in its own process group (for `stop_group`), its stderr to `log`."""
+    with log.open("wb") as stderr:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
+def submit(
+    store: JobStore, input: dict, *, type: str = "echo", callback_url: str | None = None
+) -> str:
+    """A job of the bench's partner created straight in the store; its id."""
+    return store.create(
+        partner_id=OWNER, type=type, input=input, callback_url=callback_url, timeout_seconds=60
+    )["id"]
 
 
 def stop_group(process: subprocess.Popen) -> None:

@@ -11,7 +11,7 @@ import tracemalloc
 
 import redis
 
-from bench.common import embedded_redis
+from bench.common import OWNER, embedded_redis
 from callbacks.deadletters import DeadLetters, Filter
 from callbacks.outbox import DEAD, Event, Outbox
 from postback import ids
@@ -26,7 +26,7 @@ def main(count: int) -> dict:
             events = [
                 Event(
                     id=ids.new_id("msg"),
-                    owner="ptn_bench",
+                    owner=OWNER,
                     body=b"{}",
                     url="https://hooks.example.com/in",
                 )

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import embedded_redis
+from bench.common import OWNER, embedded_redis
 from callbacks.outbox import DELIVERED, Event, Outbox, event_key
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
@@ -29,8 +29,6 @@ from postback import ids
 from postback.embedded import free_port
 from postback.settings import Settings
 from worker.process import dispatcher
-
-OWNER = "ptn_bench"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from bench.common import clean_env, embedded_redis
+from bench.common import OWNER, clean_env, embedded_redis, submit
 from callbacks.outbox import DUE_KEY, event_key
 from postback import timeline
 from postback.settings import Settings
@@ -42,13 +42,7 @@ def durability(url: str, mode: str, *, jobs: int, threads: int) -> dict:
     def one_client(count: int) -> None:
         for _ in range(count):
             started = time.perf_counter()
-            store.create(
-                partner_id="ptn_bench",
-                type="echo",
-                input={"n": 1},
-                callback_url=None,
-                timeout_seconds=60,
-            )
+            submit(store, {"n": 1})
             store.confirm_durable()
             with lock:
                 latencies.append(time.perf_counter() - started)
@@ -81,13 +75,7 @@ def recovery(url: str, *, lease_seconds: float) -> float:
     first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     second = None
     try:
-        job_id = store.create(
-            partner_id="ptn_bench",
-            type="sleep",
-            input={"seconds": 1},
-            callback_url=None,
-            timeout_seconds=60,
-        )["id"]
+        job_id = submit(store, {"seconds": 1}, type="sleep")
         while store.get(job_id)["status"] != js.PROCESSING:
             time.sleep(0.01)
         second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
@@ -118,32 +106,26 @@ def memory_per_job(url: str, *, jobs: int, sample: int = 100) -> dict:
     client.flushall()
     store = job_store(client, Settings(durability="everysec"))
     before = client.info("memory")["used_memory"]
-    records = []
+    job_ids = []
     for number in range(jobs):
-        record = store.create(
-            partner_id="ptn_bench",
-            type="echo",
-            input={"order": number},
-            callback_url="https://hooks.example.com/in",
-            timeout_seconds=60,
-        )
-        store.start(record["id"], run_id="bench", lease_seconds=60)
-        store.finish(record["id"], status=js.COMPLETED, result={"order": number}, run_id="bench")
-        records.append(record)
+        job_id = submit(store, {"order": number}, callback_url="https://hooks.example.com/in")
+        store.start(job_id, run_id="bench", lease_seconds=60)
+        store.finish(job_id, status=js.COMPLETED, result={"order": number}, run_id="bench")
+        job_ids.append(job_id)
     # The RQ job hashes are gone once RQ runs a job (result_ttl=0): drop them as a worker would.
     for key in client.scan_iter("rq:job:*"):
         client.delete(key)
     client.delete(*(f"rq:queue:{name}" for name in js.QUEUES.values()))
     used = (client.info("memory")["used_memory"] - before) / jobs
-    picked = records[:: max(1, jobs // sample)]
+    picked = job_ids[:: max(1, jobs // sample)]
     own = 0
-    for record in picked:
-        event_id = client.hget(js.job_key(record["id"]), "event_id").decode()
-        for key in (js.job_key(record["id"]), timeline.key(record["id"]), event_key(event_id)):
+    for job_id in picked:
+        event_id = client.hget(js.job_key(job_id), "event_id").decode()
+        for key in (js.job_key(job_id), timeline.key(job_id), event_key(event_id)):
             own += client.memory_usage(key) or 0
     shared_keys = [
-        js.partner_index("ptn_bench"),
-        js.partner_index("ptn_bench", js.COMPLETED),
+        js.partner_index(OWNER),
+        js.partner_index(OWNER, js.COMPLETED),
         js.RETENTION_KEY,
         DUE_KEY,
     ]
@@ -167,26 +149,11 @@ def worker_rss(url: str, *, jobs: int) -> dict:
         [sys.executable, "-m", "app.cli", "worker"], env=env, stderr=subprocess.DEVNULL
     )
     try:
-        first = store.create(
-            partner_id="ptn_bench",
-            type="echo",
-            input={"n": 0},
-            callback_url=None,
-            timeout_seconds=60,
-        )["id"]
+        first = submit(store, {"n": 0})
         while store.get(first)["status"] != js.COMPLETED:
             time.sleep(0.05)
         before = _rss_kib(process.pid)
-        ids = [
-            store.create(
-                partner_id="ptn_bench",
-                type="echo",
-                input={"n": n},
-                callback_url=None,
-                timeout_seconds=60,
-            )["id"]
-            for n in range(jobs)
-        ]
+        ids = [submit(store, {"n": n}) for n in range(jobs)]
         deadline = time.monotonic() + 600
         while store.get(ids[-1])["status"] != js.COMPLETED and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -28,7 +28,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 
 from bench import baseline_tasks
-from bench.common import ROOT, clean_env, embedded_redis, stop_group, tail
+from bench.common import OWNER, ROOT, clean_env, embedded_redis, spawn, stop_group, submit, tail
 from bench.delivery import receivers
 from callbacks.outbox import DELIVERED, DUE_KEY, event_key
 from callbacks.secrets import SecretStore
@@ -38,7 +38,6 @@ from postback.settings import Settings
 from worker import jobs as js
 from worker.runtime import job_store
 
-OWNER = "ptn_bench"
 BASELINE_QUEUE = "bench:noop"
 BATCH = 500
 
@@ -75,16 +74,7 @@ def postback(
     client.flushall()
     SecretStore(client).set(OWNER, generate_secret())
     store = job_store(client, Settings(durability="everysec"))
-    job_ids = [
-        store.create(
-            partner_id=OWNER,
-            type="echo",
-            input={"order": n},
-            callback_url=callback_url,
-            timeout_seconds=60,
-        )["id"]
-        for n in range(jobs)
-    ]
+    job_ids = [submit(store, {"order": n}, callback_url=callback_url) for n in range(jobs)]
     env = clean_env(
         REDIS_URL=url,
         POSTBACK_CALLBACK_ALLOW_CIDRS="127.0.0.0/8",
@@ -95,22 +85,9 @@ def postback(
         launched = time.monotonic()
         for number in range(workers):
             log = logs / f"worker-{number}.log"
-            with log.open("wb") as stderr:
-                processes.append(
-                    (
-                        subprocess.Popen(
-                            [sys.executable, "-m", "app.cli", "worker"],
-                            env=env,
-                            cwd=ROOT,
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL,
-                            stderr=stderr,
-                            # Its own group: the RQ scheduler process it forks is stopped with it.
-                            start_new_session=True,
-                        ),
-                        log,
-                    )
-                )
+            # Its own group: the RQ scheduler process it forks is stopped with it.
+            command = [sys.executable, "-m", "app.cli", "worker"]
+            processes.append((spawn(command, env, log), log))
         settled = _wait_delivered(client, job_ids, processes, deadline=launched + 600)
         wall = time.monotonic() - launched
     finally:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from postback import timeline
+import json
+
+import pytest
+import redis
+
+from postback import clock, timeline
 from worker import jobs as js
 from worker.guard import Guard, Outcome
 from worker.runtime import job_store
@@ -81,10 +86,6 @@ def test_the_version_ignores_field_order(redis_client):
 
 def test_start_writes_what_the_python_side_would(redis_client, settings):
     """`start` (a Lua transition) moves the indexes and writes timeline.record's exact entry."""
-    import json
-
-    from postback import clock
-
     job_id = create(redis_client, settings)
     store = job_store(redis_client, settings)
     record = store.start(job_id, run_id="r1", lease_seconds=30)
@@ -99,3 +100,15 @@ def test_start_writes_what_the_python_side_would(redis_client, settings):
     assert redis_client.zscore(js.LEASES_KEY, job_id) == record["lease_until"]
     assert redis_client.zscore(js.QUEUED_KEY, job_id) is None
     assert store.start(job_id, run_id="r2", lease_seconds=30) is None, "started only once"
+
+
+def test_a_failing_write_raises_after_the_others_are_made(redis_client):
+    """As with MULTI/EXEC: a write that fails does not stop the rest, and its error is raised."""
+    redis_client.set("pb:test:string", "x")
+    guard = Guard(redis_client)
+    writes = guard.recorder()
+    writes.hset("pb:test:string", "a", 1)  # WRONGTYPE
+    writes.hset("pb:test:after", "b", 2)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        guard.write(writes)
+    assert redis_client.hget("pb:test:after", "b") == b"2"

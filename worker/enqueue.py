@@ -43,16 +43,7 @@ class Enqueuer:
             _NOW: utcformat(datetime.now(UTC)),
         }
         for command in self._template(queue):
-            pipe.execute_command(
-                *(
-                    values[arg]
-                    if isinstance(arg, _Slot)
-                    else arg.text.replace(SAMPLE_ID, job_id)
-                    if isinstance(arg, _WithId)
-                    else arg
-                    for arg in command
-                )
-            )
+            pipe.execute_command(*(_fill(arg, values, job_id) for arg in command))
 
     def data(self, job_id: str) -> bytes:
         """RQ's stored data of the call: the pickled (function, instance, args, kwargs), zlibbed."""
@@ -107,6 +98,15 @@ class _WithId:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+def _fill(arg: Any, values: dict[_Slot, Any], job_id: str) -> Any:
+    """A template's argument as this enqueue writes it."""
+    if isinstance(arg, _Slot):
+        return values[arg]
+    if isinstance(arg, _WithId):
+        return arg.text.replace(SAMPLE_ID, job_id)
+    return arg
 
 
 def _is_rq_time(text: str) -> bool:

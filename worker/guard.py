@@ -13,7 +13,8 @@ A transition that Redis can decide alone is a script of its own
 
 The writes may touch any key (indexes, schedules, queues, metrics), which is
 fine on one Redis server and would not be on a cluster. As with MULTI/EXEC,
-a write that fails at run time does not undo the writes before it.
+a write that fails at run time neither undoes nor stops the others, and the
+caller gets the error (redis.ResponseError).
 """
 
 from __future__ import annotations
@@ -41,14 +42,17 @@ end
 """
 
 # Writes come in ARGV from `first` on, each as its argument count followed by its arguments.
+# As in MULTI/EXEC, a write that fails does not stop the others; the first error is returned.
 _WRITES = """
 local function write(first)
-  local i = first
+  local i, failed = first, nil
   while i <= #ARGV do
     local count = tonumber(ARGV[i])
-    redis.call(unpack(ARGV, i + 1, i + count))
+    local reply = redis.pcall(unpack(ARGV, i + 1, i + count))
+    if type(reply) == 'table' and reply.err and not failed then failed = reply end
     i = i + count + 1
   end
+  return failed
 end
 """
 
@@ -68,14 +72,13 @@ _APPLY = (
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
 if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
-write(2)
-return {2}
+return write(2) or {2}
 """
 )
 
 
 # ARGV: the writes, all applied.
-_WRITE = _WRITES + "write(1)"
+_WRITE = _WRITES + "return write(1)"
 
 
 class Outcome(Enum):

@@ -14,16 +14,19 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.context import JobContext
+
+if TYPE_CHECKING:
+    from worker.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Run:
-    store: Any  # worker.jobs.JobStore
+    store: JobStore
     job_id: str
     run_id: str
     lease_seconds: float
