@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from app.auth import admin_required
 from app.errors import NotFound
 from app.schemas import (
+    CircuitQuery,
     CircuitReset,
     DeadLetterFilter,
     DeadLetterQuery,
@@ -20,43 +21,44 @@ from app.schemas import (
     optional_json_body,
 )
 from app.services import services
-from callbacks.breaker import CircuitBreaker
+from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters
+from callbacks.model import Delivery
 from postback import clock
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 
-def dead_letter_summary(letter: dict[str, Any]) -> dict[str, Any]:
+def dead_letter_summary(letter: Delivery) -> dict[str, Any]:
     """A dead letter as lists show it."""
     return {
-        "id": letter["dead_letter_id"],
-        "job_id": letter["subject"],
-        "partner_id": letter["owner"],
-        "callback_url": letter["url"],
-        "destination": letter["destination"],
-        "webhook_id": letter["id"],
-        "attempts": letter["attempts"],
-        "last_error": letter["last_error"],
-        "dead_at": clock.rfc3339(letter["dead_at"]),
+        "id": letter.dead_letter_id,
+        "job_id": letter.message.subject or None,
+        "partner_id": letter.owner,
+        "callback_url": letter.url,
+        "destination": letter.destination,
+        "webhook_id": letter.id,
+        "attempts": letter.attempts,
+        "last_error": letter.last_error or None,
+        "dead_at": clock.rfc3339(letter.dead_at),
     }
 
 
-def dead_letter_detail(letter: dict[str, Any], attempt_log: list[dict[str, Any]]) -> dict[str, Any]:
+def dead_letter_detail(letter: Delivery, attempt_log: list[dict[str, Any]]) -> dict[str, Any]:
     """A dead letter with everything needed to redeliver it."""
     return {
         **dead_letter_summary(letter),
-        "created_at": clock.rfc3339(letter["created_at"]),
-        "payload": json.loads(letter["body"]),
+        "created_at": clock.rfc3339(letter.message.created_at),
+        "payload": json.loads(letter.message.body),
         "attempt_log": attempt_log,
     }
 
 
 def _dead_letters() -> DeadLetters:
-    return DeadLetters(services().redis)
+    return DeadLetters(services().redis, outbox=services().jobs.outbox)
 
 
-def _letter(dead_letter_id: str) -> dict[str, Any]:
+def _letter(dead_letter_id: str) -> Delivery:
     letter = _dead_letters().get(dead_letter_id)
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
@@ -79,7 +81,7 @@ def list_dead_letters() -> Response:
 def get_dead_letter(dead_letter_id: str) -> Response:
     """One dead letter with its payload and attempt log."""
     letter = _letter(dead_letter_id)
-    return jsonify(dead_letter_detail(letter, _dead_letters().outbox.attempts(letter["id"])))
+    return jsonify(dead_letter_detail(letter, _dead_letters().outbox.attempts(letter.id)))
 
 
 @bp.delete("/dead-letters/<dead_letter_id>")
@@ -101,7 +103,7 @@ def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
     letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
-    return jsonify({"id": dead_letter_id, "webhook_id": letter["id"], "replayed": 1}), 202
+    return jsonify({"id": dead_letter_id, "webhook_id": letter.id, "replayed": 1}), 202
 
 
 @bp.post("/dead-letters/replay")
@@ -115,15 +117,23 @@ def replay_dead_letters() -> tuple[Response, int]:
 @bp.get("/circuits")
 @admin_required
 def list_circuits() -> Response:
-    """Every destination whose circuit has recorded failures or is open."""
-    return jsonify({"items": CircuitBreaker(services().redis).all()})
+    """Circuits with recorded failures or open, by destination then partner, a page at a time."""
+    query = load(CircuitQuery, request.args.to_dict())
+    items, next_cursor = CircuitBreaker(services().redis).page(
+        limit=query["limit"], cursor=query["cursor"], destination=query["destination"]
+    )
+    return jsonify({"items": items, "next_cursor": next_cursor})
 
 
 @bp.post("/circuits/reset")
 @admin_required
 def reset_circuit() -> Response:
-    """Close a destination's circuit by hand."""
+    """Close a destination's circuits (one partner's, or every partner's) by hand."""
     body = load(CircuitReset, json_body())
-    breaker = CircuitBreaker(services().redis)
-    breaker.reset(body["destination"])
-    return jsonify(breaker.state(body["destination"]))
+    circuits = reset_circuits(
+        CircuitBreaker(services().redis),
+        services().jobs.outbox,
+        body["destination"],
+        partner_id=body["partner_id"],
+    )
+    return jsonify({"destination": body["destination"], "reset": circuits})

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from callbacks.breaker import CircuitBreaker
+from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters, Filter
-from callbacks.outbox import destination
+from callbacks.model import destination
 from postback.connection import RedisNotFound, connect, redis_url
 from postback.settings import Settings, SettingsError
+from worker.process import outbox as postback_outbox
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,11 +85,14 @@ def _parser() -> argparse.ArgumentParser:
 
     circuits = commands.add_parser("circuits", help="list and reset circuit breakers")
     circuit_commands = circuits.add_subparsers(required=True, metavar="ACTION")
-    circuit_commands.add_parser("list", help="circuits with failures or open").set_defaults(
-        run=_circuits_list
-    )
-    reset = circuit_commands.add_parser("reset", help="close a destination's circuit")
+    listing = circuit_commands.add_parser("list", help="circuits with failures or open, paged")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--cursor", help="the next_cursor of the previous page")
+    listing.add_argument("--destination", help="only this destination's (scheme://host:port)")
+    listing.set_defaults(run=_circuits_list)
+    reset = circuit_commands.add_parser("reset", help="close a destination's circuits")
     reset.add_argument("destination", help="scheme://host:port, or a URL")
+    reset.add_argument("--partner-id", help="only this partner's circuit (default: every one)")
     reset.set_defaults(run=_circuits_reset)
 
     status = commands.add_parser("status", help="one screen: Redis, workers, queues, deliveries")
@@ -203,7 +207,8 @@ def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
-    return DeadLetters(connect(redis_url(settings)))
+    client = connect(redis_url(settings))
+    return DeadLetters(client, outbox=postback_outbox(client))
 
 
 def _dead_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -224,7 +229,7 @@ def _dead_show(args: argparse.Namespace, settings: Settings) -> int:
     if letter is None:
         print(f"postback: no dead letter {args.dead_letter_id}", file=sys.stderr)
         return 1
-    _print(dead_letter_detail(letter, store.outbox.attempts(letter["id"])))
+    _print(dead_letter_detail(letter, store.outbox.attempts(letter.id)))
     return 0
 
 
@@ -264,15 +269,22 @@ def _dead_action(args: argparse.Namespace, settings: Settings, done: str) -> int
 
 
 def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
-    _print({"items": CircuitBreaker(connect(redis_url(settings))).all()})
+    items, next_cursor = CircuitBreaker(connect(redis_url(settings))).page(
+        limit=args.limit,
+        cursor=args.cursor,
+        destination=destination(args.destination) if args.destination else None,
+    )
+    _print({"items": items, "next_cursor": next_cursor})
     return 0
 
 
 def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
-    breaker = CircuitBreaker(connect(redis_url(settings)))
+    client = connect(redis_url(settings))
     dest = destination(args.destination)
-    breaker.reset(dest)
-    _print(breaker.state(dest))
+    reset = reset_circuits(
+        CircuitBreaker(client), postback_outbox(client), dest, partner_id=args.partner_id
+    )
+    _print({"destination": dest, "reset": reset})
     return 0
 
 

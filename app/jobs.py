@@ -22,6 +22,7 @@ from app.schemas import (
 )
 from app.services import services
 from callbacks.deadletters import DeadLetters
+from callbacks.model import PENDING_DELIVERY, Delivery
 from postback import clock, ids
 from postback import metrics as pm
 from worker import jobs as js
@@ -209,18 +210,25 @@ def redeliver(job_id: str) -> tuple[Response, int]:
             "the job has no webhook to redeliver: it has no callback URL or has not ended"
         )
     outbox = services().jobs.outbox
-    event = outbox.get(record["event_id"])
-    if event is None or not _reopen(event):
+    delivery = outbox.get(record["event_id"])
+    if delivery is None or not _reopen(delivery):
         raise Conflict("the webhook is still being delivered; wait for it to be delivered or dead")
+    now = outbox.get(delivery.id)
     return jsonify(
-        {"id": job_id, "webhook_id": event["id"], "delivery": outbox.delivery_status(event["id"])}
+        {
+            "id": job_id,
+            "webhook_id": delivery.id,
+            "delivery": now.public() if now is not None else PENDING_DELIVERY,
+        }
     ), 202
 
 
-def _reopen(event: dict[str, Any]) -> bool:
-    if event["dead_letter_id"]:
-        return DeadLetters(services().redis).replay(event["dead_letter_id"]) is not None
-    return services().jobs.outbox.reopen(event)
+def _reopen(delivery: Delivery) -> bool:
+    outbox = services().jobs.outbox
+    if delivery.dead_letter_id:
+        letters = DeadLetters(services().redis, outbox=outbox)
+        return letters.replay(delivery.dead_letter_id) is not None
+    return outbox.reopen(delivery)
 
 
 @bp.get("")

@@ -94,8 +94,8 @@ class RedisCollector(Collector):
             ("postback_dead_letters", "Dead letters stored.", status.dead_letters(client)),
             (
                 "postback_open_circuits",
-                "Destinations whose circuit is open or half-open.",
-                len(status.open_circuits(client)),
+                "Circuits (partner and destination) open or half-open.",
+                status.open_circuit_count(client),
             ),
         ):
             yield GaugeMetricFamily(name, help_, value=value)

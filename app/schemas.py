@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import UTC
 from typing import Any
 
@@ -14,7 +15,7 @@ from app.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
 from app.services import services
 from callbacks.deadletters import Filter
 from callbacks.errors import UnsafeUrl
-from callbacks.outbox import destination
+from callbacks.model import destination
 from callbacks.ssrf import resolve_and_check
 from postback import ids
 from worker import jobs as js
@@ -175,3 +176,19 @@ class CircuitReset(Schema):
         unknown = RAISE
 
     destination = DestinationField(required=True, validate=validate.Length(max=2048))
+    # Without it, every partner's circuit to the destination is reset.
+    partner_id = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
+
+
+# A circuit's id, as a listing returns it: its destination, a space, its partner's id.
+_CIRCUIT_ID = re.compile(r"https?://[^\s]{1,2048}:[0-9]{1,5} [A-Za-z0-9_]{1,100}")
+
+
+class CircuitQuery(Page):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    destination = DestinationField(load_default=None, validate=validate.Length(max=2048))
+
+    @validates("cursor")
+    def valid_cursor(self, value: str | None, **kwargs: Any) -> None:
+        if value is not None and not _CIRCUIT_ID.fullmatch(value):
+            raise ValidationError("not a cursor returned by this API")

@@ -14,10 +14,14 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.utils import utcparse
 
-from callbacks.breaker import CLOSED, CircuitBreaker
-from callbacks.outbox import DUE_KEY, dead_indexes
+from callbacks.breaker import CircuitBreaker
+from callbacks.keys import DEFAULT_KEYS
+from callbacks.outbox import Outbox
 from postback import clock
 from worker.jobs import LEASES_KEY, QUEUES, RETRY_KEY
+
+# How many open circuits `postback status` lists (it counts them all).
+OPEN_CIRCUITS_SHOWN = 50
 
 # The keys `snapshot` returns, documented in the README.
 KEYS = (
@@ -29,6 +33,7 @@ KEYS = (
     "deliveries",
     "dead_letters",
     "open_circuits",
+    "open_circuit_count",
 )
 
 
@@ -68,20 +73,22 @@ def deliveries(client: redis.Redis) -> dict[str, int]:
 
     `scheduled` counts those in flight and those waiting for a retry too.
     """
-    return {
-        "scheduled": client.zcard(DUE_KEY),
-        "due": client.zcount(DUE_KEY, "-inf", clock.now()),
-    }
+    return Outbox(client).counts()
 
 
 def dead_letters(client: redis.Redis) -> int:
     """Dead letters stored (the list of them all)."""
-    return client.zcard(dead_indexes("", "")[0])
+    return client.zcard(DEFAULT_KEYS.dead_indexes("", "")[0])
+
+
+def open_circuit_count(client: redis.Redis) -> int:
+    """How many circuits are open or half-open (one read, however many circuits there are)."""
+    return CircuitBreaker(client).open_count()
 
 
 def open_circuits(client: redis.Redis) -> list[dict[str, Any]]:
-    """Circuits open or half-open, by destination."""
-    return [c for c in CircuitBreaker(client).all() if c["state"] != CLOSED]
+    """Up to `OPEN_CIRCUITS_SHOWN` open or half-open circuits."""
+    return CircuitBreaker(client).open_circuits(limit=OPEN_CIRCUITS_SHOWN)
 
 
 def redis_info(client: redis.Redis) -> dict[str, Any]:
@@ -111,6 +118,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
         "deliveries": deliveries(client),
         "dead_letters": dead_letters(client),
         "open_circuits": open_circuits(client),
+        "open_circuit_count": open_circuit_count(client),
     }
 
 
@@ -140,7 +148,7 @@ def render(data: dict[str, Any]) -> None:
     work.add_row("deliveries scheduled", str(data["deliveries"]["scheduled"]))
     work.add_row("deliveries due now", str(data["deliveries"]["due"]))
     work.add_row("dead letters", str(data["dead_letters"]))
-    work.add_row("open circuits", str(len(data["open_circuits"])))
+    work.add_row("open circuits", str(data["open_circuit_count"]))
     console.print(work)
 
     queue_table = Table(title="Queues")

@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 
 from bench.common import OWNER, clean_env, embedded_redis, submit
-from callbacks.outbox import DUE_KEY, event_key
+from callbacks.keys import DEFAULT_KEYS
 from postback import timeline
 from postback.settings import Settings
 from worker import jobs as js
@@ -121,13 +121,18 @@ def memory_per_job(url: str, *, jobs: int, sample: int = 100) -> dict:
     own = 0
     for job_id in picked:
         event_id = client.hget(js.job_key(job_id), "event_id").decode()
-        for key in (js.job_key(job_id), timeline.key(job_id), event_key(event_id)):
+        for key in (
+            js.job_key(job_id),
+            timeline.key(job_id),
+            DEFAULT_KEYS.message(event_id),
+            DEFAULT_KEYS.delivery(event_id),
+        ):
             own += client.memory_usage(key) or 0
     shared_keys = [
         js.partner_index(OWNER),
         js.partner_index(OWNER, js.COMPLETED),
         js.RETENTION_KEY,
-        DUE_KEY,
+        DEFAULT_KEYS.due(OWNER),
     ]
     shared = sum(client.memory_usage(key) or 0 for key in shared_keys)
     client.close()

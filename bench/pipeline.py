@@ -30,7 +30,9 @@ from rq.registry import FailedJobRegistry
 from bench import baseline_tasks
 from bench.common import OWNER, ROOT, clean_env, embedded_redis, spawn, stop_group, submit, tail
 from bench.delivery import receivers
-from callbacks.outbox import DELIVERED, DUE_KEY, event_key
+from callbacks.keys import DEFAULT_KEYS
+from callbacks.model import DeliveryStatus
+from callbacks.outbox import Outbox
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
 from postback.embedded import free_port
@@ -123,9 +125,9 @@ def _wait_delivered(
             raise TimeoutError(f"the {len(job_ids)} webhooks were not delivered in time")
         with client.pipeline(transaction=False) as pipe:
             pipe.zcard(completed)
-            pipe.zcard(DUE_KEY)
             pipe.zcard(js.partner_index(OWNER, js.FAILED))
-            finished, due, failed = pipe.execute()
+            finished, failed = pipe.execute()
+        due = Outbox(client).counts()["scheduled"]
         if failed:
             raise RuntimeError(f"{failed} echo jobs failed")
         if finished == len(job_ids) and due == 0:
@@ -137,9 +139,9 @@ def _wait_delivered(
         event_ids = pipe.execute()
     with client.pipeline(transaction=False) as pipe:
         for event_id in event_ids:
-            pipe.hmget(event_key(event_id.decode()), "status", "settled_at")
+            pipe.hmget(DEFAULT_KEYS.delivery(event_id.decode()), "status", "settled_at")
         states = pipe.execute()
-    undelivered = [status for status, _ in states if status != DELIVERED.encode()]
+    undelivered = [status for status, _ in states if status != DeliveryStatus.DELIVERED.encode()]
     if undelivered:
         raise RuntimeError(f"{len(undelivered)} webhooks not delivered: {set(undelivered)}")
     return [float(settled_at) for _, settled_at in states]

@@ -1,8 +1,16 @@
 """Signed webhook delivery, following the Standard Webhooks specification.
 
-Knows nothing of Flask or of job handlers: it takes an event (a body, a URL and
-an owner whose secrets sign it), keeps it in Redis, and posts it until it is
-delivered or given up.
+Knows nothing of Flask or of job handlers. It takes a `Message` (an id, an
+owner whose secrets sign it, a type and a body) and a URL, keeps the
+`Delivery` in Redis under a key prefix it is given, and posts it — under a
+hard deadline, one attempt at a time, with fair and adaptive concurrency,
+circuits per owner and destination — until it is delivered or given up.
+What happens is reported to an `Observer`.
+
+Modules: `model` (the nouns), `outbox` (store, schedule, claims), `lanes`
+(who gets the next slot), `sender` (one HTTP attempt), `breaker`
+(circuits), `ratelimit`, `dispatcher` (the loop), `deadletters`, `secrets`,
+`signing`, `ssrf`, `policy`.
 
 Exceptions::
 
@@ -14,17 +22,27 @@ Exceptions::
 from __future__ import annotations
 
 from callbacks.errors import CallbacksError, SecretError, UnsafeUrl
-from callbacks.outbox import Event, Outbox, destination
+from callbacks.keys import DEFAULT_KEYS, Keys
+from callbacks.model import Attempt, Delivery, DeliveryStatus, Message, Outcome, destination
+from callbacks.outbox import NoObserver, Observer, Outbox
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.signing import generate_secret, sign
 from callbacks.ssrf import DEFAULT_URL_POLICY, UrlPolicy, resolve_and_check
 
 __all__ = [
+    "DEFAULT_KEYS",
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_URL_POLICY",
+    "Attempt",
     "CallbacksError",
-    "Event",
+    "Delivery",
+    "DeliveryStatus",
+    "Keys",
+    "Message",
+    "NoObserver",
+    "Observer",
     "Outbox",
+    "Outcome",
     "RetryPolicy",
     "SecretError",
     "UnsafeUrl",

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
-from callbacks.outbox import DEAD, Outbox, dead_indexes, dead_letter_key, event_key
+from callbacks.keys import DEFAULT_KEYS, Keys
+from callbacks.model import Delivery, DeliveryStatus
+from callbacks.outbox import Outbox
 from postback import clock, ids
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ class Filter:
     since: float | None = None
     until: float | None = None
 
-    def index(self) -> str:
+    def index(self, keys: Keys = DEFAULT_KEYS) -> str:
         """The narrowest dead list that holds every match."""
-        everything, by_owner, by_dest, by_both = dead_indexes(
+        everything, by_owner, by_dest, by_both = keys.dead_indexes(
             self.owner or "", self.destination or ""
         )
         if self.owner and self.destination:
@@ -59,44 +60,62 @@ def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 class DeadLetters:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, *, outbox: Outbox | None = None, keys: Keys | None = None
+    ) -> None:
         self.redis = client
-        self.outbox = Outbox(client)
+        self.outbox = outbox or Outbox(client, keys=keys or DEFAULT_KEYS)
+        self.keys = self.outbox.keys
 
     def page(
         self, where: Filter, *, limit: int, cursor: str | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[Delivery], str | None]:
         """Up to `limit` dead letters, newest first, after `cursor` (a dead-letter id)."""
         letter_ids = self._ids(where, cursor, limit + 1)
         more = len(letter_ids) > limit
         letter_ids = letter_ids[:limit]
-        items = [item for item in (self.get(i) for i in letter_ids) if item is not None]
+        items = [item for item in self.get_many(letter_ids) if item is not None]
         return items, (letter_ids[-1] if more else None)
 
-    def get(self, dead_letter_id: str) -> dict[str, Any] | None:
-        """The dead letter with its event, or None if it is not on the dead list."""
-        event_id = self.redis.get(dead_letter_key(dead_letter_id))
-        if event_id is None:
-            return None
-        record = self.outbox.get(event_id.decode())
-        if record is None or record["status"] != DEAD:
-            return None
-        return {**record, "dead_letter_id": dead_letter_id}
+    def get(self, dead_letter_id: str) -> Delivery | None:
+        """The dead letter (a dead delivery), or None if it is not on the dead list."""
+        return self.get_many([dead_letter_id])[0]
+
+    def get_many(self, dead_letter_ids: list[str]) -> list[Delivery | None]:
+        """The dead letters of `dead_letter_ids` (None where gone), in three round trips."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for letter_id in dead_letter_ids:
+                pipe.get(self.keys.dead_link(letter_id))
+            links = pipe.execute()
+        found = self.outbox.get_many([link.decode() for link in links if link])
+        by_link = iter(found)
+        out: list[Delivery | None] = []
+        for letter_id, link in zip(dead_letter_ids, links, strict=True):
+            delivery = next(by_link) if link else None
+            if (
+                delivery is None
+                or delivery.status != DeliveryStatus.DEAD
+                or delivery.dead_letter_id != letter_id
+            ):
+                out.append(None)
+            else:
+                out.append(delivery)
+        return out
 
     def delete(self, dead_letter_id: str) -> bool:
-        """Take a dead letter off the dead list for good (the event stays `dead`)."""
+        """Take a dead letter off the dead list for good (the delivery stays `dead`)."""
         letter = self.get(dead_letter_id)
         if letter is None:
             return False
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(dead_letter_key(dead_letter_id))
-            for index in dead_indexes(letter["owner"], letter["destination"]):
+            pipe.delete(self.keys.dead_link(dead_letter_id))
+            for index in self.keys.dead_indexes(letter.owner, letter.destination):
                 pipe.zrem(index, dead_letter_id)
             deleted = pipe.execute()[0]
         return bool(deleted)
 
-    def replay(self, dead_letter_id: str, *, url: str | None = None) -> dict[str, Any] | None:
-        """Deliver the letter's event again: same webhook-id, fresh budget, signed afresh.
+    def replay(self, dead_letter_id: str, *, url: str | None = None) -> Delivery | None:
+        """Deliver the letter again: same webhook-id, fresh budget, signed afresh.
 
         Returns the letter replayed, or None if it is gone (already replayed or deleted).
         """
@@ -126,7 +145,7 @@ class DeadLetters:
                 high = f"({bound}"
         low = f"[{ids.time_bound('dlq', where.since)}" if where.since is not None else "-"
         found = self.redis.zrange(
-            where.index(), high, low, desc=True, bylex=True, offset=0, num=limit
+            where.index(self.keys), high, low, desc=True, bylex=True, offset=0, num=limit
         )
         return [item.decode() for item in found]
 
@@ -137,37 +156,15 @@ class DeadLetters:
         """
         replayed = 0
         for page in _chunks(self.matching(where), PAGE_SIZE):
+            letters = [
+                (letter_id, letter)
+                for letter_id, letter in zip(page, self.get_many(page), strict=True)
+                if letter is not None
+            ]
             with self.redis.pipeline(transaction=False) as pipe:
-                for letter_id in page:
-                    pipe.get(dead_letter_key(letter_id))
-                event_ids = pipe.execute()
-            found = [(lid, eid.decode()) for lid, eid in zip(page, event_ids, strict=True) if eid]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for _, event_id in found:
-                    pipe.hmget(event_key(event_id), "owner", "destination", "subject")
-                owners = pipe.execute()
-            records = []
-            with self.redis.pipeline(transaction=False) as pipe:
-                for (letter_id, event_id), (owner, dest, subject) in zip(
-                    found, owners, strict=True
-                ):
-                    if owner is None:
-                        continue
-                    record = {
-                        "id": event_id,
-                        "owner": owner.decode(),
-                        "destination": dest.decode(),
-                        "subject": (subject or b"").decode(),
-                    }
-                    records.append(record)
-                    self.outbox.reopen(record, dead_letter_id=letter_id, pipeline=pipe)
-                answers = pipe.execute()
-            with self.redis.pipeline(transaction=False) as pipe:
-                for record, answer in zip(records, answers, strict=True):
-                    if answer:
-                        replayed += 1
-                        self.outbox.note_reopened(pipe, record, replay=True)
-                pipe.execute()
+                for letter_id, letter in letters:
+                    self.outbox.reopen(letter, dead_letter_id=letter_id, pipeline=pipe)
+                replayed += sum(1 for answer in pipe.execute() if answer)
         return replayed
 
     def purge(self, where: Filter) -> int:

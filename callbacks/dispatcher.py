@@ -1,47 +1,62 @@
-"""The delivery loop: claim due events, post them from a thread pool, settle each attempt.
+"""The delivery loop: claim due deliveries fairly, attempt them under a hard deadline, settle each.
 
-Many requests are in flight per process, bounded globally and per destination,
-so a slow receiver holds a few threads, not the loop. Before each attempt the
-destination's circuit breaker is asked; an open circuit defers the event
-without spending an attempt. Retries are scheduled in Redis, never slept on.
+One asyncio event loop per delivery process holds every attempt in flight
+(thousands of them cost a few kilobytes each, not a thread each; see the
+README for the measurement behind this choice). Each attempt:
+
+1. waits for a slot (`callbacks.lanes`: fair across owners, adaptive per
+   destination, bounded for destinations that do not answer);
+2. takes a token from the destination's rate limit, if one is set;
+3. asks the circuit breaker; an open circuit *parks* the delivery (no
+   attempt spent) until the circuit closes or its cooldown ends;
+4. signs and posts it (`callbacks.sender`: one deadline for the whole exchange);
+5. reports to the breaker what the answer says about the destination, and
+   when its probe closes a circuit, lets that circuit's parked deliveries go;
+6. settles it under its claim's fencing token: recorded, retried with backoff,
+   delivered, or dead.
+
+While the process holds a delivery (waiting in a lane or in flight), it renews
+the delivery's claim, so the claim cannot lapse under a running attempt.
 """
 
 from __future__ import annotations
 
-import collections
+import asyncio
+import contextlib
 import logging
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
-from callbacks import outbox as ob
-from callbacks.breaker import CircuitBreaker, Permit
+import redis
+import redis.asyncio
+
+from callbacks.breaker import CircuitBreaker, Permit, circuit_id, counts_against
 from callbacks.deadletters import DeadLetters
 from callbacks.errors import SecretError
-from callbacks.outbox import Attempt, Outbox
+from callbacks.lanes import Lane, Lanes, Signal
+from callbacks.model import Attempt, Delivery, DeliveryStatus, Outcome
+from callbacks.outbox import Claimed, Outbox, Settlement
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
+from callbacks.ratelimit import RateLimiter
 from callbacks.secrets import SecretStore
 from callbacks.sender import Response, Sender
 from callbacks.signing import headers as signed_headers
 from postback import clock, logs
-from postback import metrics as pm
 
 log = logging.getLogger(__name__)
 
-# Attempt outcomes, as the attempt log records them.
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-GONE = "gone"
-
-# An event whose destination has no free slot here waits about this long.
-BUSY_DEFER_SECONDS = 0.5
-EXPIRE_EVERY_SECONDS = 60.0
+MAINTAIN_EVERY_SECONDS = 60.0
+# How many claimed deliveries may wait in one lane, in windows' worth.
+LINE_WINDOWS = 4
+MIN_LINE = 64
+CLAIM_BATCH = 500
 
 
 class Dispatcher:
-    """Delivers due events until stopped; `deliver_once` makes a single attempt."""
+    """Delivers due deliveries until stopped (`run`), or those due now (`drain`)."""
 
     def __init__(
         self,
@@ -50,9 +65,11 @@ class Dispatcher:
         sender: Sender,
         breaker: CircuitBreaker,
         *,
+        aclient: Callable[[], redis.asyncio.Redis],
         policy: RetryPolicy = DEFAULT_RETRY_POLICY,
-        concurrency: int = 256,
+        concurrency: int = 2048,
         per_destination: int = 48,
+        max_rate_per_second: float | None = None,
         poll_seconds: float = 0.05,
         dead_letter_retention_seconds: float = 0,
     ) -> None:
@@ -60,191 +77,324 @@ class Dispatcher:
         self.secrets = secrets
         self.sender = sender
         self.breaker = breaker
+        self.aclient = aclient
         self.policy = policy
         self.concurrency = concurrency
         self.per_destination = per_destination
+        self.max_rate_per_second = max_rate_per_second
         self.poll_seconds = poll_seconds
         self.dead_letter_retention_seconds = dead_letter_retention_seconds
-        self._free = concurrency
-        self._in_flight: dict[str, int] = {}
-        self._waiting: dict[str, collections.deque[str]] = {}
-        self._lock = threading.Condition()
+        self._lanes: Lanes[Claimed] = Lanes(capacity=1, per_destination=1)
+        self._held: dict[str, Claimed] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._limiter: RateLimiter | None = None
+        self._wake = asyncio.Event()
 
     @property
     def lease_seconds(self) -> float:
-        """How long a claimed event stays ours: one attempt, with room to settle it."""
-        return self.policy.timeout_seconds * 2 + 5
+        """How long a claim lasts without renewal: several renewals' worth beyond a deadline."""
+        return max(30.0, self.policy.timeout_seconds * 2)
+
+    @property
+    def in_flight(self) -> int:
+        return self._lanes.in_flight
+
+    # Entry points ----------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Claim and deliver until `stop` is set; in-flight attempts finish first."""
-        next_expiry = time.monotonic()
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="delivery") as pool:
+        """Claim and deliver until `stop` is set; attempts in flight finish first."""
+        asyncio.run(self._serve(stop))
+
+    def drain(self, *, max_rounds: int = 100) -> int:
+        """Attempt every delivery due now, and those due again within the run; how many.
+
+        For tests and tools: claims until nothing is due, waits for every attempt.
+        """
+        return asyncio.run(self._drain(max_rounds))
+
+    # The loop ----------------------------------------------------------------------
+
+    async def _open(self) -> redis.asyncio.Redis:
+        client = self.aclient()
+        self.outbox.aredis = client
+        self.breaker.aredis = client
+        self.secrets.aredis = client
+        if self.max_rate_per_second:
+            self._limiter = RateLimiter(client, self.max_rate_per_second, keys=self.outbox.keys)
+        self._lanes = Lanes(capacity=self.concurrency, per_destination=self.per_destination)
+        self._held = {}
+        self._wake = asyncio.Event()
+        return client
+
+    async def _close(self, client: redis.asyncio.Redis) -> None:
+        await self.sender.close()
+        await client.aclose()
+
+    async def _serve(self, stop: threading.Event) -> None:
+        client = await self._open()
+        keeping = asyncio.create_task(self._keep_claims())
+        maintaining = asyncio.create_task(self._maintain())
+        try:
             while not stop.is_set():
-                with self._lock:
-                    free = self._free
-                claimed = []
-                if free:
-                    claimed = self.outbox.claim(limit=free, lease_seconds=self.lease_seconds)
-                for event_id, event in claimed:
-                    with self._lock:
-                        self._free -= 1
-                    pool.submit(self._deliver_and_release, event_id, event)
-                if self.dead_letter_retention_seconds and time.monotonic() >= next_expiry:
-                    DeadLetters(self.outbox.redis).expire(self.dead_letter_retention_seconds)
-                    next_expiry = time.monotonic() + EXPIRE_EVERY_SECONDS
-                if not claimed or len(claimed) < free:
-                    stop.wait(self.poll_seconds)
-                else:
-                    with self._lock:
-                        # Every slot is busy: wait for one to free up.
-                        self._lock.wait_for(lambda: self._free > 0 or stop.is_set(), timeout=1)
-        self._release_waiting()
-
-    def _deliver_and_release(self, event_id: str, event: dict[str, Any] | None) -> None:
-        """Deliver a claimed event, then whatever waits here for the same destination."""
-        try:
-            if event is None:
-                self._guarded(event_id, None)
-                return
-            dest = event["destination"]
-            if not self._take_slot(dest, event_id):
-                return
-            # The first attempt uses the record read with the claim; events that
-            # waited in line here are read again when their turn comes.
-            self._guarded(event_id, event)
-            while (current := self._next_for(dest)) is not None:
-                self._guarded(current, self.outbox.get(current))
+                got = await self._claim_some()
+                if got is None:
+                    # Full: wait until a slot frees (or a while).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    self._wake.clear()
+                elif not got:
+                    await asyncio.sleep(self.poll_seconds)
+            await self._give_back(self._lanes.clear(), at=clock.now())
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
         finally:
-            with self._lock:
-                self._free += 1
-                self._lock.notify_all()
+            keeping.cancel()
+            maintaining.cancel()
+            await self._close(client)
 
-    def _guarded(self, event_id: str, event: dict[str, Any] | None) -> None:
+    async def _drain(self, max_rounds: int) -> int:
+        client = await self._open()
+        attempted = 0
         try:
-            self._deliver_bound(event_id, event)
-        except Exception:
-            # The claim lapses and the event falls due again: nothing is lost.
-            log.exception("delivery attempt of %s crashed", event_id)
+            for _ in range(max_rounds):
+                got = await self._claim_some()
+                attempted += got or 0
+                if not got and not self._tasks:
+                    break
+                if self._tasks:
+                    await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+            await self._give_back(self._lanes.clear(), at=clock.now())
+        finally:
+            await self._close(client)
+        return attempted
 
-    def _take_slot(self, dest: str, event_id: str) -> bool:
-        """Take a slot of `dest`; if all are busy, wait in line here or, past that, in Redis."""
-        with self._lock:
-            if self._in_flight.get(dest, 0) < self.per_destination:
-                self._in_flight[dest] = self._in_flight.get(dest, 0) + 1
-                return True
-            line = self._waiting.setdefault(dest, collections.deque())
-            if len(line) < self.per_destination:
-                line.append(event_id)
-                return False
-        self.outbox.defer(event_id, clock.now() + BUSY_DEFER_SECONDS * random.uniform(1, 2))
-        return False
-
-    def _next_for(self, dest: str) -> str | None:
-        """The next event waiting for `dest` (keeping the slot), or None (giving it back)."""
-        with self._lock:
-            line = self._waiting.get(dest)
-            if line:
-                return line.popleft()
-            self._waiting.pop(dest, None)
-            self._in_flight[dest] -= 1
-            if not self._in_flight[dest]:
-                del self._in_flight[dest]
+    async def _claim_some(self) -> int | None:
+        """Claim what fits, queue it in lanes, start what may start. None if full."""
+        free = self.concurrency * 2 - self._lanes.held
+        if free <= 0:
             return None
-
-    def _release_waiting(self) -> None:
-        """On stop: hand events still waiting here back to the schedule, due now."""
-        with self._lock:
-            waiting = [event_id for line in self._waiting.values() for event_id in line]
-            self._waiting.clear()
-        for event_id in waiting:
-            self.outbox.defer(event_id, clock.now())
-
-    def deliver_once(self, event_id: str) -> str | None:
-        """Make one attempt at `event_id` (or defer it) and settle it; returns its status."""
-        return self._deliver_bound(event_id, self.outbox.get(event_id))
-
-    def _deliver_bound(self, event_id: str, event: dict[str, Any] | None) -> str | None:
-        """`_deliver` with the event's context bound to every log line."""
-        if event is None:
-            return self._deliver(event_id, None)
-        with logs.bind(
-            webhook_id=event_id,
-            job_id=event["subject"],
-            partner_id=event["owner"],
-            destination=event["destination"],
-            request_id=event["headers"].get("x-request-id"),
-        ):
-            return self._deliver(event_id, event)
-
-    def _deliver(self, event_id: str, event: dict[str, Any] | None) -> str | None:
-        if event is None or event["status"] in (ob.DELIVERED, ob.DEAD):
-            self.outbox.redis.zrem(ob.DUE_KEY, event_id)
-            return None
-        if clock.now() - event["round_started_at"] >= self.policy.window_seconds:
-            self.outbox.settle(
-                event, None, status=ob.DEAD, error=event["last_error"] or "retry window exhausted"
-            )
-            return ob.DEAD
-        dest = event["destination"]
-        permit = self.breaker.acquire(dest)
-        if not permit.allowed:
-            retry_at = permit.retry_at or clock.now() + 1
-            self.outbox.defer(event_id, retry_at, circuit_of=dest)
-            return event["status"]
-        return self._attempt(event, permit)
-
-    def _attempt(self, event: dict[str, Any], permit: Permit) -> str:
-        at = clock.now()
-        try:
-            secrets = self.secrets.signing_secrets(event["owner"])
-            headers = signed_headers(secrets, event["id"], int(at), event["body"])
-        except SecretError as exc:
-            response = Response(status_code=None, duration_ms=0, error=f"signing: {exc}")
-        else:
-            response = self.sender.post(
-                event["url"], event["body"], {**event["headers"], **headers}
-            )
-        responded = response.ok or response.status_code == 410
-        if not (responded and permit.clean):
-            self.breaker.record(event["destination"], ok=responded, probe=permit.probe)
-        status, outcome, next_at = self._judge(event, response)
-        attempt = Attempt(
-            attempt=event["attempts"] + 1,
-            at=at,
-            status_code=response.status_code,
-            duration_ms=response.duration_ms,
-            error=response.error,
-            outcome=outcome,
+        claimed = await self.outbox.aclaim(
+            limit=min(free, CLAIM_BATCH), lease_seconds=self.lease_seconds
         )
+        overflow: list[tuple[Claimed, float]] = []
+        for item in claimed:
+            delivery = item.delivery
+            lane = self._lanes.lane(delivery.owner, delivery.destination)
+            line = max(MIN_LINE, LINE_WINDOWS * lane.window.slots)
+            if self._lanes.add(lane, item, line_limit=line):
+                self._held[delivery.id] = item
+            else:
+                overflow.append((item, clock.now() + _busy_delay(lane)))
+        if overflow:
+            await self._give_back_each(overflow)
+        self._pump()
+        return len(claimed)
 
-        def measure(pipe: Any) -> None:
-            pm.counter(pipe, "postback_delivery_attempts_total", {"outcome": outcome})
-            pm.observe(pipe, "postback_delivery_attempt_seconds", response.duration_ms / 1000)
-            if status == ob.DELIVERED:
-                pm.observe(pipe, "postback_delivery_lag_seconds", clock.now() - event["created_at"])
+    def _pump(self) -> None:
+        while (taken := self._lanes.take()) is not None:
+            lane, item = taken
+            task = asyncio.create_task(self._run_one(lane, item))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-        self.outbox.settle(event, attempt, status=status, next_at=next_at, also=measure)
+    async def _run_one(self, lane: Lane[Claimed], claimed: Claimed) -> None:
+        signal, seconds = Signal.NONE, None
+        started = time.monotonic()
+        release = True
+        try:
+            with logs.bind(
+                webhook_id=claimed.delivery.id,
+                job_id=claimed.delivery.message.subject,
+                partner_id=claimed.delivery.owner,
+                destination=claimed.delivery.destination,
+                request_id=claimed.delivery.message.headers.get("x-request-id"),
+            ):
+                signal, release = await self._deliver(lane, claimed)
+            if signal != Signal.NONE:
+                seconds = time.monotonic() - started
+        except Exception:
+            log.exception("delivery of %s crashed; it is given back", claimed.delivery.id)
+            with contextlib.suppress(Exception):
+                await self._give_back_each([(claimed, clock.now() + 5)])
+        finally:
+            if release:
+                self._held.pop(claimed.delivery.id, None)
+            self._lanes.done(lane, signal, seconds=seconds)
+            self._pump()
+            self._wake.set()
+
+    async def _deliver(self, lane: Lane[Claimed], claimed: Claimed) -> tuple[str, bool]:
+        """One delivery's turn; (what it says about the lane, whether it leaves this process)."""
+        delivery = claimed.delivery
+        if clock.now() - delivery.round_started_at >= self.policy.window_seconds:
+            error = delivery.last_error or "retry window exhausted"
+            await self._settle(claimed, Settlement(status=DeliveryStatus.DEAD, error=error))
+            return Signal.NONE, True
+        if self._limiter is not None:
+            wait = await self._limiter.take(delivery.destination)
+            if wait > 0:
+                self._hold_back(lane, claimed, wait)
+                return Signal.NONE, False
+        permit = await self.breaker.aacquire(delivery.owner, delivery.destination)
+        if not permit.allowed:
+            await self.outbox.apark(
+                claimed,
+                group=circuit_id(delivery.owner, delivery.destination),
+                generation=permit.generation,
+                until=permit.retry_at or clock.now() + 1,
+            )
+            return Signal.NONE, True
+        response = await self._post(delivery)
+        await self._report(delivery, permit, response)
+        await self._settle(claimed, self._judge(delivery, response))
         log.info(
             "delivery attempt %s of %s: %s (%s, %d ms)",
-            attempt.attempt,
-            event["id"],
-            outcome,
+            delivery.attempts + 1,
+            delivery.id,
+            "ok" if response.ok else "failed",
             response.status_code or response.error,
             response.duration_ms,
         )
-        return status
+        return _signal(response, self.policy.timeout_seconds), True
 
-    def _judge(self, event: dict[str, Any], response: Response) -> tuple[str, str, float | None]:
-        """(delivery status, attempt outcome, next due time) after one attempt."""
+    def _hold_back(self, lane: Lane[Claimed], claimed: Claimed, wait_seconds: float) -> None:
+        """Put `claimed` back at the head of its lane and pause the lane for `wait_seconds`."""
+        self._lanes.put_back(lane, claimed)
+        self._lanes.pause(lane)
+        loop = asyncio.get_running_loop()
+
+        def resume() -> None:
+            self._lanes.resume(lane)
+            self._pump()
+
+        loop.call_later(wait_seconds, resume)
+
+    async def _post(self, delivery: Delivery) -> Response:
+        try:
+            secrets = await self.secrets.asigning_secrets(delivery.owner)
+            headers = signed_headers(secrets, delivery.id, int(clock.now()), delivery.message.body)
+        except SecretError as exc:
+            return Response(status_code=None, duration_ms=0, error=f"signing: {exc}")
+        return await self.sender.post(
+            delivery.url, delivery.message.body, {**delivery.message.headers, **headers}
+        )
+
+    async def _report(self, delivery: Delivery, permit: Permit, response: Response) -> None:
+        """Tell the breaker what the answer says about the destination's health."""
+        healthy = not counts_against(response.status_code)
+        if healthy and permit.clean:
+            return
+        _, closed = await self.breaker.arecord(
+            delivery.owner, delivery.destination, healthy=healthy, probe=permit.probe
+        )
+        if closed is not None:
+            await self.outbox.aunpark(circuit_id(delivery.owner, delivery.destination), closed)
+
+    def _judge(self, delivery: Delivery, response: Response) -> Settlement:
+        """The settlement after one attempt."""
+        attempt = Attempt(
+            number=delivery.attempts + 1,
+            at=clock.now() - response.duration_ms / 1000,
+            status_code=response.status_code,
+            duration_ms=response.duration_ms,
+            error=response.error,
+            outcome=Outcome.SUCCEEDED
+            if response.ok
+            else Outcome.GONE
+            if response.status_code == 410
+            else Outcome.FAILED,
+        )
         if response.ok:
-            return ob.DELIVERED, SUCCEEDED, None
+            return Settlement(status=DeliveryStatus.DELIVERED, attempt=attempt)
         if response.status_code == 410:
-            return ob.DEAD, GONE, None
-        age = clock.now() - event["round_started_at"]
-        if self.policy.gives_up(event["round_attempts"] + 1, age):
-            return ob.DEAD, FAILED, None
+            return Settlement(status=DeliveryStatus.DEAD, attempt=attempt)
+        age = clock.now() - delivery.round_started_at
+        if self.policy.gives_up(delivery.round_attempts + 1, age):
+            return Settlement(status=DeliveryStatus.DEAD, attempt=attempt)
         retry_after = response.retry_after_seconds if response.status_code in (429, 503) else None
         delay = self.policy.delay_seconds(
-            event["round_attempts"] + 1, retry_after_seconds=retry_after
+            delivery.round_attempts + 1, retry_after_seconds=retry_after
         )
-        return ob.RETRYING, FAILED, clock.now() + delay
+        return Settlement(
+            status=DeliveryStatus.RETRYING, attempt=attempt, next_at=clock.now() + delay
+        )
+
+    async def _settle(self, claimed: Claimed, settlement: Settlement) -> None:
+        if not await self.outbox.asettle(claimed, settlement):
+            log.warning(
+                "stale outcome of %s discarded: its claim was lost (%s)",
+                claimed.delivery.id,
+                settlement.status,
+            )
+
+    async def _give_back(self, items: list[Claimed], *, at: float) -> None:
+        await self._give_back_each([(item, at) for item in items])
+
+    async def _give_back_each(self, items: list[tuple[Claimed, float]]) -> None:
+        """Hand claimed deliveries back to the schedule unattempted, each due at its time."""
+        for start in range(0, len(items), CLAIM_BATCH):
+            await self.outbox.arelease(items[start : start + CLAIM_BATCH])
+        for item, _ in items:
+            self._held.pop(item.delivery.id, None)
+
+    async def _keep_claims(self) -> None:
+        """Renew the claims of everything held, a few times per lease."""
+        every = self.lease_seconds / 4
+        while True:
+            await asyncio.sleep(every)
+            try:
+                lost = await self.outbox.arenew(
+                    list(self._held.values()), lease_seconds=self.lease_seconds
+                )
+            except redis.RedisError:
+                log.warning("could not renew delivery claims; retrying", exc_info=True)
+                continue
+            if lost:
+                log.warning("%d delivery claims were lost (the process stalled?)", len(lost))
+                self._forget(lost)
+
+    def _forget(self, lost: set[str]) -> None:
+        by_lane: dict[int, tuple[Lane[Claimed], set[Claimed]]] = {}
+        for delivery_id in lost:
+            item = self._held.pop(delivery_id, None)
+            if item is None:
+                continue
+            lane = self._lanes.lane(item.delivery.owner, item.delivery.destination)
+            by_lane.setdefault(id(lane), (lane, set()))[1].add(item)
+        for lane, items in by_lane.values():
+            self._lanes.drop(lane, items)
+
+    async def _maintain(self) -> None:
+        """Now and then: expire old dead letters, prune expired circuits, forget idle lanes."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(MAINTAIN_EVERY_SECONDS)
+            try:
+                if self.dead_letter_retention_seconds:
+                    letters = DeadLetters(self.outbox.redis, keys=self.outbox.keys)
+                    await loop.run_in_executor(
+                        None, letters.expire, self.dead_letter_retention_seconds
+                    )
+                await loop.run_in_executor(None, self.breaker.sweep)
+            except redis.RedisError:
+                log.warning("delivery maintenance failed; will try again", exc_info=True)
+            self._lanes.forget_idle()
+
+
+def _signal(response: Response, timeout_seconds: float) -> str:
+    if response.status_code is None:
+        return Signal.SILENT
+    if response.throttled:
+        return Signal.THROTTLE
+    if response.ok and response.duration_ms / 1000 <= timeout_seconds / 3:
+        return Signal.FAST
+    return Signal.SLOW
+
+
+def _busy_delay(lane: Lane[Claimed]) -> float:
+    """When a delivery that found its lane's line full should come back: about when the
+    line will have moved, jittered, between 0.05 and 30 seconds."""
+    return min(30.0, max(0.05, lane.wait_estimate_seconds())) * random.uniform(1.0, 1.5)

@@ -2,38 +2,52 @@
 
 from __future__ import annotations
 
-import redis
+import time
 
-from callbacks.outbox import PREFIX
+import redis
+import redis.asyncio
+
+from callbacks.keys import DEFAULT_KEYS, Keys
 from callbacks.signing import generate_secret
 from postback import clock
 
-
-def _key(owner: str) -> str:
-    return f"{PREFIX}secrets:{owner}"
+# How long a delivery process reuses an owner's secrets before reading them again.
+CACHE_SECONDS = 1.0
 
 
 class SecretStore:
-    """The secrets that sign an owner's events.
+    """The secrets that sign an owner's messages.
 
     After a rotation the previous secret keeps signing, beside the new one,
     until its grace period ends: receivers switch over without losing a message.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        keys: Keys = DEFAULT_KEYS,
+        aclient: redis.asyncio.Redis | None = None,
+    ) -> None:
         self.redis = client
+        self.aredis = aclient
+        self.keys = keys
+        self._cache: dict[str, tuple[float, list[str]]] = {}
 
     def set(
         self, owner: str, secret: str, *, pipeline: redis.client.Pipeline | None = None
     ) -> None:
         """Make `secret` the only signing secret of `owner`."""
         target = pipeline if pipeline is not None else self.redis
-        target.hset(_key(owner), mapping={"current": secret, "previous": "", "previous_until": 0})
+        target.hset(
+            self.keys.secrets(owner),
+            mapping={"current": secret, "previous": "", "previous_until": 0},
+        )
 
     def rotate(self, owner: str, *, grace_seconds: float) -> str:
         """A new current secret; the old one also signs for `grace_seconds` more."""
         new = generate_secret()
-        key = _key(owner)
+        key = self.keys.secrets(owner)
         while True:
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -54,13 +68,31 @@ class SecretStore:
                     continue
 
     def signing_secrets(self, owner: str) -> list[str]:
-        """Every secret that signs `owner`'s events now, oldest first (empty if none)."""
-        current, previous, until = self.redis.hmget(
-            _key(owner), "current", "previous", "previous_until"
-        )
-        secrets = []
-        if previous and until and float(until) > clock.now():
-            secrets.append(previous.decode())
-        if current:
-            secrets.append(current.decode())
-        return secrets
+        """Every secret that signs `owner`'s messages now, oldest first (empty if none)."""
+        return _secrets(self.redis.hmget(self.keys.secrets(owner), *_FIELDS))
+
+    async def asigning_secrets(self, owner: str) -> list[str]:
+        """`signing_secrets` from the asyncio client, reused for up to `CACHE_SECONDS`."""
+        cached = self._cache.get(owner)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        assert self.aredis is not None
+        found = _secrets(await self.aredis.hmget(self.keys.secrets(owner), *_FIELDS))
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[owner] = (now, found)
+        return found
+
+
+_FIELDS = ("current", "previous", "previous_until")
+
+
+def _secrets(reply: list[bytes | None]) -> list[str]:
+    current, previous, until = reply
+    secrets = []
+    if previous and until and float(until) > clock.now():
+        secrets.append(previous.decode())
+    if current:
+        secrets.append(current.decode())
+    return secrets

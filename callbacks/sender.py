@@ -1,35 +1,64 @@
-"""One HTTP attempt: check the destination, POST the body, never follow a redirect, time out.
+"""One HTTP attempt, bounded by a hard deadline: check the destination, POST, never redirect.
 
-Each attempt checks the URL with `callbacks.ssrf` and connects to the address that
-passed the check: the connection is pinned to it, so a second DNS answer (DNS
-rebinding) cannot send the attempt elsewhere. The `Host` header, TLS SNI and the
-certificate check still use the URL's host name.
+The whole exchange — name lookup, connect, TLS, sending, the status line,
+the headers, the body — runs inside one `asyncio.timeout`: at the deadline
+the connection is closed and the attempt is a failure with error `timeout`,
+whatever the receiver sends or withholds (a trickled status line, endless
+`100 Continue`, a body that never ends). At most `MAX_BODY_BYTES` of the
+answer are read; a connection with more left unread is closed, not reused.
+
+SSRF: the URL's syntax and any IP literal are checked before anything is
+sent; a name is resolved by `CheckedResolver`, which refuses the attempt if
+any address it resolves to is forbidden and otherwise hands exactly those
+addresses to the connector, so the connection goes to an address that was
+checked (a second DNS answer cannot redirect it). The `Host` header, TLS SNI
+and the certificate check use the URL's host name. Redirects are never followed.
+
+`post` never raises: every failure is a `Response` with its reason.
 """
 
 from __future__ import annotations
 
-import email.utils
-import threading
+import asyncio
+import logging
+import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util import Timeout
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import (
     DEFAULT_URL_POLICY,
-    IPAddress,
     Resolver,
     UrlPolicy,
+    check_syntax,
+    forbidden_reason,
+    literal_address,
     normalise_host,
-    resolve_and_check,
+    resolve_name,
     system_resolver,
 )
 from postback import clock
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+# Status codes that ask the sender to slow down (Standard Webhooks' throttle signals).
+THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
+
+_DIGITS = re.compile(r"[0-9]{1,10}")
+# RFC 9110's IMF-fixdate, e.g. "Sun, 06 Nov 1994 08:49:37 GMT".
+_IMF_FIXDATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,52 +74,60 @@ class Response:
     def ok(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
 
-
-@dataclass(frozen=True, kw_only=True)
-class Pin:
-    """Where requests for the host `name` must connect: the checked `address`."""
-
-    name: str
-    address: IPAddress
+    @property
+    def throttled(self) -> bool:
+        """No answer, or an answer that asks to slow down: the destination's share shrinks."""
+        return self.status_code is None or self.status_code in THROTTLE_STATUSES
 
 
-class PinnedAdapter(HTTPAdapter):
-    """An adapter that connects only to its current `pin`, never to a DNS answer of its own.
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header: ASCII delta-seconds or an IMF-fixdate; else None."""
+    if not value:
+        return None
+    value = value.strip(" \t")
+    if _DIGITS.fullmatch(value):
+        return float(value)
+    if _IMF_FIXDATE.fullmatch(value):
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, moment.timestamp() - clock.now())
+    return None
 
-    Confined to one thread (one per `Session`, one `Session` per thread): the caller
-    sets `pin` just before a request and clears it after. Connection pools are keyed
-    by the address and the host name, so no pool serves another address or name.
-    A request whose host is not the pinned name is refused (`InvalidURL`).
-    """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.pin: Pin | None = None
+class CheckedResolver(AbstractResolver):
+    """Resolves a name with `resolver` and refuses it unless every address is allowed."""
 
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
+    def __init__(self, policy: UrlPolicy, resolver: Resolver) -> None:
+        self.policy = policy
+        self.resolver = resolver
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        loop = asyncio.get_running_loop()
+        addresses = await loop.run_in_executor(
+            None, resolve_name, normalise_host(host), port, self.policy, self.resolver
         )
-        pin = self.pin
-        if pin is None or normalise_host(host_params["host"] or "") != pin.name:
-            # requests turns a ValueError here into InvalidURL.
-            raise ValueError(f"no checked address for {host_params['host']!r}")
-        host_params["host"] = str(pin.address)
-        # TLS: SNI and the certificate's name are the URL's host, not the address.
-        # For http, urllib3 drops these before making the pool but keys the pool by them.
-        pool_kwargs["server_hostname"] = pin.name
-        pool_kwargs["assert_hostname"] = pin.name
-        return host_params, pool_kwargs
+        return [
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": port,
+                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
 class Sender:
-    """Posts with one `requests.Session` per thread, so connections are reused.
-
-    Every attempt first checks `url` against `url_policy`, resolving its host with
-    `resolver`; a refused URL is reported as an error without any connection.
-    """
+    """Posts with one aiohttp session per event loop: connections are reused per host."""
 
     def __init__(
         self,
@@ -104,109 +141,103 @@ class Sender:
         self.user_agent = user_agent
         self.url_policy = url_policy
         self.resolver = resolver
-        self._local = threading.local()
+        self._session: aiohttp.ClientSession | None = None
 
-    def _session(self) -> tuple[requests.Session, PinnedAdapter]:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            # Proxies or netrc credentials from the environment must not apply.
-            session.trust_env = False
-            adapter = PinnedAdapter()
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-            self._local.adapter = adapter
-        return session, self._local.adapter
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                use_dns_cache=False,
+                resolver=CheckedResolver(self.url_policy, self.resolver),
+                ssl=ssl.create_default_context(),
+                keepalive_timeout=15,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # The deadline is ours (asyncio.timeout around the exchange), not aiohttp's.
+                timeout=aiohttp.ClientTimeout(total=None),
+                # Proxies or netrc credentials from the environment must not apply.
+                trust_env=False,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept", "Accept-Encoding"),
+            )
+        return self._session
 
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
-        """POST `body` to `url`; errors are reported in the result, never raised."""
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
+        """POST `body` to `url` within the deadline; errors are reported, never raised."""
         started = time.monotonic()
         try:
-            addresses = resolve_and_check(url, self.url_policy, self.resolver)
+            async with asyncio.timeout(self.timeout_seconds):
+                return await self._exchange(url, body, headers, started)
+        except TimeoutError:
+            return _failure(started, "timeout")
         except UnsafeUrl as exc:
-            return Response(
-                status_code=None,
-                duration_ms=_ms(started),
-                error=f"unsafe destination: {exc.reason}",
-            )
+            return _failure(started, f"unsafe destination: {exc.reason}")
+        except aiohttp.ClientConnectorCertificateError:
+            return _failure(started, "tls error: certificate")
+        except aiohttp.ClientSSLError:
+            return _failure(started, "tls error")
+        except aiohttp.ClientConnectorDNSError:
+            return _failure(started, "dns error")
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            return _failure(started, "connection refused" if refused else "connection error")
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
+            return _failure(started, "connection closed")
+        except aiohttp.ClientResponseError as exc:
+            return _failure(started, f"invalid response: {type(exc).__name__}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _failure(started, f"connection error: {type(exc).__name__}")
+        except Exception as exc:
+            # Whatever it was, the attempt is recorded with its reason, never lost.
+            log.exception("delivery attempt to %s failed unexpectedly", urlsplit(url).netloc)
+            return _failure(started, f"internal error: {type(exc).__name__}")
+
+    async def _exchange(
+        self, url: str, body: bytes, headers: dict[str, str], started: float
+    ) -> Response:
+        check_syntax(url, self.url_policy)
         parts = urlsplit(url)
+        literal = literal_address(normalise_host(parts.hostname or ""))
+        if literal is not None:
+            reason = forbidden_reason(literal, self.url_policy)
+            if reason is not None:
+                raise UnsafeUrl(url, f"the host is {reason}", address=literal)
         all_headers = {
             "content-type": "application/json",
             "user-agent": self.user_agent,
             **headers,
-            # The connection goes to an address; the receiver still sees its name.
-            "host": parts.netloc,
         }
-        session, adapter = self._session()
-        adapter.pin = Pin(name=normalise_host(parts.hostname or ""), address=addresses[0])
-        try:
-            reply = session.post(
-                url,
-                data=body,
-                headers=all_headers,
-                # `total` caps connect and read together, not each on its own.
-                timeout=Timeout(total=self.timeout_seconds),
-                allow_redirects=False,
-                stream=True,
+        async with self._client().post(
+            url, data=body, headers=all_headers, allow_redirects=False
+        ) as reply:
+            read = 0
+            while read < MAX_BODY_BYTES:
+                chunk = await reply.content.read(MAX_BODY_BYTES - read)
+                if not chunk:
+                    break
+                read += len(chunk)
+            if not reply.content.at_eof():
+                # More than we read is coming: drop the connection rather than drain it.
+                reply.close()
+            return Response(
+                status_code=reply.status,
+                duration_ms=_ms(started),
+                error=None if 200 <= reply.status < 300 else f"HTTP {reply.status}",
+                retry_after_seconds=parse_retry_after(reply.headers.get("retry-after")),
             )
-            # The answer's body is not needed; read a little so the connection can be reused.
-            _drain(reply, deadline=started + self.timeout_seconds)
-        except requests.Timeout:
-            return Response(status_code=None, duration_ms=_ms(started), error="timeout")
-        except requests.ConnectionError as exc:
-            return Response(status_code=None, duration_ms=_ms(started), error=_describe(exc))
-        except requests.RequestException as exc:
-            return Response(status_code=None, duration_ms=_ms(started), error=_describe(exc))
-        finally:
-            adapter.pin = None
-        return Response(
-            status_code=reply.status_code,
-            duration_ms=_ms(started),
-            error=None if 200 <= reply.status_code < 300 else f"HTTP {reply.status_code}",
-            retry_after_seconds=parse_retry_after(reply.headers.get("retry-after")),
-        )
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment is None:
-        return None
-    return max(0.0, moment.timestamp() - clock.now())
-
-
-def _drain(reply: requests.Response, *, deadline: float, limit_bytes: int = 64 * 1024) -> None:
-    """Read at most `limit_bytes` of the answer's body, and not past `deadline`."""
-    read = 0
-    try:
-        for chunk in reply.iter_content(8192, decode_unicode=False):
-            read += len(chunk)
-            if read >= limit_bytes or time.monotonic() >= deadline:
-                break
-    finally:
-        reply.close()
+def _failure(started: float, error: str) -> Response:
+    return Response(status_code=None, duration_ms=_ms(started), error=error)
 
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _describe(exc: Exception) -> str:
-    """A short error text, e.g. `connection refused`; never the request's headers."""
-    text = str(exc).lower()
-    if "refused" in text:
-        return "connection refused"
-    if "ssl" in text or "certificate" in text:
-        return "tls error"
-    if "name or service not known" in text or "nodename" in text or "resolve" in text:
-        return "dns error"
-    return "connection error: " + type(exc).__name__

@@ -111,16 +111,30 @@ def resolve_and_check(
     """
     parts = _split(url, policy)
     host = normalise_host(parts.hostname or "")
-    literal = _literal(host)
+    literal = literal_address(host)
     if literal is not None:
-        addresses = [literal]
-    else:
-        addresses = _resolve(url, host, parts.port or DEFAULT_PORTS[parts.scheme], resolver)
+        reason = forbidden_reason(literal, policy)
+        if reason is not None:
+            raise UnsafeUrl(url, f"the host is {reason}", address=literal)
+        return [literal]
+    return resolve_name(host, parts.port or DEFAULT_PORTS[parts.scheme], policy, resolver, url=url)
+
+
+def resolve_name(
+    host: str,
+    port: int,
+    policy: UrlPolicy = DEFAULT_URL_POLICY,
+    resolver: Resolver = system_resolver,
+    *,
+    url: str | None = None,
+) -> list[IPAddress]:
+    """The addresses the name `host` resolves to, each one allowed; else UnsafeUrl
+    (for `url`, default the host itself). The resolver's order, without duplicates."""
+    addresses = _resolve(url or host, host, port, resolver)
     for address in addresses:
         reason = forbidden_reason(address, policy)
         if reason is not None:
-            verb = "is" if literal is not None else "resolves to"
-            raise UnsafeUrl(url, f"the host {verb} {reason}", address=address)
+            raise UnsafeUrl(url or host, f"the host resolves to {reason}", address=address)
     return addresses
 
 
@@ -194,7 +208,7 @@ def _split(url: str, policy: UrlPolicy) -> SplitResult:
     return parts
 
 
-def _literal(host: str) -> IPAddress | None:
+def literal_address(host: str) -> IPAddress | None:
     """The address `host` spells, read as libc would read it, or None for a name."""
     if ":" in host:
         return IPv6Address(host)

@@ -44,9 +44,13 @@ class Settings:
     # Seconds a partner should wait before polling a freshly accepted job.
     poll_after_seconds: int = 1
     # Delivery.
+    # The hard deadline of one delivery attempt, the whole exchange on the wall clock.
     delivery_timeout_seconds: float = 15.0
-    delivery_concurrency: int = 256
+    # Attempts in flight per delivery process, and the most one destination may get.
+    delivery_concurrency: int = 2048
     delivery_per_destination: int = 48
+    # Deliveries per second per destination, across every delivery process; unset: unlimited.
+    delivery_max_rate: float | None = None
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 36_000.0
     retry_max_attempts: int = 22

@@ -13,8 +13,12 @@ from flask.testing import FlaskClient
 from rq import SimpleWorker
 
 from app import create_app
+from callbacks.outbox import Outbox
+from callbacks.secrets import SecretStore
+from callbacks.signing import generate_secret
 from postback.embedded import EmbeddedRedis
 from postback.settings import Settings
+from tests.helpers import SECRET_OWNER
 from tests.processes import kill_valkeys
 from tests.receiver import Receiver
 from worker import reaper, runtime
@@ -99,6 +103,16 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def outbox(redis_client: redis.Redis) -> Outbox:
+    """The outbox on the test Redis; `SECRET_OWNER` has a signing secret (`outbox.secret`)."""
+    secret = generate_secret()
+    SecretStore(redis_client).set(SECRET_OWNER, secret)
+    box = Outbox(redis_client)
+    box.secret = secret  # type: ignore[attr-defined]
+    return box
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with Receiver() as running:
         yield running
@@ -113,8 +127,6 @@ def work(settings: Settings, redis_client: redis.Redis):
         reaper.reap(runtime.job_store(redis_client, settings), settings)
         SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
         if deliveries:
-            deliver = dispatcher(settings, redis_client)
-            for event_id, _ in deliver.outbox.claim(limit=1000, lease_seconds=60):
-                deliver.deliver_once(event_id)
+            dispatcher(settings, redis_client).drain()
 
     return run

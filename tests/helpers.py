@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import redis
 
+from callbacks.model import Message
+from callbacks.outbox import Outbox
+from postback import ids
+
 PROBLEM = "application/problem+json"
 
 
@@ -17,3 +21,21 @@ def stored_state(client: redis.Redis) -> dict[bytes, bytes]:
     return {
         key: client.dump(key) for key in client.scan_iter() if not key.startswith(b"pb:ratelimit")
     }
+
+
+# The owner of the messages `add_event` creates; the `outbox` fixture gives it a secret.
+SECRET_OWNER = "ptn_test"
+
+
+def add_event(outbox: Outbox, url: str, *, owner: str = SECRET_OWNER, **fields: object) -> str:
+    """A new message of `owner` to `url`, due now; its id."""
+    message = Message(
+        id=ids.new_id("msg"),
+        owner=owner,
+        type="job.completed",
+        body=b'{"type":"job.completed"}',
+        subject="job_x",
+        **fields,  # type: ignore[arg-type]
+    )
+    outbox.add(message, url)
+    return message.id

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import email.utils
 import random
+import socket
 import time
 
 import pytest
-import requests
-import responses
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from callbacks.errors import SecretError
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.sender import Sender, parse_retry_after
 from callbacks.signing import generate_secret, headers, sign
+from callbacks.ssrf import UrlPolicy
+from tests.receiver import Reply
 
 BODY = b'{"type":"job.completed"}'
-
-
-def public_dns(host: str, port: int) -> list[str]:
-    """A fake resolver: every name is one public address (the sender checks before posting)."""
-    return ["93.184.216.34"]
+LOOPBACK_ALLOWED = UrlPolicy.from_settings(["127.0.0.0/8"], require_https=False)
 
 
 def test_generated_secrets_are_whsec_with_32_random_bytes():
@@ -103,45 +101,51 @@ def test_the_default_schedule_spans_about_three_days():
 
 
 def test_retry_after_parses_seconds_and_http_dates():
-    """Retry-After as delta-seconds or as an HTTP date; garbage is ignored."""
+    """Retry-After as ASCII delta-seconds or as an IMF-fixdate; anything else is ignored."""
     assert parse_retry_after("120") == 120
+    assert parse_retry_after(" 7 ") == 7
     later = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 55 <= parse_retry_after(later) <= 61
-    assert parse_retry_after("soon") is None
+    for junk in ("soon", "²", "١٢٠", "1.5", "-3", "+3", "1e3", "Sunday, 06-Nov-94 08:49:37 GMT"):
+        assert parse_retry_after(junk) is None, junk
     assert parse_retry_after(None) is None
 
 
-@responses.activate
-def test_a_post_carries_the_headers_and_does_not_follow_redirects():
+def post(sender, url, headers):
+    async def run():
+        try:
+            return await sender.post(url, BODY, headers)
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
+def test_a_post_carries_the_headers_and_does_not_follow_redirects(receiver):
     """The attempt sends JSON with our user agent and reports a 302 as a failure."""
-    responses.post(
-        "https://hooks.example.com/in",
-        status=302,
-        headers={"Location": "https://elsewhere.example.com/"},
-    )
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
-    result = sender.post("https://hooks.example.com/in", BODY, {"webhook-id": "msg_1"})
+    receiver.reply(Reply(302, headers=(("Location", "https://elsewhere.example.com/"),)))
+    sender = Sender(timeout_seconds=5, user_agent="Postback/test", url_policy=LOOPBACK_ALLOWED)
+    result = post(sender, receiver.url, {"webhook-id": "msg_1"})
     assert result.status_code == 302 and not result.ok
-    (call,) = responses.calls
-    assert call.request.headers["content-type"] == "application/json"
-    assert call.request.headers["user-agent"] == "Postback/test"
-    assert call.request.headers["webhook-id"] == "msg_1"
-    assert call.request.body == BODY
+    (call,) = receiver.wait_for(1)
+    assert call.headers["content-type"] == "application/json"
+    assert call.headers["user-agent"] == "Postback/test"
+    assert call.headers["webhook-id"] == "msg_1"
+    assert call.body == BODY
 
 
-@responses.activate
-def test_timeouts_and_connection_errors_are_reported_not_raised():
-    """A timeout or a refused connection becomes an attempt result with an error."""
-    responses.post("https://slow.example.com/", body=requests.Timeout())
-    responses.post("https://down.example.com/", body=requests.ConnectionError("Connection refused"))
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
-    assert sender.post("https://slow.example.com/", BODY, {}).error == "timeout"
-    assert sender.post("https://down.example.com/", BODY, {}).error == "connection refused"
+def test_connection_errors_are_reported_not_raised():
+    """A refused connection becomes an attempt result with an error."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sender = Sender(timeout_seconds=5, user_agent="Postback/test", url_policy=LOOPBACK_ALLOWED)
+    result = post(sender, f"http://127.0.0.1:{port}/", {})
+    assert result.error == "connection refused" and result.status_code is None
 
 
-@responses.activate
-def test_retry_after_is_read_from_the_answer():
+def test_retry_after_is_read_from_the_answer(receiver):
     """A 429 answer's Retry-After is passed on to the policy."""
-    responses.post("https://busy.example.com/", status=429, headers={"Retry-After": "42"})
-    sender = Sender(timeout_seconds=1, user_agent="Postback/test", resolver=public_dns)
-    assert sender.post("https://busy.example.com/", BODY, {}).retry_after_seconds == 42
+    receiver.reply(Reply(429, headers=(("Retry-After", "42"),)))
+    sender = Sender(timeout_seconds=5, user_agent="Postback/test", url_policy=LOOPBACK_ALLOWED)
+    assert post(sender, receiver.url, {}).retry_after_seconds == 42

@@ -271,22 +271,39 @@ def test_rotating_an_unknown_partner_is_404(client, admin_headers):
     assert reply.status_code == 404
 
 
-def test_circuits_are_listed_and_reset(client, admin_headers, app):
-    """GET /v1/admin/circuits shows an open circuit; reset closes it."""
+def test_circuits_are_listed_paged_and_reset(client, admin_headers, app):
+    """GET /v1/admin/circuits pages the circuits by destination and partner; reset closes one
+    partner's circuit, or every partner's to the destination."""
     from callbacks.breaker import CircuitBreaker
 
     breaker = CircuitBreaker(app.extensions["postback"].redis)
     dest = "https://hooks.example.com:443"
-    for _ in range(5):
-        breaker.record(dest, ok=False)
-    (circuit,) = client.get("/v1/admin/circuits", headers=admin_headers).json["items"]
+    for owner in ("ptn_a", "ptn_b", "ptn_c"):
+        for _ in range(5):
+            breaker.record(owner, dest, healthy=False)
+    first = client.get("/v1/admin/circuits?limit=2", headers=admin_headers).json
+    assert [c["partner_id"] for c in first["items"]] == ["ptn_a", "ptn_b"]
+    circuit = first["items"][0]
     assert circuit["destination"] == dest and circuit["state"] == "open"
     assert circuit["consecutive_failures"] == 5 and circuit["open_until"]
-    reply = client.post(
+    rest = client.get(
+        "/v1/admin/circuits", query_string={"cursor": first["next_cursor"]}, headers=admin_headers
+    ).json
+    assert [c["partner_id"] for c in rest["items"]] == ["ptn_c"] and rest["next_cursor"] is None
+    one = client.post(
+        "/v1/admin/circuits/reset",
+        json={"destination": dest, "partner_id": "ptn_b"},
+        headers=admin_headers,
+    )
+    assert one.status_code == 200
+    assert [c["partner_id"] for c in one.json["reset"]] == ["ptn_b"]
+    every = client.post(
         "/v1/admin/circuits/reset", json={"destination": dest}, headers=admin_headers
     )
-    assert reply.json["state"] == "closed"
+    assert [c["partner_id"] for c in every.json["reset"]] == ["ptn_a", "ptn_c"]
     assert client.get("/v1/admin/circuits", headers=admin_headers).json["items"] == []
+    bad = client.get("/v1/admin/circuits?cursor=garbage", headers=admin_headers)
+    assert bad.status_code == 422
 
 
 def test_the_cli_lists_shows_replays_and_purges(
@@ -306,7 +323,7 @@ def test_the_cli_lists_shows_replays_and_purges(
     receiver.reply(Reply(410))
     work()
     assert run("dead-letters", "purge", "--all") == {"purged": 1}
-    assert run("circuits", "list") == {"items": []}
+    assert run("circuits", "list") == {"items": [], "next_cursor": None}
     assert main(["dead-letters", "replay"]) == 2
 
 

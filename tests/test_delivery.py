@@ -13,49 +13,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
-from callbacks import outbox as ob
+from callbacks.breaker import circuit_id
 from callbacks.deadletters import DeadLetters, Filter
-from callbacks.outbox import Event, Outbox
+from callbacks.model import DeliveryStatus, destination
 from callbacks.policy import RetryPolicy
-from postback import clock, ids
+from postback import clock
+from tests.helpers import SECRET_OWNER, add_event
 from tests.receiver import Receiver, Reply
 from worker.process import dispatcher
 
-SECRET_OWNER = "ptn_test"
-
-
-@pytest.fixture
-def outbox(redis_client):
-    from callbacks.secrets import SecretStore
-    from callbacks.signing import generate_secret
-
-    secret = generate_secret()
-    SecretStore(redis_client).set(SECRET_OWNER, secret)
-    box = Outbox(redis_client)
-    box.secret = secret
-    return box
-
-
-def add_event(outbox, url, **fields):
-    event = Event(
-        id=ids.new_id("msg"),
-        owner=SECRET_OWNER,
-        url=url,
-        body=b'{"type":"job.completed"}',
-        subject="job_x",
-        **fields,
-    )
-    outbox.add(event)
-    return event.id
-
 
 def run_due(delivery, *, rounds=1):
-    """Attempt every event due now, `rounds` times (waiting out the short backoff between)."""
+    """Attempt every delivery due now, `rounds` times (waiting out the short backoff between)."""
     for number in range(rounds):
         if number:
             time.sleep(delivery.policy.max_seconds + 0.01)
-        for event_id, _ in delivery.outbox.claim(limit=1000, lease_seconds=60):
-            delivery.deliver_once(event_id)
+        delivery.drain()
 
 
 @pytest.fixture
@@ -63,15 +36,17 @@ def delivery(settings, redis_client):
     return dispatcher(settings, redis_client)
 
 
-def test_a_claim_reads_each_event_with_it(outbox, redis_client):
-    """Claimed ids come with their events as `get` reads them; a vanished one comes as None."""
+def test_a_claim_reads_each_delivery_with_its_message(outbox, redis_client):
+    """Claimed deliveries come with their messages and a token; a vanished one is dropped."""
     kept = add_event(outbox, "http://127.0.0.1:9/a")
     gone = add_event(outbox, "http://127.0.0.1:9/b")
-    redis_client.delete(ob.event_key(gone))
-    claimed = dict(outbox.claim(limit=10, lease_seconds=60))
-    assert claimed == {kept: outbox.get(kept), gone: None}
-    assert claimed[kept]["body"] == b'{"type":"job.completed"}'
-    assert outbox.claim(limit=10, lease_seconds=60) == [], "claimed events are leased"
+    redis_client.delete(outbox.keys.message(gone))
+    (claimed,) = outbox.claim(limit=10, lease_seconds=60)
+    assert claimed.delivery.id == kept and claimed.token
+    assert claimed.delivery.message.body == b'{"type":"job.completed"}'
+    assert claimed.delivery.claim == claimed.token
+    assert outbox.claim(limit=10, lease_seconds=60) == [], "claimed deliveries are leased"
+    assert outbox.counts()["scheduled"] == 1
 
 
 def test_500_then_200_is_delivered_on_the_second_attempt(outbox, delivery, receiver):
@@ -82,7 +57,7 @@ def test_500_then_200_is_delivered_on_the_second_attempt(outbox, delivery, recei
     first, second = receiver.wait_for(2)
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == event_id
     Webhook(outbox.secret).verify(second.body, second.headers)
-    assert outbox.get(event_id)["status"] == ob.DELIVERED
+    assert outbox.get(event_id).status == DeliveryStatus.DELIVERED
     assert [a["outcome"] for a in outbox.attempts(event_id)] == ["failed", "succeeded"]
     assert [a["status_code"] for a in outbox.attempts(event_id)] == [500, 200]
 
@@ -93,10 +68,10 @@ def test_410_dead_letters_at_once(outbox, delivery, receiver, redis_client):
     event_id = add_event(outbox, receiver.url)
     run_due(delivery, rounds=2)
     record = outbox.get(event_id)
-    assert record["status"] == ob.DEAD and record["attempts"] == 1
+    assert record.status == DeliveryStatus.DEAD and record.attempts == 1
     assert len(receiver.received) == 1
     (letter,) = DeadLetters(redis_client).page(Filter(), limit=10)[0]
-    assert letter["id"] == event_id and letter["last_error"] == "HTTP 410"
+    assert letter.id == event_id and letter.last_error == "HTTP 410"
 
 
 def test_retry_after_on_429_sets_the_next_attempt(outbox, settings, redis_client, receiver):
@@ -109,8 +84,8 @@ def test_retry_after_on_429_sets_the_next_attempt(outbox, settings, redis_client
     before = clock.now()
     run_due(delivery)
     record = outbox.get(event_id)
-    assert record["status"] == ob.RETRYING
-    assert 29 <= record["next_attempt_at"] - before <= 31
+    assert record.status == DeliveryStatus.RETRYING
+    assert 29 <= record.next_attempt_at - before <= 31
 
 
 def test_redirects_are_failed_attempts(outbox, delivery, receiver):
@@ -120,7 +95,7 @@ def test_redirects_are_failed_attempts(outbox, delivery, receiver):
     run_due(delivery)
     assert [r.path for r in receiver.received] == ["/hook"]
     assert outbox.attempts(event_id)[0]["status_code"] == 302
-    assert outbox.get(event_id)["status"] == ob.RETRYING
+    assert outbox.get(event_id).status == DeliveryStatus.RETRYING
 
 
 def test_a_receiver_that_hangs_times_out(outbox, delivery, receiver):
@@ -142,23 +117,31 @@ def test_a_refused_connection_is_retried_then_dead_lettered(outbox, delivery, re
     event_id = add_event(outbox, f"http://127.0.0.1:{port}/hook")
     run_due(delivery, rounds=3)
     record = outbox.get(event_id)
-    assert record["status"] == ob.DEAD and record["attempts"] == 3
+    assert record.status == DeliveryStatus.DEAD and record.attempts == 3
     assert {a["error"] for a in outbox.attempts(event_id)} == {"connection refused"}
-    letter = DeadLetters(redis_client).get(record["dead_letter_id"])
-    assert letter["last_error"] == "connection refused" and letter["dead_at"]
+    assert [a["attempt"] for a in outbox.attempts(event_id)] == [1, 2, 3]
+    letter = DeadLetters(redis_client).get(record.dead_letter_id)
+    assert letter.last_error == "connection refused" and letter.dead_at
 
 
-def test_an_open_circuit_defers_without_spending_attempts(outbox, delivery, receiver):
-    """While the circuit is open, due events are pushed to the half-open time, unlogged."""
-    dest = ob.destination(receiver.url)
+def test_an_open_circuit_parks_without_spending_attempts(outbox, delivery, receiver):
+    """While the circuit is open, due deliveries are parked until it may close, unlogged."""
+    dest = destination(receiver.url)
     for _ in range(delivery.breaker.settings.threshold):
-        delivery.breaker.record(dest, ok=False)
+        delivery.breaker.record(SECRET_OWNER, dest, healthy=False)
     event_id = add_event(outbox, receiver.url)
     run_due(delivery)
     record = outbox.get(event_id)
-    assert record["attempts"] == 0 and outbox.attempts(event_id) == []
-    assert record["next_attempt_at"] >= clock.now() + delivery.breaker.settings.cooldown_seconds - 2
+    assert record.attempts == 0 and outbox.attempts(event_id) == []
+    assert record.next_attempt_at >= clock.now() + delivery.breaker.settings.cooldown_seconds - 2
     assert receiver.received == []
+    assert redis_client_of(outbox).sismember(
+        outbox.keys.parked(circuit_id(SECRET_OWNER, dest)), event_id
+    )
+
+
+def redis_client_of(outbox):
+    return outbox.redis
 
 
 def test_the_retry_window_dead_letters_an_old_event(outbox, delivery, receiver):
@@ -166,7 +149,7 @@ def test_the_retry_window_dead_letters_an_old_event(outbox, delivery, receiver):
     event_id = add_event(outbox, receiver.url, created_at=clock.now() - 10)
     delivery.policy = replace(delivery.policy, window_seconds=5)
     run_due(delivery)
-    assert outbox.get(event_id)["status"] == ob.DEAD
+    assert outbox.get(event_id).status == DeliveryStatus.DEAD
     assert receiver.received == []
 
 
@@ -189,7 +172,7 @@ def test_a_slow_destination_does_not_hold_up_the_others(outbox, settings, redis_
             stop.set()
             loop.join(timeout=10)
     assert fast_done < 2.0, "healthy deliveries waited for the slow receiver"
-    assert all(outbox.get(i)["status"] == ob.DELIVERED for i in fast_ids + slow_ids)
+    assert all(outbox.get(i).status == DeliveryStatus.DELIVERED for i in fast_ids + slow_ids)
 
 
 def test_per_destination_limit_bounds_requests_in_flight(outbox, settings, redis_client):
@@ -250,10 +233,10 @@ def test_dead_letters_hold_everything_needed_to_redeliver(outbox, delivery, rece
     event_id = add_event(outbox, receiver.url)
     run_due(delivery)
     (letter,) = DeadLetters(redis_client).page(Filter(owner=SECRET_OWNER), limit=5)[0]
-    assert json.loads(letter["body"]) == {"type": "job.completed"}
-    assert letter["id"] == event_id
-    assert letter["subject"] == "job_x" and letter["url"] == receiver.url
-    assert letter["attempts"] == 1 and letter["dead_at"] is not None
+    assert json.loads(letter.message.body) == {"type": "job.completed"}
+    assert letter.id == event_id
+    assert letter.message.subject == "job_x" and letter.url == receiver.url
+    assert letter.attempts == 1 and letter.dead_at is not None
 
 
 def test_retention_removes_only_old_dead_letters(
@@ -271,4 +254,4 @@ def test_retention_removes_only_old_dead_letters(
     store = DeadLetters(redis_client)
     assert store.expire(retention_seconds=1800) == 1
     (left,) = store.page(Filter(), limit=10)[0]
-    assert left["id"] == new_id and old_id != new_id
+    assert left.id == new_id and old_id != new_id

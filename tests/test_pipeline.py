@@ -7,7 +7,7 @@ import time
 
 from standardwebhooks.webhooks import Webhook
 
-from callbacks.outbox import DUE_KEY
+from callbacks.outbox import Outbox
 from tests.receiver import Reply
 
 
@@ -88,7 +88,7 @@ def test_a_job_without_callback_has_no_delivery(client, partner, work, redis_cli
     job_id = submit(client, partner, type="echo")
     work()
     assert "delivery" not in get(client, partner, job_id)
-    assert redis_client.zcard(DUE_KEY) == 0
+    assert Outbox(redis_client).counts()["scheduled"] == 0
 
 
 def test_a_failed_attempt_is_retried_with_the_same_webhook_id(client, partner, receiver, work):
@@ -115,7 +115,7 @@ def test_410_gone_stops_delivery_at_once(client, partner, receiver, work, redis_
     work()
     delivery = get(client, partner, job_id)["delivery"]
     assert delivery["status"] == "dead" and delivery["attempts"] == 1
-    assert redis_client.zcard(DUE_KEY) == 0
+    assert Outbox(redis_client).counts()["scheduled"] == 0
 
 
 def test_redirects_are_not_followed(client, partner, receiver, work):

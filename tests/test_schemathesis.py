@@ -107,9 +107,7 @@ def partner_headers(
     links = [job["result_url"] for job in completed if "result_url" in job]
     assert len(links) == 1
     assert client.get(urlsplit(links[0]).path).status_code == 200
-    deliver = dispatcher(fuzz_settings, redis_client)
-    for event_id, _ in deliver.outbox.claim(limit=10, lease_seconds=60):
-        deliver.deliver_once(event_id)
+    dispatcher(fuzz_settings, redis_client).drain(max_rounds=1)
     return headers
 
 

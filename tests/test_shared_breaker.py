@@ -6,7 +6,7 @@ import subprocess
 from dataclasses import replace
 
 from callbacks.breaker import CircuitBreaker
-from callbacks.outbox import destination
+from callbacks.model import destination
 from tests.processes import POSTBACK, cli_env, eventually, stop_process
 from tests.receiver import Receiver, Reply
 from worker.process import breaker as breaker_for
@@ -27,7 +27,7 @@ def test_two_workers_send_a_single_probe_in_half_open(
         dest = destination(sick.url)
         breaker = breaker_for(replace(settings, breaker_cooldown_seconds=1), redis_client)
         for _ in range(breaker.settings.threshold):
-            breaker.record(dest, ok=False)
+            breaker.record(partner["id"], dest, healthy=False)
         # The probe hangs 1.5 s and fails; everything after it succeeds.
         sick.reply(Reply(500, delay_seconds=1.5))
         job_ids = []
@@ -57,4 +57,4 @@ def test_two_workers_send_a_single_probe_in_half_open(
         return all(j["delivery"]["status"] == "delivered" for j in jobs)
 
     eventually(all_delivered, timeout_seconds=10, what="every job delivered")
-    assert CircuitBreaker(redis_client).state(dest)["state"] == "closed"
+    assert CircuitBreaker(redis_client).state(partner["id"], dest)["state"] == "closed"

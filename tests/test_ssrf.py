@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 
 from callbacks.errors import CallbacksError, UnsafeUrl
-from callbacks.sender import Pin, PinnedAdapter, Sender
+from callbacks.sender import CheckedResolver, Sender
 from callbacks.ssrf import (
     DEFAULT_URL_POLICY,
     UrlPolicy,
@@ -227,11 +227,23 @@ def test_policy_from_settings_parses_cidrs_and_names_a_bad_one():
         UrlPolicy.from_settings(["10.0.0.0/8", "10.0.0.0/33"], require_https=False)
 
 
+def post(sender: Sender, *requests_: tuple[str, dict[str, str]]) -> list:
+    """The sender's answers to `requests_` (url, headers), made in turn on one event loop."""
+
+    async def run() -> list:
+        try:
+            return [await sender.post(url, BODY, headers) for url, headers in requests_]
+        finally:
+            await sender.close()
+
+    return asyncio.run(run())
+
+
 def test_a_sender_refuses_a_forbidden_destination_without_connecting():
     """Under the default policy, an attempt to a loopback receiver never reaches it."""
     with Receiver() as receiver:
-        response = Sender(timeout_seconds=2, user_agent="Postback/test").post(
-            receiver.url, BODY, {}
+        (response,) = post(
+            Sender(timeout_seconds=2, user_agent="Postback/test"), (receiver.url, {})
         )
         assert response.status_code is None and not response.ok
         assert response.error == "unsafe destination: the host is a loopback address (127.0.0.1)"
@@ -245,16 +257,16 @@ def test_dns_rebinding_after_submission_is_refused_at_delivery():
         port = urlsplit(receiver.url).port
         url = f"http://rebind.example.test:{port}/hook"
         assert resolve_and_check(url, resolver=resolver)  # at submission
-        response = Sender(timeout_seconds=2, user_agent="Postback/test", resolver=resolver).post(
-            url, BODY, {}
-        )
+        sender = Sender(timeout_seconds=2, user_agent="Postback/test", resolver=resolver)
+        (response,) = post(sender, (url, {}))
         assert response.error.startswith("unsafe destination")
         assert "loopback" in response.error
         assert receiver.received == []
 
 
 def test_the_connection_goes_to_the_checked_address_with_the_name_as_host():
-    """The attempt connects to the address checked, once resolved, and sends the URL's Host."""
+    """The attempt connects to the address checked and sends the URL's Host; a second attempt
+    reuses that connection (made to a checked address) instead of resolving again."""
     resolver = answers("127.0.0.1")
     sender = Sender(
         timeout_seconds=5,
@@ -265,48 +277,39 @@ def test_the_connection_goes_to_the_checked_address_with_the_name_as_host():
     with Receiver() as receiver:
         port = urlsplit(receiver.url).port
         url = f"http://hooks.example.test:{port}/hook"
-        assert sender.post(url, BODY, {"webhook-id": "msg_1"}).ok
+        first_answer, second_answer = post(
+            sender, (url, {"webhook-id": "msg_1"}), (url, {"webhook-id": "msg_2"})
+        )
+        assert first_answer.ok and second_answer.ok
         assert resolver.calls == [("hooks.example.test", port)]
-        assert sender.post(url, BODY, {"webhook-id": "msg_2"}).ok
-        assert len(resolver.calls) == 2
         first, second = receiver.wait_for(2)
     assert first.headers["host"] == f"hooks.example.test:{port}"
     assert first.path == "/hook" and first.body == BODY
     assert second.headers["webhook-id"] == "msg_2"
 
 
-def test_https_pools_are_keyed_by_address_and_verify_the_host_name():
-    """For https, the pool connects to the pinned address with SNI and certificate name = host."""
-    adapter = PinnedAdapter()
-    request = requests.Request("POST", "https://Hooks.Example.com./in").prepare()
-    adapter.pin = Pin(name="hooks.example.com", address=ipaddress.ip_address("93.184.216.34"))
-    host_params, pool_kwargs = adapter.build_connection_pool_key_attributes(request, True)
-    assert host_params == {"scheme": "https", "host": "93.184.216.34", "port": None}
-    assert pool_kwargs["server_hostname"] == "hooks.example.com"
-    assert pool_kwargs["assert_hostname"] == "hooks.example.com"
-    assert pool_kwargs["cert_reqs"] == "CERT_REQUIRED"
-    pool = adapter.get_connection_with_tls_context(request, True)
-    assert (pool.host, pool.port) == ("93.184.216.34", 443)
-    assert pool.conn_kw["server_hostname"] == "hooks.example.com"
-    assert pool.assert_hostname == "hooks.example.com"
-    adapter.pin = Pin(name="other.example.com", address=ipaddress.ip_address("93.184.216.34"))
-    assert (
-        adapter.get_connection_with_tls_context(
-            requests.Request("POST", "https://other.example.com/in").prepare(), True
-        )
-        is not pool
-    )
+def test_the_connector_resolves_names_only_through_the_checked_resolver():
+    """Every name the connection pool resolves goes through the SSRF check, which refuses a
+    name with any forbidden address and otherwise gives exactly the checked addresses."""
+    sender = Sender(timeout_seconds=5, user_agent="Postback/test", resolver=answers("10.0.0.7"))
 
+    async def run():
+        try:
+            connector = sender._client().connector
+            resolver = connector._resolver
+            assert isinstance(resolver, CheckedResolver)
+            with pytest.raises(UnsafeUrl, match="private address"):
+                await resolver.resolve("hooks.example.com", 443)
+            resolver.resolver = answers("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946")
+            found = await resolver.resolve("hooks.example.com", 443)
+            assert [(r["host"], r["hostname"], r["port"]) for r in found] == [
+                ("93.184.216.34", "hooks.example.com", 443),
+                ("2606:2800:220:1:248:1893:25c8:1946", "hooks.example.com", 443),
+            ]
+        finally:
+            await sender.close()
 
-def test_an_adapter_without_a_matching_pin_refuses_to_connect():
-    """A request whose host is not the pinned name (or with no pin) never gets a connection."""
-    adapter = PinnedAdapter()
-    request = requests.Request("POST", "https://hooks.example.com/in").prepare()
-    with pytest.raises(requests.exceptions.InvalidURL):
-        adapter.get_connection_with_tls_context(request, True)
-    adapter.pin = Pin(name="elsewhere.example.com", address=ipaddress.ip_address("93.184.216.34"))
-    with pytest.raises(requests.exceptions.InvalidURL):
-        adapter.get_connection_with_tls_context(request, True)
+    asyncio.run(run())
 
 
 def test_redirects_are_not_followed():
@@ -314,7 +317,7 @@ def test_redirects_are_not_followed():
     sender = Sender(timeout_seconds=5, user_agent="Postback/test", url_policy=LOOPBACK_ALLOWED)
     with Receiver() as target, Receiver() as first:
         first.reply(Reply(status=302, headers=(("Location", target.url),)))
-        response = sender.post(first.url, BODY, {})
+        (response,) = post(sender, (first.url, {}))
         assert response.status_code == 302 and response.error == "HTTP 302"
         assert len(first.wait_for(1)) == 1
         assert target.received == []

@@ -21,9 +21,11 @@ from typing import Any
 import redis
 from rq import Queue
 
-from callbacks.outbox import Event, Outbox, event_key
+from callbacks.model import PENDING_DELIVERY, Message
+from callbacks.outbox import Outbox
 from postback import clock, ids, timeline
 from postback import metrics as pm
+from worker.deliveries import JobTimeline
 from worker.enqueue import Enqueuer
 from worker.guard import Guard, Outcome, Snapshot
 from worker.results import ResultLinks
@@ -106,7 +108,7 @@ class JobStore:
         result_url_ttl_seconds: int = 86400,
     ) -> None:
         self.redis = client
-        self.outbox = Outbox(client)
+        self.outbox = Outbox(client, observer=JobTimeline())
         self.durability = durability
         self.retention_seconds = retention_seconds
         self.inline_result_bytes = inline_result_bytes
@@ -261,11 +263,9 @@ class JobStore:
                 record["timeline"] = [json.loads(entry) for entry in entries]
                 records.append(record)
         with_events = [r for r in records if r["event_id"]]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for record in with_events:
-                pipe.hgetall(event_key(record["event_id"]))
-            for record, raw in zip(with_events, pipe.execute(), strict=True):
-                record["delivery"] = Outbox.delivery_of(Outbox.decode(raw))
+        deliveries = self.outbox.get_many([r["event_id"] for r in with_events])
+        for record, delivery in zip(with_events, deliveries, strict=True):
+            record["delivery"] = delivery.public() if delivery is not None else None
         return records
 
     def _guarded(
@@ -500,7 +500,11 @@ class JobStore:
                         "status": status,
                     },
                 ]
-                self.outbox.add(self._event(updated, status, finished_at), pipeline=pipe)
+                self.outbox.add(
+                    self._message(updated, status, finished_at),
+                    record["callback_url"],
+                    pipeline=pipe,
+                )
             pipe.hset(job_key(job_id), mapping=fields)
             pipe.hdel(job_key(job_id), "cancel_requested")
             pipe.zrem(LEASES_KEY, job_id)
@@ -535,31 +539,23 @@ class JobStore:
                 pipe.delete(job_key(job_id), timeline.key(job_id))
                 pipe.zrem(partner_index(record["partner_id"]), job_id)
                 pipe.zrem(partner_index(record["partner_id"], record["status"]), job_id)
-                event = self.outbox.get(record["event_id"]) if record["event_id"] else None
-                if event is not None and not event["dead_letter_id"]:
-                    self.outbox.forget(event["id"], pipeline=pipe)
+                delivery = self.outbox.get(record["event_id"]) if record["event_id"] else None
+                if delivery is not None and not delivery.dead_letter_id:
+                    self.outbox.forget(delivery.id, delivery.owner, pipeline=pipe)
             pipe.execute()
 
-    def _event(self, record: dict[str, Any], status: str, at: float) -> Event:
+    def _message(self, record: dict[str, Any], status: str, at: float) -> Message:
         """The webhook for a job that just reached `status`."""
         payload = {
             "type": EVENT_TYPES[status],
             "timestamp": clock.rfc3339(at),
-            "data": self.public(
-                record,
-                delivery={
-                    "status": "pending",
-                    "attempts": 0,
-                    "last_attempt_at": None,
-                    "next_attempt_at": None,
-                },
-            ),
+            "data": self.public(record, delivery=PENDING_DELIVERY),
         }
         body = json.dumps(payload, separators=(",", ":")).encode()
-        return Event(
+        return Message(
             id=record["event_id"],
             owner=record["partner_id"],
-            url=record["callback_url"],
+            type=EVENT_TYPES[status],
             body=body,
             subject=record["id"],
             created_at=at,
@@ -617,13 +613,9 @@ class JobStore:
             if delivery is None:
                 delivery = record.get("delivery")
             if delivery is None and record["event_id"]:
-                delivery = self.outbox.delivery_status(record["event_id"])
-            job["delivery"] = delivery or {
-                "status": "pending",
-                "attempts": 0,
-                "last_attempt_at": None,
-                "next_attempt_at": None,
-            }
+                found = self.outbox.get(record["event_id"])
+                delivery = found.public() if found is not None else None
+            job["delivery"] = delivery or PENDING_DELIVERY
         job["timeline"] = (
             record["timeline"] if "timeline" in record else timeline.read(self.redis, record["id"])
         )

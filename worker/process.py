@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import signal
 import threading
 
 import redis
+import redis.asyncio
 from rq import Queue, SimpleWorker
 
 from callbacks.breaker import BreakerSettings, CircuitBreaker
@@ -21,6 +24,7 @@ from postback import __version__
 from postback.children import Children, die_with_parent, orphaned
 from postback.settings import Settings
 from worker import reaper, registry, runtime
+from worker.deliveries import JobTimeline
 from worker.jobs import PRIORITIES, QUEUES
 
 log = logging.getLogger(__name__)
@@ -41,10 +45,29 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+def outbox(client: redis.Redis) -> Outbox:
+    """Postback's outbox: deliveries record the job's timeline and the metrics."""
+    return Outbox(client, observer=JobTimeline())
+
+
 def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
-    """The delivery dispatcher the settings describe."""
+    """The delivery dispatcher the settings describe.
+
+    Its asyncio Redis client talks to the same server as `client`, through a
+    bounded pool (attempts in flight share a few connections).
+    """
+    params = dict(client.connection_pool.connection_kwargs)
+
+    def aclient() -> redis.asyncio.Redis:
+        pool = redis.asyncio.BlockingConnectionPool(
+            max_connections=ASYNC_REDIS_CONNECTIONS,
+            timeout=None,
+            **{k: v for k, v in params.items() if k in _ASYNC_PARAMS},
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
+
     return Dispatcher(
-        Outbox(client),
+        outbox(client),
         SecretStore(client),
         Sender(
             timeout_seconds=settings.delivery_timeout_seconds,
@@ -54,12 +77,30 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
             ),
         ),
         breaker(settings, client),
+        aclient=aclient,
         policy=retry_policy(settings),
         concurrency=settings.delivery_concurrency,
         per_destination=settings.delivery_per_destination,
+        max_rate_per_second=settings.delivery_max_rate,
         poll_seconds=settings.delivery_poll_seconds,
         dead_letter_retention_seconds=settings.dead_letter_retention_seconds,
     )
+
+
+ASYNC_REDIS_CONNECTIONS = 16
+_ASYNC_PARAMS = {
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "retry_on_timeout",
+    "client_name",
+}
 
 
 def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:
@@ -144,6 +185,8 @@ def deliver(settings: Settings, client: redis.Redis) -> int:
     stop = threading.Event()
     crashed = threading.Event()
 
+    raise_file_limit()
+
     def delivering() -> None:
         try:
             dispatcher(settings, client).run(stop)
@@ -158,6 +201,14 @@ def deliver(settings: Settings, client: redis.Redis) -> int:
     stop.set()
     thread.join()
     return 1 if crashed.is_set() else 0
+
+
+def raise_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each attempt in flight is a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def queues(client: redis.Redis) -> list[Queue]:
