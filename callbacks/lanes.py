@@ -23,6 +23,7 @@ dispatcher calls `add`, `take` and `done`, and does the work.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -30,6 +31,8 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 INITIAL_WINDOW = 2.0
+# How many waiting owners `take` compares to find the least served one.
+PICK_SCAN = 256
 
 
 @dataclass(kw_only=True)
@@ -77,6 +80,8 @@ class Lane(Generic[T]):
     window: Window
     pending: collections.deque[T] = field(default_factory=collections.deque)
     in_flight: int = 0
+    # Of those, how many were taken while the lane was suspect (counted against that cap).
+    suspect_in_flight: int = 0
     suspect: bool = False
     paused: bool = False
     ready: bool = False
@@ -122,6 +127,8 @@ class Lanes(Generic[T]):
         self.in_flight = 0
         self.suspect_in_flight = 0
         self.waiting = 0
+        # Waiting in lanes whose last attempt got no answer.
+        self.suspect_waiting = 0
         self._lanes: dict[tuple[str, str], Lane[T]] = {}
         self._owners: dict[str, _Owner[T]] = {}
         self._rotation: collections.deque[_Owner[T]] = collections.deque()
@@ -146,44 +153,73 @@ class Lanes(Generic[T]):
         return iter(list(self._lanes.values()))
 
     def add(self, lane: Lane[T], item: T, *, line_limit: int) -> bool:
-        """Queue `item` in `lane`; False (not queued) if the lane's line is full."""
+        """Queue `item` in `lane`; False (not queued) if the lane's line is full.
+
+        A silent lane's line holds one window's worth, and all silent lanes together
+        no more than they may have in flight: what waits for them would only keep
+        this process from taking deliveries that can go now.
+        """
         if len(lane.pending) >= line_limit:
             return False
+        if lane.suspect and (
+            len(lane.pending) >= lane.window.slots or self.suspect_waiting >= self.suspect_cap
+        ):
+            return False
         lane.pending.append(item)
-        self.waiting += 1
+        self._waited(lane, 1)
         self._offer(lane)
         return True
 
     def put_back(self, lane: Lane[T], item: T) -> None:
         """Return an item taken but not attempted to the front of its lane."""
         lane.pending.appendleft(item)
-        self.waiting += 1
+        self._waited(lane, 1)
         self._offer(lane)
+
+    def _waited(self, lane: Lane[T], count: int) -> None:
+        self.waiting += count
+        if lane.suspect:
+            self.suspect_waiting += count
 
     def take(self) -> tuple[Lane[T], T] | None:
         """The next item to attempt, its slot taken; None if nothing may start now."""
-        while self._rotation and self.in_flight < self.capacity:
-            owner = self._rotation.popleft()
-            owner.queued = False
-            if owner.in_flight >= self.owner_cap:
-                continue  # offered again when one of its attempts ends
+        while self.in_flight < self.capacity and (owner := self._pick_owner()) is not None:
             lane = self._next_lane(owner)
             if owner.ready:
                 self._queue_owner(owner)
             if lane is None:
                 continue
             item = lane.pending.popleft()
-            self.waiting -= 1
+            self._waited(lane, -1)
             lane.in_flight += 1
             owner.in_flight += 1
             self.in_flight += 1
             self._dest_in_flight[lane.dest] += 1
             if lane.suspect:
+                lane.suspect_in_flight += 1
                 self.suspect_in_flight += 1
             if lane.locally_runnable:
                 self._offer(lane)
             return lane, item
         return None
+
+    def _pick_owner(self) -> _Owner[T] | None:
+        """Of the owners waiting for a slot, the one with the fewest in flight (the first such
+        in turn order), taken out of the rotation. Owners at their cap are dropped from it
+        (offered again when one of their attempts ends)."""
+        best: _Owner[T] | None = None
+        capped = []
+        for owner in itertools.islice(self._rotation, PICK_SCAN):
+            if owner.in_flight >= self.owner_cap:
+                capped.append(owner)
+            elif best is None or owner.in_flight < best.in_flight:
+                best = owner
+                if not owner.in_flight:
+                    break
+        for owner in [*capped, *([best] if best is not None else [])]:
+            self._rotation.remove(owner)
+            owner.queued = False
+        return best
 
     def _next_lane(self, owner: _Owner[T]) -> Lane[T] | None:
         while owner.ready:
@@ -207,7 +243,8 @@ class Lanes(Generic[T]):
         self._dest_in_flight[lane.dest] -= 1
         if not self._dest_in_flight[lane.dest]:
             del self._dest_in_flight[lane.dest]
-        if lane.suspect:
+        if lane.suspect_in_flight:
+            lane.suspect_in_flight -= 1
             self.suspect_in_flight -= 1
         owner = self._owners[lane.owner]
         owner.in_flight -= 1
@@ -218,8 +255,9 @@ class Lanes(Generic[T]):
             lane.window.grow()
         if signal in (Signal.THROTTLE, Signal.SILENT):
             lane.window.shrink()
-        if signal != Signal.NONE:
-            lane.suspect = signal == Signal.SILENT
+        if signal != Signal.NONE and lane.suspect != (signal == Signal.SILENT):
+            self.suspect_waiting += len(lane.pending) if not lane.suspect else -len(lane.pending)
+            lane.suspect = not lane.suspect
         for blocked in self._dest_blocked.pop(lane.dest, []):
             self._offer(blocked)
         if self._suspect_blocked and self.suspect_in_flight < self.suspect_cap:
@@ -241,23 +279,15 @@ class Lanes(Generic[T]):
     def drop(self, lane: Lane[T], items: set[T]) -> None:
         """Remove waiting `items` from `lane` (their claims were lost)."""
         kept = [item for item in lane.pending if item not in items]
-        self.waiting -= len(lane.pending) - len(kept)
+        self._waited(lane, len(kept) - len(lane.pending))
         lane.pending = collections.deque(kept)
-
-    def trim(self, lane: Lane[T], keep: int) -> list[T]:
-        """Take waiting items off the end of `lane` beyond the first `keep`; returns them."""
-        removed = []
-        while len(lane.pending) > keep:
-            removed.append(lane.pending.pop())
-        self.waiting -= len(removed)
-        return removed
 
     def clear(self) -> list[T]:
         """Take every waiting item out (on stop); returns them."""
         items = [item for lane in self._lanes.values() for item in lane.pending]
         for lane in self._lanes.values():
             lane.pending.clear()
-        self.waiting = 0
+        self.waiting = self.suspect_waiting = 0
         return items
 
     def forget_idle(self) -> int:

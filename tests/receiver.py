@@ -18,6 +18,8 @@ class Received:
     body: bytes
     # time.monotonic() when the request arrived, before any scripted delay.
     arrived_at: float = 0.0
+    # The status it was answered with.
+    status: int = 0
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,14 @@ class Reply:
 
 
 class Receiver:
-    """Answers each POST with the next scripted `Reply` (then `default`), and records it."""
+    """Answers each POST with the next scripted `Reply` (then the reply for its path in
+    `by_path`, then `default`), and records it."""
 
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(
+        self, default: Reply | None = None, *, by_path: dict[str, Reply] | None = None
+    ) -> None:
         self.default = default or Reply()
+        self.by_path = by_path or {}
         self.script: queue.SimpleQueue[Reply] = queue.SimpleQueue()
         self.received: list[Received] = []
         self._arrived = threading.Condition()
@@ -47,7 +53,7 @@ class Receiver:
                 try:
                     reply = outer.script.get_nowait()
                 except queue.Empty:
-                    reply = outer.default
+                    reply = outer.by_path.get(self.path, outer.default)
                 if reply.delay_seconds:
                     time.sleep(reply.delay_seconds)
                 with outer._arrived:
@@ -57,6 +63,7 @@ class Receiver:
                             {k.lower(): v for k, v in self.headers.items()},
                             body,
                             arrived_at,
+                            reply.status,
                         )
                     )
                     outer._arrived.notify_all()
