@@ -53,6 +53,8 @@ MAINTAIN_EVERY_SECONDS = 60.0
 LINE_WINDOWS = 4
 MIN_LINE = 64
 CLAIM_BATCH = 500
+# How long the loop waits after Redis failed to answer a claim.
+REDIS_RETRY_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -136,7 +138,12 @@ class Dispatcher:
         maintaining = asyncio.create_task(self._maintain())
         try:
             while not stop.is_set():
-                got = await self._claim_some()
+                try:
+                    got = await self._claim_some()
+                except redis.RedisError:
+                    log.warning("could not claim deliveries; trying again", exc_info=True)
+                    await asyncio.sleep(REDIS_RETRY_SECONDS)
+                    continue
                 if got is None:
                     # Full: wait until a slot frees (or a while).
                     with contextlib.suppress(TimeoutError):

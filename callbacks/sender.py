@@ -25,6 +25,7 @@ import re
 import socket
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ from postback import clock
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+LOOKUP_THREADS = 32
 # Status codes that ask the sender to slow down (Standard Webhooks' throttle signals).
 THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -97,18 +99,24 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class CheckedResolver(AbstractResolver):
-    """Resolves a name with `resolver` and refuses it unless every address is allowed."""
+    """Resolves a name with `resolver` and refuses it unless every address is allowed.
+
+    Lookups run on threads of their own, so that names that are slow to resolve hold
+    up neither the event loop nor other lookups beyond `LOOKUP_THREADS` at a time
+    (each attempt's deadline still ends its wait).
+    """
 
     def __init__(self, policy: UrlPolicy, resolver: Resolver) -> None:
         self.policy = policy
         self.resolver = resolver
+        self._threads = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="dns")
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         loop = asyncio.get_running_loop()
         addresses = await loop.run_in_executor(
-            None, resolve_name, normalise_host(host), port, self.policy, self.resolver
+            self._threads, resolve_name, normalise_host(host), port, self.policy, self.resolver
         )
         return [
             {
@@ -123,7 +131,7 @@ class CheckedResolver(AbstractResolver):
         ]
 
     async def close(self) -> None:
-        pass
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 class Sender:
@@ -142,14 +150,16 @@ class Sender:
         self.url_policy = url_policy
         self.resolver = resolver
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: CheckedResolver | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            self._resolver = CheckedResolver(self.url_policy, self.resolver)
             connector = aiohttp.TCPConnector(
                 limit=0,
                 limit_per_host=0,
                 use_dns_cache=False,
-                resolver=CheckedResolver(self.url_policy, self.resolver),
+                resolver=self._resolver,
                 ssl=ssl.create_default_context(),
                 keepalive_timeout=15,
             )
@@ -169,6 +179,9 @@ class Sender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Response:
         """POST `body` to `url` within the deadline; errors are reported, never raised."""

@@ -1,11 +1,13 @@
-"""The circuit breaker: per partner and destination, atomic, one probe in half-open across processes."""
+"""The circuit breaker: per partner and destination, atomic, one probe in half-open for all."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 
 import pytest
+import redis.asyncio
 
 from callbacks.breaker import (
     CLOSED,
@@ -201,32 +203,29 @@ def test_processes_racing_in_half_open_get_one_probe_between_them(redis_url, red
     assert allowed == 1
 
 
+def park(redis_client, outbox, claimed, *, generation, until):
+    """`Outbox.apark` of `claimed` behind A's circuit to DEST; whether it was parked."""
+
+    async def run():
+        outbox.aredis = redis.asyncio.Redis(**redis_client.connection_pool.connection_kwargs)
+        try:
+            group = circuit_id(A, DEST)
+            return await outbox.apark(claimed, group=group, generation=generation, until=until)
+        finally:
+            await outbox.aredis.aclose()
+
+    return asyncio.run(run())
+
+
 def parked_behind_an_open_circuit(redis_client, now, message_id):
     """A delivery to DEST claimed and parked behind A's open circuit; (breaker, outbox)."""
-    import asyncio
-
-    import redis.asyncio
-
     outbox = Outbox(redis_client)
     outbox.add(Message(id=message_id, owner=A, body=b"{}", created_at=now), DEST + "/hook")
     breaker = breaker_for(redis_client)
     fail(breaker, 3)
     permit = breaker.acquire(A, DEST)
     (claimed,) = outbox.claim(limit=10, lease_seconds=60)
-
-    async def park():
-        outbox.aredis = redis.asyncio.Redis(**redis_client.connection_pool.connection_kwargs)
-        try:
-            return await outbox.apark(
-                claimed,
-                group=circuit_id(A, DEST),
-                generation=permit.generation,
-                until=now + 3600,
-            )
-        finally:
-            await outbox.aredis.aclose()
-
-    assert asyncio.run(park())
+    assert park(redis_client, outbox, claimed, generation=permit.generation, until=now + 3600)
     return breaker, outbox
 
 
@@ -253,30 +252,15 @@ def test_a_delivery_parked_after_its_circuit_closed_is_due_at_once(redis_client,
     _, closed = breaker.record(A, DEST, healthy=True, probe=probe)
     outbox.unpark(circuit_id(A, DEST), closed)
     assert closed == generation
-    import asyncio
-
-    import redis.asyncio
-
     outbox.add(Message(id="msg_3", owner=A, body=b"{}", created_at=fake_now[0]), DEST + "/h")
     (claimed,) = outbox.claim(limit=10, lease_seconds=60)
-
-    async def park():
-        outbox.aredis = redis.asyncio.Redis(**redis_client.connection_pool.connection_kwargs)
-        try:
-            group = circuit_id(A, DEST)
-            return await outbox.apark(
-                claimed, group=group, generation=generation, until=fake_now[0] + 3600
-            )
-        finally:
-            await outbox.aredis.aclose()
-
-    assert asyncio.run(park())
+    assert park(redis_client, outbox, claimed, generation=generation, until=fake_now[0] + 3600)
     assert [c.delivery.id for c in outbox.claim(limit=10, lease_seconds=60)] == ["msg_3"]
 
 
 def test_letting_parked_deliveries_go_never_touches_one_in_flight(redis_client, fake_now):
     """A parked delivery that a dispatcher has claimed since stays with that dispatcher."""
-    breaker, outbox = parked_behind_an_open_circuit(redis_client, fake_now[0], "msg_4")
+    _, outbox = parked_behind_an_open_circuit(redis_client, fake_now[0], "msg_4")
     fake_now[0] += 3600
     (held,) = outbox.claim(limit=10, lease_seconds=60)
     assert outbox.unpark(circuit_id(A, DEST), fake_now[0]) == 0

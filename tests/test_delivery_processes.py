@@ -8,6 +8,7 @@ import contextlib
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 from callbacks.breaker import CircuitBreaker
 from callbacks.model import DeliveryStatus, destination
@@ -147,3 +148,45 @@ def test_silent_destinations_are_kept_to_a_quarter_of_the_capacity(outbox, setti
             r for r in seen if r.arrived_at <= moment and (r.closed_at or 1e18) > moment + 0.1
         ]
         assert len(open_then) <= delivery.concurrency // 4
+
+
+def test_a_circuit_opens_without_a_burst_and_its_probe_releases_the_rest(
+    outbox, settings, redis_client
+):
+    """Against a failing host, at most the threshold plus the lane's concurrency get through
+    before the circuit opens; the successful probe then lets every parked webhook go at once
+    (not one probe lease later)."""
+    delivery = dispatcher(
+        replace(settings, breaker_cooldown_seconds=1, retry_base_seconds=30, retry_max_seconds=60),
+        redis_client,
+    )
+    with Receiver(Reply(500)) as host:
+        ids = [add_event(outbox, host.url) for _ in range(40)]
+        stop = threading.Event()
+        loop = threading.Thread(target=delivery.run, args=(stop,))
+        loop.start()
+        try:
+            dest = destination(host.url)
+            eventually(
+                lambda: delivery.breaker.state(SECRET_OWNER, dest)["state"] == "open",
+                timeout_seconds=10,
+                what="circuit open",
+            )
+            failed_before_open = len(host.received)
+            # Those that failed wait out their 30 s backoff; the others were parked.
+            parked = [i for i in ids if outbox.get(i).attempts == 0]
+            host.default = Reply(200)
+            eventually(
+                lambda: all_delivered(outbox, parked),
+                timeout_seconds=15,
+                what="the parked webhooks delivered",
+            )
+        finally:
+            stop.set()
+            loop.join(timeout=20)
+    threshold = delivery.breaker.settings.threshold
+    assert failed_before_open <= threshold + 2  # a new lane's window is 2
+    probe_answered = min(r.arrived_at for r in host.received if r.status == 200)
+    released = sorted(r.arrived_at for r in host.received if r.status == 200)
+    assert len(released) == len(parked)
+    assert released[-1] - probe_answered < 3.0
