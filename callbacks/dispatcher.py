@@ -86,6 +86,7 @@ class Dispatcher:
         self.max_rate_per_second = max_rate_per_second
         self.poll_seconds = poll_seconds
         self.dead_letter_retention_seconds = dead_letter_retention_seconds
+        self.dead_letters = DeadLetters(outbox.redis, outbox=outbox)
         self._lanes: Lanes[Claimed] = Lanes(capacity=1, per_destination=1)
         self._held: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -381,9 +382,8 @@ class Dispatcher:
             await asyncio.sleep(MAINTAIN_EVERY_SECONDS)
             try:
                 if self.dead_letter_retention_seconds:
-                    letters = DeadLetters(self.outbox.redis, keys=self.outbox.keys)
                     await loop.run_in_executor(
-                        None, letters.expire, self.dead_letter_retention_seconds
+                        None, self.dead_letters.expire, self.dead_letter_retention_seconds
                     )
                 await loop.run_in_executor(None, self.breaker.sweep)
             except redis.RedisError:

@@ -255,3 +255,34 @@ def test_retention_removes_only_old_dead_letters(
     assert store.expire(retention_seconds=1800) == 1
     (left,) = store.page(Filter(), limit=10)[0]
     assert left.id == new_id and old_id != new_id
+
+
+def test_the_library_keeps_to_the_key_prefix_it_is_given(settings, redis_client, receiver):
+    """Built with its own prefix and no observer, `callbacks` writes nothing outside it."""
+    from callbacks.breaker import CircuitBreaker
+    from callbacks.dispatcher import Dispatcher
+    from callbacks.keys import Keys
+    from callbacks.outbox import Outbox
+    from callbacks.secrets import SecretStore
+    from callbacks.signing import generate_secret
+    from worker.process import dispatcher as postback_dispatcher
+
+    keys = Keys("lib:")
+    postback = postback_dispatcher(settings, redis_client)
+    secrets = SecretStore(redis_client, keys=keys)
+    secrets.set("owner", generate_secret())
+    outbox = Outbox(redis_client, keys=keys)
+    library = Dispatcher(
+        outbox,
+        secrets,
+        postback.sender,
+        CircuitBreaker(redis_client, keys=keys),
+        aclient=postback.aclient,
+        max_rate_per_second=100,
+    )
+    receiver.reply(Reply(500))
+    sent = [add_event(outbox, receiver.url, owner="owner") for _ in range(2)]
+    library.drain()
+    statuses = sorted(outbox.get(i).status for i in sent)
+    assert statuses == [DeliveryStatus.DELIVERED, DeliveryStatus.RETRYING]
+    assert {key.decode().split(":", 1)[0] for key in redis_client.scan_iter()} == {"lib"}
