@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from bench import accept, dead_letters, delivery, lifecycle, pipeline
+from bench import accept, dead_letters, delivery, io_model, lifecycle, pipeline
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -21,10 +21,8 @@ def run(quick: bool) -> dict:
     sections = {
         "accept": (accept.main, accept.report),
         "pipeline": (pipeline.main, pipeline.report),
-        "delivery": (
-            lambda q: delivery.main(1, 20, 1.0) if q else delivery.main(),
-            delivery.report,
-        ),
+        "delivery": (delivery.main, delivery.report),
+        "io_model": (io_model.main, io_model.report),
         "lifecycle": (lifecycle.main, lifecycle.report),
         "dead_letters": (
             lambda q: dead_letters.main(1000 if q else 100_000),

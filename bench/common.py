@@ -83,3 +83,105 @@ def stop_group(process: subprocess.Popen) -> None:
 def tail(log: Path) -> str:
     """The last 20 lines of a log, for an error message."""
     return "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+
+
+# Ports this far below the start of the kernel's ephemeral range are never handed
+# to an outgoing connection, so a block of them stays free for a receiver.
+_LOWEST_PORT = 10_000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port_block(count: int, *, attempts: int = 20) -> list[int]:
+    """`count` contiguous ports, all free on 127.0.0.1 when checked, outside the ephemeral range.
+
+    A block starts at a random port between 10,000 and the ephemeral range's
+    start (above its end if there is no room below), and every port of it is
+    bound at once to check it; a block with a port in use is given up for
+    another. The ports are released before this returns (a receiver binds
+    them with SO_REUSEADDR). Raises RuntimeError after `attempts` blocks.
+    """
+    import random
+    import socket
+
+    low, high = _ephemeral_range()
+    if low - _LOWEST_PORT >= count:
+        first, last = _LOWEST_PORT, low - count
+    else:
+        first, last = high + 1, 65536 - count
+    if last < first:
+        raise RuntimeError(f"no room for {count} contiguous ports outside {low}-{high}")
+    for _ in range(attempts):
+        start = random.randint(first, last)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(start, start + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return list(range(start, start + count))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no block of {count} free ports found in {attempts} tries")
+
+
+def port_list(ports: list[int]) -> str:
+    """`ports` as `bench.receiver` takes them: "9001-9010" for a contiguous block, else "a,b,c"."""
+    if len(ports) > 1 and ports == list(range(ports[0], ports[0] + len(ports))):
+        return f"{ports[0]}-{ports[-1]}"
+    return ",".join(map(str, ports))
+
+
+@contextlib.contextmanager
+def receiver(
+    arguments: list[str], stderr: Path, *, ready_seconds: float = 30.0
+) -> Iterator[subprocess.Popen]:
+    """A `python -m bench.receiver` process with `arguments`, from its "ready" to its stop.
+
+    It runs in its own process group with this process's clean environment and
+    is stopped (`stop_group`) on the way out, whatever happens. Raises
+    RuntimeError, with the receiver stopped, if it does not print "ready"
+    within `ready_seconds`.
+    """
+    import select
+    import sys
+
+    with stderr.open("wb") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.receiver", *arguments],
+            env=clean_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,
+        )
+    try:
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], ready_seconds)
+        line = process.stdout.readline() if readable else b""
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the receiver is not ready ({line!r}):\n{tail(stderr)}")
+        yield process
+    finally:
+        stop_group(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident set size of the live process `pid` (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")

@@ -1,6 +1,9 @@
 """Dead-letter store at scale: the cost of a page, and of replaying every letter.
 
 python -m bench.dead_letters [--count 100000]
+
+The dead letters are made without HTTP: each message is stored with its
+delivery, claimed, and settled dead (error "HTTP 500") under its claim.
 """
 
 from __future__ import annotations
@@ -13,31 +16,38 @@ import redis
 
 from bench.common import OWNER, embedded_redis
 from callbacks.deadletters import DeadLetters, Filter
-from callbacks.outbox import DEAD, Event, Outbox
+from callbacks.model import DeliveryStatus, Message
+from callbacks.outbox import Outbox, Settlement
 from postback import ids
 
 BATCH = 1000
+URL = "https://hooks.example.com/in"
+
+
+def make_dead(outbox: Outbox, count: int) -> int:
+    """Store `count` messages of the bench's partner, each dead (claimed, then settled dead);
+    returns how many were settled dead."""
+    with outbox.redis.pipeline(transaction=False) as pipe:
+        for start in range(0, count, BATCH):
+            for _ in range(min(BATCH, count - start)):
+                message = Message(id=ids.new_id("msg"), owner=OWNER, type="job.failed", body=b"{}")
+                outbox.add(message, URL, pipeline=pipe)
+            pipe.execute()
+    dead = 0
+    # A claim takes at most BATCH due deliveries (fairly across owners); until none is left.
+    while claimed := outbox.claim(limit=BATCH, lease_seconds=60):
+        for item in claimed:
+            dead += outbox.settle(item, Settlement(status=DeliveryStatus.DEAD, error="HTTP 500"))
+    return dead
 
 
 def main(count: int) -> dict:
+    """`count` dead letters, then the time of the first page of 100, and of replaying them all
+    (with the peak of Python memory it takes)."""
     with embedded_redis(None) as (url, _), redis.Redis.from_url(url) as client:
-        outbox = Outbox(client)
-        for _ in range(0, count, BATCH):
-            events = [
-                Event(
-                    id=ids.new_id("msg"),
-                    owner=OWNER,
-                    body=b"{}",
-                    url="https://hooks.example.com/in",
-                )
-                for _ in range(BATCH)
-            ]
-            with client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    outbox.add(event, pipeline=pipe)
-                pipe.execute()
-            for event in events:
-                outbox.settle(outbox.get(event.id), None, status=DEAD, error="HTTP 500")
+        made = make_dead(Outbox(client), count)
+        if made != count:
+            raise RuntimeError(f"{made} of {count} deliveries were settled dead")
         store = DeadLetters(client)
         started = time.monotonic()
         store.page(Filter(), limit=100)

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 MAINTAIN_EVERY_SECONDS = 60.0
 # How many claimed deliveries may wait in one lane, in windows' worth.
 LINE_WINDOWS = 4
-MIN_LINE = 64
+MIN_LINE = 1000
 CLAIM_BATCH = 500
 # How long the loop waits after Redis failed to answer a claim.
 REDIS_RETRY_SECONDS = 1.0
@@ -357,9 +357,11 @@ class Dispatcher:
                 lost = await self.outbox.arenew(
                     list(self._held.values()), lease_seconds=self.lease_seconds
                 )
-            except redis.RedisError:
+            except Exception:
                 log.warning("could not renew delivery claims; retrying", exc_info=True)
                 continue
+            # Settled or given back while the renewal was on its way: not lost.
+            lost &= self._held.keys()
             if lost:
                 log.warning("%d delivery claims were lost (the process stalled?)", len(lost))
                 self._forget(lost)

@@ -2,15 +2,109 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import delivery
 
 
-def test_the_delivery_benchmark_runs_and_reports():
-    """A quick delivery benchmark yields positive rates and a printable report."""
-    results = delivery.main(repeats=1, per_destination_count=10, timeout_seconds=1.0)
+@pytest.fixture(scope="module")
+def quick_delivery() -> dict:
+    """One quick run of every delivery benchmark (about 20 s), shared by the checks below."""
+    return delivery.main(quick=True)
+
+
+def test_the_delivery_benchmark_runs_and_reports(quick_delivery):
+    """A quick delivery benchmark yields positive rates and a report of every figure."""
+    results = quick_delivery
     assert results["p3_deliveries_per_second"]["median"] > 0
-    assert results["p4_isolation"]["ratio_median"] > 0
-    assert "P3" in delivery.report(results)
+    assert len(results["p3_deliveries_per_second"]["runs"]) == delivery.QUICK.repeats
+    text = delivery.report(results)
+    for label in ("P3", "P4 ", "P4b", "P4c", "P7", "Duplicates", "Cross-tenant"):
+        assert label in text
+    assert set(results["seconds"]) == {"p3", "isolation", "p7", "duplicates", "cross_tenant"}
+
+
+def test_the_isolation_benchmarks_compare_with_and_without_sick_destinations(quick_delivery):
+    """P4, P4b and P4c each give a ratio per run, from two positive rates."""
+    for key, sick in (
+        ("p4_isolation", 1),
+        ("p4b_hanging", delivery.QUICK.hanging),
+        ("p4c_trickling", delivery.QUICK.trickling),
+    ):
+        figure = quick_delivery[key]
+        assert figure["sick_destinations"] == sick
+        assert len(figure["ratios"]) == delivery.QUICK.repeats
+        assert 0 < figure["ratio_median"] < 10
+        assert all(rate > 0 for rate in figure["healthy_per_second_without"])
+    assert all(rate > 0 for rate in quick_delivery["p4_isolation"]["healthy_per_second_with_hang"])
+
+
+def test_the_trickle_benchmark_reads_the_trickled_attempts(quick_delivery):
+    """P4c says how many trickled attempts were recorded, their errors and the longest."""
+    figure = quick_delivery["p4c_trickling"]
+    (attempts,) = figure["trickled_attempts"]
+    assert attempts >= 0
+    assert sum(figure["errors"][0].values()) == attempts
+    assert isinstance(figure["all_timeouts"][0], bool)
+    assert figure["max_duration_ms"][0] >= 0
+    assert 0 <= figure["destinations_attempted"][0] <= delivery.QUICK.trickling
+    assert figure["limit_ms"] == (delivery.QUICK.timeout_seconds + 1) * 1000
+
+
+def test_the_fan_out_benchmark_measures_a_delivery_process(quick_delivery):
+    """P7 delivers every webhook from one `postback deliver` process and reads its peak RSS."""
+    figure = quick_delivery["p7_fan_out"]
+    shape = delivery.QUICK
+    assert figure["destinations"] == shape.fan_out_destinations
+    assert figure["webhooks"] == shape.fan_out_destinations * shape.fan_out_per_destination
+    assert figure["per_second"]["median"] > 0
+    assert 10 < figure["peak_rss_mib"]["median"] < 4096  # a Python process, not a runaway
+    assert figure["attempts"][0] >= figure["webhooks"]
+    assert isinstance(figure["logged_problems"][0], dict)
+
+
+def test_the_duplicate_count_reads_the_receivers_log(quick_delivery):
+    """Every webhook is acknowledged at least once; duplicates and attempt logs are counted."""
+    figure = quick_delivery["duplicates"]
+    webhooks = delivery.QUICK.duplicates_webhooks
+    assert figure["acknowledged"] == [webhooks]
+    assert figure["acks"][0] >= webhooks
+    assert (figure["acks"][0] > webhooks) == (figure["duplicated"]["runs"][0] > 0)
+    assert figure["duplicated"]["median"] >= 0
+    assert figure["attempt_log_violations"][0] >= 0
+    assert figure["attempts"][0] >= webhooks
+
+
+def test_the_cross_tenant_benchmark_measures_b_alone_and_beside_a(quick_delivery):
+    """For each status of A's path, B's lag alone and beside A, and their ratio."""
+    figure = quick_delivery["cross_tenant"]
+    for status in delivery.TENANT_STATUSES:
+        runs = figure[str(status)]
+        assert all(lag > 0 for lag in runs["b_lag_alone_seconds"])
+        assert all(lag > 0 for lag in runs["b_lag_beside_a_seconds"])
+        assert 0 < runs["ratio_median"] < 10
+
+
+def test_the_delivery_benchmark_refuses_unknown_sections():
+    """`only` names sections; a misspelt one is an error, not a silent no-op."""
+    with pytest.raises(ValueError, match="p5"):
+        delivery.main(quick=True, only=["p5"])
+
+
+def test_free_port_blocks_are_contiguous_and_outside_the_ephemeral_range():
+    """A block of ports for a receiver: contiguous, and never a port the kernel gives clients."""
+    import socket
+
+    from bench import common
+
+    ports = common.free_port_block(50)
+    assert ports == list(range(ports[0], ports[0] + 50))
+    low, high = common._ephemeral_range()
+    assert all(port < low or port > high for port in ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))  # still free
+    assert common.port_list(ports) == f"{ports[0]}-{ports[-1]}"
+    assert common.port_list([5, 7]) == "5,7"
 
 
 def test_the_dead_letter_benchmark_replays_everything():
@@ -70,14 +164,12 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     import sys
 
     from bench import __main__ as harness
-    from bench import accept, dead_letters, delivery, lifecycle, pipeline
+    from bench import accept, dead_letters, delivery, io_model, lifecycle, pipeline
 
     calls = []
-    for module in (accept, pipeline, lifecycle):
+    for module in (accept, pipeline, delivery, io_model, lifecycle):
         monkeypatch.setattr(module, "main", lambda quick, m=module: calls.append((m, quick)) or {})
         monkeypatch.setattr(module, "report", lambda results: "ok")
-    monkeypatch.setattr(delivery, "main", lambda *args: calls.append((delivery, args)) or {})
-    monkeypatch.setattr(delivery, "report", lambda results: "ok")
     monkeypatch.setattr(
         dead_letters,
         "main",
@@ -94,7 +186,26 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     monkeypatch.setattr(harness, "RESULTS", tmp_path / "results.json")
     monkeypatch.setattr(sys, "argv", ["bench", "--quick"])
     harness.main()
-    assert [module for module, _ in calls] == [accept, pipeline, delivery, lifecycle, dead_letters]
-    assert (accept, True) in calls and (dead_letters, 1000) in calls
+    assert [module for module, _ in calls] == [
+        accept,
+        pipeline,
+        delivery,
+        io_model,
+        lifecycle,
+        dead_letters,
+    ]
+    assert (accept, True) in calls and (delivery, True) in calls and (io_model, True) in calls
+    assert (dead_letters, 1000) in calls
     written = (tmp_path / "results.json").read_text()
     assert '"quick": true' in written and "dead_letters" in written
+
+
+def test_the_io_model_benchmark_runs_and_reports():
+    """A quick I/O model benchmark measures both models against one receiver."""
+    from bench import io_model
+
+    results = io_model.main(quick=True)
+    for model in io_model.MODELS:
+        assert results[model]["per_second"] > 0
+        assert results[model]["rss_peak_mib"] > 0
+    assert "asyncio" in io_model.report(results)
