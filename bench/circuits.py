@@ -62,7 +62,7 @@ def main(quick: bool = False) -> dict:
                 reply = http.get("/metrics")
                 assert reply.status_code == 200
 
-            def page() -> None:
+            def page(size: int = size) -> None:
                 reply = http.get("/v1/admin/circuits?limit=50", headers=auth)
                 assert reply.status_code == 200 and len(reply.json["items"]) == min(50, size)
 
