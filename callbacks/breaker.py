@@ -30,9 +30,9 @@ import redis
 import redis.asyncio
 
 from callbacks.keys import DEFAULT_KEYS, Keys
-from callbacks.lua import Script
 from callbacks.outbox import Outbox
 from postback import clock
+from postback.lua import Script
 
 CLOSED = "closed"
 OPEN = "open"

@@ -32,10 +32,9 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio
 
-from callbacks import lua
 from callbacks.keys import DEFAULT_KEYS, Keys
 from callbacks.model import Attempt, Delivery, DeliveryStatus, Message, decode_hash, destination
-from postback import clock, ids
+from postback import clock, ids, lua
 
 
 class Observer(Protocol):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import redis.asyncio
 
 from callbacks.keys import DEFAULT_KEYS, Keys
-from callbacks.lua import Script
 from postback import clock
+from postback.lua import Script
 
 # KEYS[1] the destination's TAT. ARGV: now, interval seconds.
 # Returns 0 and takes the slot, or the seconds to wait before asking again.

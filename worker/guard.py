@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 import redis
+
+from postback import lua
 
 # A record's version: the SHA-1 of its fields (sorted, so that field order in
 # the hash does not matter) and of its timeline.
@@ -41,21 +42,6 @@ local function snapshot(key, list_key)
 end
 """
 
-# Writes come in ARGV from `first` on, each as its argument count followed by its arguments.
-# As in MULTI/EXEC, a write that fails does not stop the others; the first error is returned.
-_WRITES = """
-local function write(first)
-  local i, failed = first, nil
-  while i <= #ARGV do
-    local count = tonumber(ARGV[i])
-    local reply = redis.pcall(unpack(ARGV, i + 1, i + count))
-    if type(reply) == 'table' and reply.err and not failed then failed = reply end
-    i = i + count + 1
-  end
-  return failed
-end
-"""
-
 _READ = (
     _VERSION
     + """
@@ -67,18 +53,18 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 # Returns {0} if the record is gone, {1, snapshot} if it changed, {2} if applied.
 _APPLY = (
     _VERSION
-    + _WRITES
+    + lua.WRITES
     + """
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
 if current[1] ~= ARGV[1] then return {1, current[1], current[2], current[3]} end
-return write(2) or {2}
+return apply_writes(2) or {2}
 """
 )
 
 
 # ARGV: the writes, all applied.
-_WRITE = _WRITES + "return write(1)"
+_WRITE = lua.WRITES + "return apply_writes(1)"
 
 
 class Outcome(Enum):
@@ -137,7 +123,7 @@ class Guard:
 
         (APPLIED, None), (CHANGED, the current snapshot) or (GONE, None).
         """
-        args = [version, *_flat(writes)]
+        args = [version, *lua.flat_writes(writes)]
         reply = self._apply(keys=[key, timeline_key], args=args)
         return Outcome(reply[0]), _snapshot(reply[1:])
 
@@ -147,17 +133,7 @@ class Guard:
         What a MULTI/EXEC of the same writes does, with one reply to read
         instead of two per write (a new record needs no guard).
         """
-        self._write(keys=[], args=_flat(writes))
-
-
-def _flat(writes: redis.client.Pipeline) -> list[Any]:
-    """The writes queued on `writes`, each as its argument count and arguments; empties it."""
-    args: list[Any] = []
-    for command, _options in writes.command_stack:
-        args.append(len(command))
-        args.extend(command)
-    writes.reset()
-    return args
+        self._write(keys=[], args=lua.flat_writes(writes))
 
 
 def _snapshot(reply: list) -> Snapshot | None:

@@ -50,7 +50,7 @@ class Script:
         """Call with a blocking client (the reply) or queue on a pipeline (its result later)."""
         if isinstance(client, redis.client.Pipeline):
             # A pipeline loads missing scripts itself before it executes.
-            client.scripts.add(self._registered(client))
+            client.scripts.add(client.register_script(self.source))
             return client.evalsha(self.sha, len(keys), *keys, *args)
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
@@ -63,10 +63,6 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
-
-    def _registered(self, client: redis.client.Pipeline) -> Any:
-        script = client.register_script(self.source)
-        return script
 
 
 def flat_writes(writes: redis.client.Pipeline) -> list[Any]:
