@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import redis
 from hypothesis import given
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
@@ -257,7 +258,7 @@ def test_retention_removes_only_old_dead_letters(
     assert left.id == new_id and old_id != new_id
 
 
-def test_the_library_keeps_to_the_key_prefix_it_is_given(settings, redis_client, receiver):
+def test_the_library_keeps_to_the_key_prefix_it_is_given(settings, redis_url, receiver):
     """Built with its own prefix and no observer, `callbacks` writes nothing outside it."""
     from callbacks.breaker import CircuitBreaker
     from callbacks.dispatcher import Dispatcher
@@ -267,6 +268,9 @@ def test_the_library_keeps_to_the_key_prefix_it_is_given(settings, redis_client,
     from callbacks.signing import generate_secret
     from worker.process import dispatcher as postback_dispatcher
 
+    # A database of its own: nothing else in the session writes there.
+    redis_client = redis.Redis.from_url(redis_url, db=7)
+    redis_client.flushdb()
     keys = Keys("lib:")
     postback = postback_dispatcher(settings, redis_client)
     secrets = SecretStore(redis_client, keys=keys)

@@ -9,8 +9,8 @@ from pathlib import Path
 from tests.processes import eventually, is_gone, postback_worker
 
 
-def delivery_processes(worker_pid: int) -> list[int]:
-    """Live `postback deliver` processes whose parent is `worker_pid`."""
+def child_processes(worker_pid: int, *, named: bytes = b"") -> list[int]:
+    """Live processes whose parent is `worker_pid` and whose command line holds `named`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -22,9 +22,14 @@ def delivery_processes(worker_pid: int) -> list[int]:
             continue
         # Fields after the command name in parentheses: state, ppid, ...
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == worker_pid and state != "Z" and b"deliver" in command:
+        if int(ppid) == worker_pid and state != "Z" and named in b" ".join(command):
             found.append(int(entry.name))
     return found
+
+
+def delivery_processes(worker_pid: int) -> list[int]:
+    """Live `postback deliver` processes whose parent is `worker_pid`."""
+    return child_processes(worker_pid, named=b"deliver")
 
 
 def submit(client, partner, receiver, number: int) -> None:
@@ -57,11 +62,18 @@ def test_a_killed_delivery_process_is_restarted(client, partner, redis_url, rece
     assert is_gone(second), "stopping the worker stops its delivery process"
 
 
-def test_a_sigkilled_worker_leaves_no_delivery_process(redis_url):
-    """SIGKILL a worker: its delivery process stops too, rather than live on as an orphan."""
+def test_a_sigkilled_worker_leaves_no_child_behind(redis_url, redis_client):
+    """SIGKILL a worker: its delivery process and RQ scheduler stop too, not live on as orphans."""
     with postback_worker(redis_url) as worker:
         (delivery,) = eventually(
             lambda: delivery_processes(worker.pid), timeout_seconds=20, what="a delivery process"
         )
+        # RQ forks the scheduler from the worker, so it runs the worker's own command line.
+        (scheduler,) = eventually(
+            lambda: child_processes(worker.pid, named=b"app.cli worker"),
+            timeout_seconds=20,
+            what="a scheduler process",
+        )
         os.kill(worker.pid, signal.SIGKILL)
         eventually(lambda: is_gone(delivery), timeout_seconds=20, what="the delivery process stops")
+        eventually(lambda: is_gone(scheduler), timeout_seconds=20, what="the scheduler stops")

@@ -134,6 +134,8 @@ def run(
     """
     registry.load(settings.handler_modules)
     runtime.configure(settings)
+    # RQ forks its scheduler from this thread; a SIGKILLed worker must not leave it behind.
+    os.register_at_fork(after_in_child=die_with_parent)
     stop = threading.Event()
     deliveries = Children(
         {**os.environ, PARENT_PID_ENV: str(os.getpid())},
