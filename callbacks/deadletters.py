@@ -81,13 +81,17 @@ class DeadLetters:
         """The dead letter (a dead delivery), or None if it is not on the dead list."""
         return self.get_many([dead_letter_id])[0]
 
-    def get_many(self, dead_letter_ids: list[str]) -> list[Delivery | None]:
-        """The dead letters of `dead_letter_ids` (None where gone), in three round trips."""
+    def get_many(
+        self, dead_letter_ids: list[str], *, heads_only: bool = False
+    ) -> list[Delivery | None]:
+        """The dead letters of `dead_letter_ids` (None where gone), in three round trips;
+        with `heads_only`, as `Outbox.get_heads` reads them."""
         with self.redis.pipeline(transaction=False) as pipe:
             for letter_id in dead_letter_ids:
                 pipe.get(self.keys.dead_link(letter_id))
             links = pipe.execute()
-        found = self.outbox.get_many([link.decode() for link in links if link])
+        read = self.outbox.get_heads if heads_only else self.outbox.get_many
+        found = read([link.decode() for link in links if link])
         by_link = iter(found)
         out: list[Delivery | None] = []
         for letter_id, link in zip(dead_letter_ids, links, strict=True):
@@ -158,7 +162,9 @@ class DeadLetters:
         for page in _chunks(self.matching(where), PAGE_SIZE):
             letters = [
                 (letter_id, letter)
-                for letter_id, letter in zip(page, self.get_many(page), strict=True)
+                for letter_id, letter in zip(
+                    page, self.get_many(page, heads_only=True), strict=True
+                )
                 if letter is not None
             ]
             with self.redis.pipeline(transaction=False) as pipe:
