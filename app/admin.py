@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import admin_required
+from app.body import json_body, optional_json_body
 from app.errors import NotFound
 from app.schemas import (
     CircuitQuery,
@@ -16,9 +17,7 @@ from app.schemas import (
     DeadLetterQuery,
     ReplayBody,
     check_callback_url,
-    json_body,
     load,
-    optional_json_body,
 )
 from app.services import services
 from callbacks.breaker import CircuitBreaker, reset_circuits

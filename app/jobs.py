@@ -11,13 +11,13 @@ from marshmallow import ValidationError
 from app import correlation
 from app import idempotency as idem
 from app.auth import partner_required
+from app.body import json_body
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.schemas import (
     JobListQuery,
     JobQuery,
     JobSubmission,
     check_callback_url,
-    json_body,
     load,
 )
 from app.services import services

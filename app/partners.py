@@ -8,9 +8,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from app.auth import admin_required
+from app.body import json_body
 from app.errors import Conflict, NotFound
 from app.partners_store import PartnerDisabled
-from app.schemas import PartnerCreate, PartnerListQuery, json_body, load
+from app.schemas import PartnerCreate, PartnerListQuery, load
 from app.services import services
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/admin/partners")

@@ -1,17 +1,15 @@
-"""marshmallow schemas for request bodies and query strings, and the JSON body reader."""
+"""marshmallow schemas for request bodies and query strings."""
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from datetime import UTC
 from typing import Any
 
-from flask import request
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
-from app.errors import MalformedRequest, UnsupportedMediaType, ValidationFailed
+from app.errors import ValidationFailed
 from app.services import services
 from callbacks.deadletters import Filter
 from callbacks.errors import UnsafeUrl
@@ -19,17 +17,6 @@ from callbacks.model import destination
 from callbacks.ssrf import resolve_and_check
 from postback import ids
 from worker import jobs as js
-
-
-def json_body() -> Any:
-    """The request's JSON body: 415 unless it is declared JSON, 400 unless it parses."""
-    if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
-        raise UnsupportedMediaType("send the body as application/json")
-    raw = request.get_data(cache=False)
-    try:
-        return json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
 
 
 @functools.cache
@@ -121,13 +108,6 @@ class JobQuery(Schema):
 class JobListQuery(Page):
     cursor_prefix = "job"
     status = fields.String(load_default=None, validate=validate.OneOf(js.STATUSES))
-
-
-def optional_json_body() -> Any:
-    """Like `json_body`, but an empty body is an empty object."""
-    if not request.content_length and not request.get_data(cache=True):
-        return {}
-    return json_body()
 
 
 class DestinationField(fields.String):

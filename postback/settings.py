@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 PREFIX = "POSTBACK_"
+# The deepest `max_json_depth` allowed. A stored record wraps a body a few levels deeper
+# (a job's result inside its webhook, inside a listing), and Python's JSON gives out near
+# a thousand levels: a ceiling well below that keeps everything accepted readable.
+MAX_JSON_DEPTH_CEILING = 256
 
 
 class SettingsError(ValueError):
@@ -78,9 +82,19 @@ class Settings:
     result_url_ttl_seconds: int = 86_400
     # Limits on partner requests.
     max_body_bytes: int = 1_048_576
+    # Arrays and objects nested in a JSON body, at most (1 to MAX_JSON_DEPTH_CEILING).
+    max_json_depth: int = 64
     rate_limit: str = "200/second"
     max_backlog: int = 100_000
     idempotency_ttl_seconds: int = 86_400
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_json_depth <= MAX_JSON_DEPTH_CEILING:
+            raise SettingsError(
+                self.env_name("max_json_depth"),
+                str(self.max_json_depth),
+                f"an integer from 1 to {MAX_JSON_DEPTH_CEILING}",
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -57,7 +57,10 @@ class ReportInput(Schema):
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    # An int is checked as it is: math.isfinite would convert it, and overflow past 1.8e308.
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 @handler("report", input_schema=ReportInput())
