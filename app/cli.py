@@ -11,7 +11,8 @@ from pathlib import Path
 
 from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters, Filter
-from callbacks.model import destination
+from callbacks.errors import UnsafeUrl
+from callbacks.ssrf import checked_destination
 from postback.connection import RedisNotFound, connect, redis_url
 from postback.settings import Settings, SettingsError
 from worker.process import outbox as postback_outbox
@@ -88,10 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     listing = circuit_commands.add_parser("list", help="circuits with failures or open, paged")
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     listing.add_argument("--cursor", help="the next_cursor of the previous page")
-    listing.add_argument("--destination", help="only this destination's (scheme://host:port)")
+    listing.add_argument(
+        "--destination", type=_destination, help="only this destination's (scheme://host:port)"
+    )
     listing.set_defaults(run=_circuits_list)
     reset = circuit_commands.add_parser("reset", help="close a destination's circuits")
-    reset.add_argument("destination", help="scheme://host:port, or a URL")
+    reset.add_argument("destination", type=_destination, help="scheme://host:port, or a URL")
     reset.add_argument("--partner-id", help="only this partner's circuit (default: every one)")
     reset.set_defaults(run=_circuits_reset)
 
@@ -103,9 +106,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partner-id")
-    parser.add_argument("--destination", help="scheme://host:port, or a URL")
+    parser.add_argument("--destination", type=_destination, help="scheme://host:port, or a URL")
     parser.add_argument("--since", type=_moment, help="ISO 8601 time (died at or after)")
     parser.add_argument("--until", type=_moment, help="ISO 8601 time (died before)")
+
+
+def _destination(text: str) -> str:
+    try:
+        return checked_destination(text)
+    except UnsafeUrl as exc:
+        raise argparse.ArgumentTypeError(f"not a destination: {exc.reason}") from None
 
 
 def _moment(text: str) -> float:
@@ -121,7 +131,7 @@ def _moment(text: str) -> float:
 def _filter_of(args: argparse.Namespace) -> Filter:
     return Filter(
         owner=args.partner_id,
-        destination=destination(args.destination) if args.destination else None,
+        destination=args.destination,
         since=args.since,
         until=args.until,
     )
@@ -272,7 +282,7 @@ def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
     items, next_cursor = CircuitBreaker(connect(redis_url(settings))).page(
         limit=args.limit,
         cursor=args.cursor,
-        destination=destination(args.destination) if args.destination else None,
+        destination=args.destination,
     )
     _print({"items": items, "next_cursor": next_cursor})
     return 0
@@ -280,11 +290,11 @@ def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
     client = connect(redis_url(settings))
-    dest = destination(args.destination)
+    outbox = postback_outbox(client)
     reset = reset_circuits(
-        CircuitBreaker(client), postback_outbox(client), dest, partner_id=args.partner_id
+        CircuitBreaker(client), outbox, args.destination, partner_id=args.partner_id
     )
-    _print({"destination": dest, "reset": reset})
+    _print({"destination": args.destination, "reset": reset})
     return 0
 
 

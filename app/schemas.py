@@ -13,8 +13,7 @@ from app.errors import ValidationFailed
 from app.services import services
 from callbacks.deadletters import Filter
 from callbacks.errors import UnsafeUrl
-from callbacks.model import destination
-from callbacks.ssrf import resolve_and_check
+from callbacks.ssrf import checked_destination, resolve_and_check
 from postback import ids
 from worker import jobs as js
 
@@ -115,10 +114,12 @@ class DestinationField(fields.String):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)
-        dest = destination(text)
-        if not dest.startswith(("http://", "https://")) or "://:" in dest or dest.endswith(":0"):
-            raise ValidationError("must be an http(s) URL or scheme://host:port")
-        return dest
+        try:
+            return checked_destination(text)
+        except UnsafeUrl as exc:
+            raise ValidationError(
+                f"must be an http(s) URL or scheme://host:port: {exc.reason}"
+            ) from None
 
 
 class DeadLetterFilter(Schema):

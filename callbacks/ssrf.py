@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from urllib.parse import SplitResult, urlsplit
 
 from callbacks.errors import UnsafeUrl
+from callbacks.model import destination
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -87,6 +88,13 @@ def check_syntax(url: str, policy: UrlPolicy = DEFAULT_URL_POLICY) -> None:
     percent-encoded or non-ASCII host, a malformed authority or port.
     """
     _split(url, policy)
+
+
+def checked_destination(url: str) -> str:
+    """`scheme://host:port` of `url` once it passes `check_syntax` (so a full URL reduces to
+    its destination), else UnsafeUrl: for filters and commands that name a destination."""
+    check_syntax(url)
+    return destination(url)
 
 
 def normalise_host(host: str) -> str:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
+from app.cli import main
 from postback.settings import MAX_JSON_DEPTH_CEILING, Settings, SettingsError
 from tests.helpers import PROBLEM, bearer, stored_state
 from tests.receiver import Reply
@@ -272,6 +273,52 @@ def test_a_job_at_the_depth_limit_reads_back_everywhere(
     assert detail["payload"]["data"]["result"] == deep_input
     replayed = client.post(f"/v1/admin/dead-letters/{letter['id']}/replay", headers=admin_headers)
     assert replayed.status_code == 202
+
+
+# -- URLs at the API boundary ----------------------------------------------------------
+
+BAD_DESTINATIONS = ["http://[::1", "http://exa mple", "ftp://files.example", "javascript:x", "//x"]
+
+
+@pytest.mark.parametrize("url", BAD_DESTINATIONS)
+def test_a_malformed_destination_filter_is_422(client, admin_headers, url):
+    """Dead-letter and circuit filters with a malformed URL are a 422 naming `destination`."""
+    for path in ("/v1/admin/dead-letters", "/v1/admin/circuits"):
+        reply = client.get(path, query_string={"destination": url}, headers=admin_headers)
+        assert_refused(reply, 422)
+        assert "destination" in reply.json["errors"]
+    for path in ("/v1/admin/dead-letters/replay", "/v1/admin/circuits/reset"):
+        reply = client.post(path, json={"destination": url}, headers=admin_headers)
+        assert_refused(reply, 422)
+        assert "destination" in reply.json["errors"]
+
+
+@pytest.mark.parametrize("url", BAD_DESTINATIONS)
+def test_a_malformed_callback_url_is_422(client, partner, url):
+    """A job or a replay with a malformed callback URL is a 422 naming `callback_url`."""
+    reply = client.post(
+        "/v1/jobs", json={"type": "echo", "callback_url": url}, headers=partner["headers"]
+    )
+    assert_refused(reply, 422)
+    assert "callback_url" in reply.json["errors"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["circuits", "list", "--destination", "http://[::1"],
+        ["circuits", "reset", "http://[::1"],
+        ["dead-letters", "list", "--destination", "http://exa mple"],
+        ["dead-letters", "purge", "--destination", "http://[::1"],
+        ["dead-letters", "replay", "--destination", "ftp://files.example"],
+    ],
+)
+def test_the_cli_refuses_a_malformed_destination(argv, capsys):
+    """The CLI's destination filters are checked like the API's: a usage error, no traceback."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert "destination" in capsys.readouterr().err
 
 
 # -- a property: whatever is accepted reads back ------------------------------------------
