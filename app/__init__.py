@@ -9,6 +9,7 @@ import redis
 from flask import Flask
 
 from app import correlation, errors
+from app.allow import PostbackFlask
 from app.services import Services
 from app.throttle import add_rate_limit_headers
 from callbacks.ssrf import Resolver, system_resolver
@@ -28,7 +29,7 @@ def create_app(
     settings = Settings.from_env(**dict(test_config or {}))
     configure_logging(settings.log_level)
     registry.load(settings.handler_modules)
-    flask_app = Flask(__name__)
+    flask_app = PostbackFlask(__name__)
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
     flask_app.config["SETTINGS"] = settings
     # Larger bodies are refused with 413 before they are read.

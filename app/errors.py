@@ -22,6 +22,7 @@ import redis
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from app.allow import allowed_methods
 from worker.jobs import NotDurable
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def register(app: Flask) -> None:
         status = exc.code or 500
         headers = {}
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+            allowed = allowed_methods(exc.valid_methods)  # type: ignore[attr-defined]
+            headers["Allow"] = ", ".join(allowed)
         slug = (exc.name or "error").lower().replace(" ", "-")
         return problem(
             status, exc.name or "Error", exc.description or "", slug=slug, headers=headers

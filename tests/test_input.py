@@ -321,6 +321,34 @@ def test_the_cli_refuses_a_malformed_destination(argv, capsys):
     assert "destination" in capsys.readouterr().err
 
 
+# -- OPTIONS and Allow -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/v1/admin/dead-letters/replay", "OPTIONS, POST"),
+        ("/v1/admin/dead-letters/dlq_x", "DELETE, GET, HEAD, OPTIONS"),
+        ("/v1/jobs", "GET, HEAD, OPTIONS, POST"),
+        ("/v1/admin/circuits/reset", "OPTIONS, POST"),
+    ],
+)
+def test_options_lists_the_methods_of_the_route(client, path, allow):
+    """OPTIONS is a 204 without a body whose Allow names the methods of that route."""
+    reply = client.options(path)
+    assert reply.status_code == 204
+    assert reply.headers["Allow"] == allow
+    assert reply.data == b""
+    assert "text/html" not in reply.headers.get("Content-Type", "")
+
+
+def test_a_wrong_method_names_the_same_methods(client, admin_headers):
+    """A 405 on the bulk replay route says Allow: OPTIONS, POST, like its OPTIONS."""
+    reply = client.put("/v1/admin/dead-letters/replay", headers=admin_headers)
+    assert_refused(reply, 405)
+    assert reply.headers["Allow"] == "OPTIONS, POST"
+
+
 # -- a property: whatever is accepted reads back ------------------------------------------
 
 
