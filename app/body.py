@@ -1,29 +1,53 @@
-"""Request bodies, decoded by the one strict JSON decoder (`app.strictjson`) every endpoint uses."""
+"""Request bodies: read within `POSTBACK_MAX_BODY_BYTES` however they are framed, then
+decoded by the one strict JSON decoder (`app.strictjson`) every endpoint uses."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app import strictjson
 from app.errors import MalformedRequest, UnsupportedMediaType
 from app.services import services
 
 
+def raw_body() -> bytes:
+    """The body's bytes; 413 past `POSTBACK_MAX_BODY_BYTES`, with or without Content-Length.
+
+    A declared Content-Length over the limit is refused before anything is read
+    (werkzeug does that). A chunked body has no length to check: werkzeug stops
+    reading it at the limit and says nothing, so it is allowed one byte more, and a
+    body that has it is too large rather than cut short.
+    """
+    limit = services().settings.max_body_bytes
+    if request.content_length is None:
+        request.max_content_length = limit + 1
+    try:
+        raw = request.get_data(cache=True)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        # The server could not decode the body's framing (a malformed chunk).
+        raise MalformedRequest(f"the body could not be read: {exc}") from None
+    if len(raw) > limit:
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def json_body() -> Any:
     """The request's JSON body: 415 unless it is declared JSON, 400 unless it is strict JSON."""
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
-    raw = request.get_data(cache=True)
     try:
-        return strictjson.loads(raw or b"null", max_depth=services().settings.max_json_depth)
+        return strictjson.loads(raw_body() or b"null", max_depth=services().settings.max_json_depth)
     except strictjson.InvalidJson as exc:
         raise MalformedRequest(str(exc)) from None
 
 
 def optional_json_body() -> Any:
     """Like `json_body`, but an empty body is an empty object."""
-    if not request.content_length and not request.get_data(cache=True):
+    if not request.content_length and not raw_body():
         return {}
     return json_body()

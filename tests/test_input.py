@@ -3,19 +3,27 @@ reads back; what the HTTP server refuses on its own is problem+json too."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
+import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
 from app.cli import main
+from postback.embedded import free_port
 from postback.settings import MAX_JSON_DEPTH_CEILING, Settings, SettingsError
 from tests.helpers import PROBLEM, bearer, stored_state
+from tests.processes import POSTBACK, cli_env, eventually, stop_process
 from tests.receiver import Reply
 
 MAX_DEPTH = 64
@@ -347,6 +355,159 @@ def test_a_wrong_method_names_the_same_methods(client, admin_headers):
     reply = client.put("/v1/admin/dead-letters/replay", headers=admin_headers)
     assert_refused(reply, 405)
     assert reply.headers["Allow"] == "OPTIONS, POST"
+
+
+# -- the HTTP server itself (postback serve, under gunicorn) ------------------------------
+
+SERVER_ADMIN_TOKEN = "input-test-admin-token-0123456789"
+
+
+@dataclass(frozen=True)
+class Api:
+    """A running `postback serve`."""
+
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def partner(self) -> dict[str, Any]:
+        reply = requests.post(
+            f"{self.base}/v1/admin/partners",
+            json={"name": "Wire"},
+            headers=bearer(SERVER_ADMIN_TOKEN),
+            timeout=10,
+        )
+        assert reply.status_code == 201, reply.text
+        return reply.json()
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+
+    def exchange(self, raw: bytes) -> http.client.HTTPResponse:
+        """Send `raw` bytes as they are; the answer, read in full."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.body = response.read()  # type: ignore[attr-defined]
+        sock.close()
+        return response
+
+
+@pytest.fixture(scope="module")
+def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`postback serve` on a free port, one gunicorn worker, on the session's Redis."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = cli_env(
+        REDIS_URL=redis_url,
+        POSTBACK_ADMIN_TOKEN=SERVER_ADMIN_TOKEN,
+        POSTBACK_API_WORKERS="1",
+        POSTBACK_DURABILITY="everysec",
+    )
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*POSTBACK, "serve", "--port", str(port)], env=env, stdout=out, stderr=out
+        )
+    server = Api(port, log)
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return requests.get(f"{server.base}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        eventually(healthy, timeout_seconds=30, what="postback serve answers /healthz")
+        yield server
+    finally:
+        stop_process(process, grace_seconds=10)
+
+
+def chunked_post(api: Api, path: str, body: bytes, headers: dict[str, str]):
+    """POST `body` with Transfer-Encoding: chunked (no Content-Length), 64 KiB a chunk."""
+    conn = api.connection()
+    chunks = (body[i : i + 65536] for i in range(0, len(body), 65536))
+    conn.request(
+        "POST",
+        path,
+        body=chunks,
+        headers={"Content-Type": "application/json", **headers},
+        encode_chunked=True,
+    )
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response, data
+
+
+def padded_submission(size: int) -> bytes:
+    """An echo submission of exactly `size` bytes."""
+    head, tail = b'{"type": "echo", "input": {"pad": "', b'"}}'
+    return head + b"x" * (size - len(head) - len(tail)) + tail
+
+
+def test_a_chunked_body_over_the_limit_is_413(api):
+    """A chunked body one byte over POSTBACK_MAX_BODY_BYTES is a 413 problem, not truncated."""
+    partner = api.partner()
+    reply, data = chunked_post(
+        api, "/v1/jobs", padded_submission(MAX_BODY_BYTES + 1), bearer(partner["api_key"])
+    )
+    assert reply.status == 413, data
+    assert reply.getheader("Content-Type") == PROBLEM
+    assert json.loads(data)["status"] == 413
+
+
+def test_a_chunked_body_at_the_limit_is_accepted(api):
+    """A chunked body of exactly POSTBACK_MAX_BODY_BYTES is accepted whole."""
+    partner = api.partner()
+    reply, data = chunked_post(
+        api, "/v1/jobs", padded_submission(MAX_BODY_BYTES), bearer(partner["api_key"])
+    )
+    assert reply.status == 202, data
+
+
+def test_a_sized_body_over_the_limit_is_413(api):
+    """With a Content-Length over the limit the answer is the same 413 problem."""
+    partner = api.partner()
+    reply = requests.post(
+        f"{api.base}/v1/jobs",
+        data=padded_submission(MAX_BODY_BYTES + 1),
+        headers={"Content-Type": "application/json", **bearer(partner["api_key"])},
+        timeout=30,
+    )
+    assert reply.status_code == 413 and reply.headers["Content-Type"] == PROBLEM
+
+
+def test_a_100000_deep_body_is_400_on_the_wire(api):
+    """Under gunicorn's threads too, 100,000 nested arrays are a 400 problem, not a 500."""
+    partner = api.partner()
+    reply = requests.post(
+        f"{api.base}/v1/jobs",
+        data=submission('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        headers={"Content-Type": "application/json", **bearer(partner["api_key"])},
+        timeout=30,
+    )
+    assert reply.status_code == 400 and reply.headers["Content-Type"] == PROBLEM
+    assert f"nested deeper than {MAX_DEPTH} levels" in reply.json()["detail"]
+
+
+def test_a_broken_chunked_body_is_400(api):
+    """A chunk size that is not hexadecimal is a 400 problem."""
+    partner = api.partner()
+    raw = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
+    )
+    reply = api.exchange(raw)
+    assert reply.status == 400
+    assert reply.getheader("Content-Type") == PROBLEM
+    assert json.loads(reply.body)["status"] == 400  # type: ignore[attr-defined]
 
 
 # -- a property: whatever is accepted reads back ------------------------------------------
