@@ -86,6 +86,26 @@ class Unavailable(ApiError):
     status, title, slug = 503, "Service unavailable", "unavailable"
 
 
+def status_slug(title: str) -> str:
+    """The problem-type slug of an HTTP status's title: "URI Too Long" → "uri-too-long"."""
+    return title.lower().replace(" ", "-")
+
+
+def problem_document(
+    status: int, title: str, detail: str, *, slug: str, instance: str | None
+) -> dict[str, Any]:
+    """The members of a problem: `type`, `title`, `status`, `detail` and, if known, `instance`."""
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    return body
+
+
 def problem(
     status: int,
     title: str,
@@ -96,13 +116,7 @@ def problem(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A problem+json response."""
-    body: dict[str, Any] = {
-        "type": TYPE_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": request.path,
-    }
+    body = problem_document(status, title, detail, slug=slug, instance=request.path)
     if errors:
         body["errors"] = errors
     response = jsonify(body)
@@ -129,7 +143,7 @@ def register(app: Flask) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             allowed = allowed_methods(exc.valid_methods)  # type: ignore[attr-defined]
             headers["Allow"] = ", ".join(allowed)
-        slug = (exc.name or "error").lower().replace(" ", "-")
+        slug = status_slug(exc.name or "error")
         return problem(
             status, exc.name or "Error", exc.description or "", slug=slug, headers=headers
         )

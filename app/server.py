@@ -6,7 +6,15 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from app.server_errors import ThreadWorker
 from postback.settings import Settings
+
+# What gunicorn reads of a request before the app does; past these it answers 414 or 431
+# (as problem+json, see `app.server_errors`). 8190 bytes is the longest request line
+# gunicorn accepts at all: room for a circuit cursor and a destination filter together.
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_FIELDS = 100
+MAX_HEADER_FIELD_BYTES = 8190
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -31,8 +39,12 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         {
             "bind": f"{host}:{port}",
             "workers": settings.api_workers,
-            "worker_class": "gthread",
+            # gthread, with gunicorn's own error pages as problem+json.
+            "worker_class": ThreadWorker,
             "threads": 8,
+            "limit_request_line": MAX_REQUEST_LINE_BYTES,
+            "limit_request_fields": MAX_HEADER_FIELDS,
+            "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
             "timeout": 60,
             "graceful_timeout": 5,
             "accesslog": None,

@@ -510,6 +510,52 @@ def test_a_broken_chunked_body_is_400(api):
     assert json.loads(reply.body)["status"] == 400  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /v1/jobs?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (
+            b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: 1\r\n" % n for n in range(120))
+            + b"\r\n",
+            431,
+        ),
+        (b"NOT A REQUEST\r\n\r\n", 400),
+        (b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    ],
+)
+def test_requests_the_server_refuses_are_problems(api, raw, status):
+    """A request line or headers gunicorn refuses get a problem+json answer, not HTML."""
+    reply = api.exchange(raw)
+    body = reply.body  # type: ignore[attr-defined]
+    assert reply.status == status, body
+    assert reply.getheader("Content-Type") == PROBLEM, body
+    problem = json.loads(body)
+    assert problem["status"] == status and problem["type"].startswith("urn:postback:problem:")
+
+
+def test_a_non_ascii_idempotency_key_is_400_on_the_wire(api):
+    """Raw bytes in Idempotency-Key reach the API as text it refuses with a 400, not a 500."""
+    partner = api.partner()
+    raw = (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n"
+        b"Idempotency-Key: \xed\xa0\x80\r\nContent-Length: 16\r\n\r\n"
+        b'{"type": "echo"}'
+    )
+    reply = api.exchange(raw)
+    assert reply.status == 400 and reply.getheader("Content-Type") == PROBLEM
+
+
+def test_options_on_the_wire_lists_the_routes_methods(api):
+    """Through gunicorn, OPTIONS on the bulk replay route is a 204 with Allow: OPTIONS, POST."""
+    reply = requests.options(f"{api.base}/v1/admin/dead-letters/replay", timeout=10)
+    assert reply.status_code == 204
+    assert reply.headers["Allow"] == "OPTIONS, POST"
+    assert reply.content == b""
+
+
 # -- a property: whatever is accepted reads back ------------------------------------------
 
 
