@@ -32,7 +32,8 @@ def create_app(
     flask_app = PostbackFlask(__name__)
     flask_app.json.sort_keys = False  # type: ignore[attr-defined]
     flask_app.config["SETTINGS"] = settings
-    # Larger bodies are refused with 413 before they are read.
+    # A larger Content-Length is refused with 413 before the body is read (a chunked
+    # body, which has none, is counted as it is read: `app.body.raw_body`).
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if client is None:
         client = connect(redis_url(settings))

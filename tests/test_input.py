@@ -445,6 +445,14 @@ def chunked_post(api: Api, path: str, body: bytes, headers: dict[str, str]):
     return response, data
 
 
+def raw_submission(partner: dict[str, Any], headers: bytes, body: bytes) -> bytes:
+    """POST /v1/jobs as `partner`, byte for byte: more `headers` (each ending in CRLF), `body`."""
+    return (
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n" + headers + b"\r\n" + body
+    )
+
+
 def padded_submission(size: int) -> bytes:
     """An echo submission of exactly `size` bytes."""
     head, tail = b'{"type": "echo", "input": {"pad": "', b'"}}'
@@ -498,13 +506,8 @@ def test_a_100000_deep_body_is_400_on_the_wire(api):
 
 def test_a_broken_chunked_body_is_400(api):
     """A chunk size that is not hexadecimal is a 400 problem."""
-    partner = api.partner()
-    raw = (
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"
-    )
-    reply = api.exchange(raw)
+    chunks = b"zz\r\n{}\r\n0\r\n\r\n"
+    reply = api.exchange(raw_submission(api.partner(), b"Transfer-Encoding: chunked\r\n", chunks))
     assert reply.status == 400
     assert reply.getheader("Content-Type") == PROBLEM
     assert json.loads(reply.body)["status"] == 400  # type: ignore[attr-defined]
@@ -537,14 +540,8 @@ def test_requests_the_server_refuses_are_problems(api, raw, status):
 
 def test_a_non_ascii_idempotency_key_is_400_on_the_wire(api):
     """Raw bytes in Idempotency-Key reach the API as text it refuses with a 400, not a 500."""
-    partner = api.partner()
-    raw = (
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n"
-        b"Idempotency-Key: \xed\xa0\x80\r\nContent-Length: 16\r\n\r\n"
-        b'{"type": "echo"}'
-    )
-    reply = api.exchange(raw)
+    headers = b"Idempotency-Key: \xed\xa0\x80\r\nContent-Length: 16\r\n"
+    reply = api.exchange(raw_submission(api.partner(), headers, b'{"type": "echo"}'))
     assert reply.status == 400 and reply.getheader("Content-Type") == PROBLEM
 
 
