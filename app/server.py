@@ -14,6 +14,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from postback.resources import raise_file_limit
 from postback.settings import Settings
 
 WORKER_CLASS = "app.serving.ApiWorker"
@@ -58,4 +59,5 @@ def options(settings: Settings, *, host: str, port: int) -> dict[str, Any]:
 
 def serve(settings: Settings, *, host: str, port: int) -> None:
     """Serve the API on host:port until SIGTERM/SIGINT."""
+    raise_file_limit()
     _Gunicorn(options(settings, host=host, port=port), settings).run()
