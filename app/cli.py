@@ -8,14 +8,19 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from callbacks.breaker import CircuitBreaker, reset_circuits
-from callbacks.deadletters import DeadLetters, Filter
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import checked_destination
 from postback.connection import RedisNotFound, connect, redis_url
 from postback.settings import Settings, SettingsError
-from worker.process import outbox as postback_outbox
+
+if TYPE_CHECKING:
+    from callbacks.deadletters import DeadLetters, Filter
+
+# Commands import what they use when they run: `postback serve` must reach
+# gunicorn's gevent workers with as little imported as possible (they patch
+# the standard library, which modules imported before cannot see).
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +134,8 @@ def _moment(text: str) -> float:
 
 
 def _filter_of(args: argparse.Namespace) -> Filter:
+    from callbacks.deadletters import Filter
+
     return Filter(
         owner=args.partner_id,
         destination=args.destination,
@@ -217,6 +224,9 @@ def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
+    from callbacks.deadletters import DeadLetters
+    from worker.process import outbox as postback_outbox
+
     client = connect(redis_url(settings))
     return DeadLetters(client, outbox=postback_outbox(client))
 
@@ -279,6 +289,8 @@ def _dead_action(args: argparse.Namespace, settings: Settings, done: str) -> int
 
 
 def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
+    from callbacks.breaker import CircuitBreaker
+
     items, next_cursor = CircuitBreaker(connect(redis_url(settings))).page(
         limit=args.limit,
         cursor=args.cursor,
@@ -289,6 +301,9 @@ def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
+    from callbacks.breaker import CircuitBreaker, reset_circuits
+    from worker.process import outbox as postback_outbox
+
     client = connect(redis_url(settings))
     outbox = postback_outbox(client)
     reset = reset_circuits(

@@ -155,23 +155,19 @@ def get_job(job_id: str) -> Response:
 
 
 def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
-    """The job once it is terminal, or as it is after `seconds`; no polling (pub/sub)."""
-    jobs = services().jobs
-    pubsub = services().redis.pubsub(ignore_subscribe_messages=True)
-    try:
-        pubsub.subscribe(js.done_channel(job_id))
+    """The job once it is terminal, or as it is after `seconds` (see `app.waits`)."""
+    jobs, waits = services().jobs, services().waits
+    with waits.hold(g.partner_id, seconds), waits.watch(job_id) as ended:
         deadline = time.monotonic() + seconds
-        # Subscribed first, then read: an end between the two is not missed.
+        # Watched first, then read: an end between the two is not missed.
         record = jobs.get(job_id)
         while record is not None and record["status"] not in js.TERMINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if pubsub.get_message(timeout=min(left, 1.0)) is not None:
+            if waits.sleep(ended, left):
                 record = jobs.get(job_id)
         return record
-    finally:
-        pubsub.close()
 
 
 @bp.post("/<job_id>/cancel")

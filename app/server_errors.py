@@ -4,8 +4,8 @@ gunicorn refuses a request it cannot parse with a `text/html` page of its own: a
 line over `limit_request_line` (414), more header fields than `limit_request_fields` or
 one over `limit_request_field_size` (431), a malformed request line, header or chunked
 framing (400). `ProblemErrors` is a mixin for any gunicorn worker class that answers
-those, and any error of its own, with an RFC 9457 problem instead; `ThreadWorker` is
-gunicorn's gthread worker with it.
+those, and any error of its own, with an RFC 9457 problem instead; the API's worker
+(`app.serving.ApiWorker`) has it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 from gunicorn import util
 from gunicorn.http.errors import ParseException
-from gunicorn.workers.gthread import ThreadWorker as GthreadWorker
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.errors import PROBLEM_JSON, ApiError, MalformedRequest, problem_document, status_slug
@@ -92,7 +91,3 @@ class ProblemErrors:
             util.write_nonblock(client, problem_response(status, exc, getattr(req, "path", None)))
         except Exception:
             self.log.debug("Failed to send error message.")
-
-
-class ThreadWorker(ProblemErrors, GthreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker, answering its own errors with problem+json."""

@@ -10,6 +10,7 @@ from flask import current_app
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
 from app.throttle import Backlog, RateLimiter
+from app.waits import Waits
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
 from worker.jobs import JobStore
@@ -26,6 +27,7 @@ class Services:
     backlog: Backlog
     idempotency: Idempotency
     url_policy: UrlPolicy
+    waits: Waits
     # Resolves callback host names (tests substitute their own DNS).
     resolver: Resolver
 
@@ -42,6 +44,7 @@ class Services:
             Backlog(client, settings.max_backlog),
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
             url_policy(settings),
+            Waits(client, max_per_partner=settings.partner_max_waits),
             resolver,
         )
 

@@ -2,12 +2,14 @@
 
     python -m bench.accept [--quick]
 
-Postback's API (`postback serve`: gunicorn, gthread, 8 threads, 2 workers) is
+Postback's API (`postback serve`: gunicorn, 2 gevent workers) is
 loaded by a fixed number of concurrent clients (threads of this process, one
 `requests.Session` each) for a fixed time after a warm-up, and compared with a
 bare Flask app under the same gunicorn settings whose endpoint does one Redis
-LPUSH (`bench.baseline_app`). The same clients against that app's `GET /ping`
-(no Redis) show what the load generator itself can do. Then a fixed-rate load
+LPUSH (`bench.baseline_app`); that app under gthread (8 threads, the model the
+API ran on before) shows what the server model itself costs. The same clients
+against that app's `GET /ping` (no Redis) show what the load generator itself
+can do. Then a fixed-rate load
 at half of Postback's measured throughput gives the p99 of a loaded but not
 saturated API. Both durability modes (`fsync`, `everysec`) are measured, and
 every figure is the median of the runs, each run measuring every target.
@@ -43,7 +45,9 @@ CLIENTS = 16
 # Client processes the clients are spread over (threads in each).
 PROCESSES = 2
 API_WORKERS = 2
-# As app/server.py runs the API.
+# As app/server.py runs the API (Settings.api_worker_connections).
+WORKER_CONNECTIONS = 4096
+# The thread model it ran before, measured beside it for comparison.
 THREADS = 8
 MODES = ("fsync", "everysec")
 JOB = json.dumps({"type": "echo", "input": {"order": 1, "note": "bench"}}).encode()
@@ -215,7 +219,13 @@ def _postback(url: str, mode: str, port: int, admin_token: str, log: Path):
     return _server(command, env, f"http://127.0.0.1:{port}/healthz", log)
 
 
-def _baseline(url: str, port: int, log: Path):
+def _baseline(url: str, port: int, log: Path, worker_class: str = "gevent"):
+    """The bare app under Postback's server settings (gevent), or under `worker_class`."""
+    model = ["--worker-class", worker_class]
+    if worker_class == "gevent":
+        model += ["--worker-connections", str(WORKER_CONNECTIONS)]
+    else:
+        model += ["--threads", str(THREADS)]
     command = [
         sys.executable,
         "-m",
@@ -224,10 +234,7 @@ def _baseline(url: str, port: int, log: Path):
         f"127.0.0.1:{port}",
         "--workers",
         str(API_WORKERS),
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(THREADS),
+        *model,
         "--timeout",
         "60",
         "--graceful-timeout",
@@ -260,9 +267,10 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
     with embedded_redis(data_parent) as (url, data):
         client = redis.Redis.from_url(url)
         admin_token = secrets.token_hex(16)
-        ports = {name: free_port() for name in ("baseline", *MODES)}
+        ports = {name: free_port() for name in ("baseline", "baseline_gthread", *MODES)}
         bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        runs: dict[str, list[dict]] = {name: [] for name in ("ping", "baseline", *MODES)}
+        names = ("ping", "baseline", "baseline_gthread", *MODES)
+        runs: dict[str, list[dict]] = {name: [] for name in names}
         half: dict[str, list[dict]] = {mode: [] for mode in MODES}
         try:
             with contextlib.ExitStack() as stack:
@@ -270,6 +278,11 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                 stack.callback(generator.close)
                 measure = generator.measure
                 stack.enter_context(_baseline(url, ports["baseline"], data / "baseline.log"))
+                stack.enter_context(
+                    _baseline(
+                        url, ports["baseline_gthread"], data / "baseline-gthread.log", "gthread"
+                    )
+                )
                 for mode in MODES:
                     stack.enter_context(
                         _postback(url, mode, ports[mode], admin_token, data / f"api-{mode}.log")
@@ -280,9 +293,10 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                         measure(Target("GET", f"{bases['baseline']}/ping", 200), **timing)
                     )
                     client.flushall()
-                    runs["baseline"].append(
-                        measure(Target("POST", f"{bases['baseline']}/v1/jobs", 202, JOB), **timing)
-                    )
+                    for name in ("baseline", "baseline_gthread"):
+                        client.flushall()
+                        target = Target("POST", f"{bases[name]}/v1/jobs", 202, JOB)
+                        runs[name].append(measure(target, **timing))
                     # Alternate the order of the modes from run to run: drift hits both alike.
                     for mode in MODES if number % 2 == 0 else MODES[::-1]:
                         client.flushall()  # no backlog carried over (it is bounded, and costs AOF)
@@ -311,10 +325,15 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
             "seconds": seconds,
             "warmup_seconds": warmup,
             "repeats": repeats,
-            "gunicorn": {"workers": API_WORKERS, "worker_class": "gthread", "threads": THREADS},
+            "gunicorn": {
+                "workers": API_WORKERS,
+                "worker_class": "gevent",
+                "worker_connections": WORKER_CONNECTIONS,
+            },
         },
         "client_ceiling_per_second": _summary([r["per_second"] for r in runs["ping"]]),
         "baseline": figures("baseline"),
+        "baseline_gthread": figures("baseline_gthread"),
     }
     for mode in MODES:
         results[mode] = figures(mode) | {
@@ -357,8 +376,12 @@ def report(results: dict) -> str:
         f"{s['seconds']:.0f} s x {s['repeats']} runs; "
         f"load generator alone (GET /ping): "
         f"{results['client_ceiling_per_second']['median']:.0f}/s",
-        f"   baseline (Flask + LPUSH): {b['per_second']['median']:.0f}/s "
+        f"   baseline (Flask + LPUSH, gevent): {b['per_second']['median']:.0f}/s "
         f"(runs {_runs(b['per_second']['runs'])}), p50/p95/p99 {latency(b)} ms",
+        f"   the same under gthread ({THREADS} threads): "
+        f"{results['baseline_gthread']['per_second']['median']:.0f}/s "
+        f"(runs {_runs(results['baseline_gthread']['per_second']['runs'])}), "
+        f"p50/p95/p99 {latency(results['baseline_gthread'])} ms",
     ]
     for mode in MODES:
         m = results[mode]
@@ -370,7 +393,7 @@ def report(results: dict) -> str:
             f"p99 at {h['rate']['median']:.0f}/s {h['p99_ms']['median']:.1f} ms "
             f"(runs {_runs(h['p99_ms']['runs'], 1)}; goal <= 10)"
         )
-    errors = sum(results[name]["errors"] for name in ("baseline", *MODES))
+    errors = sum(results[name]["errors"] for name in ("baseline", "baseline_gthread", *MODES))
     errors += sum(results[mode]["half_load"]["errors"] for mode in MODES)
     cost = results["ratio_fsync_to_everysec"]
     lines.append(

@@ -1,6 +1,6 @@
 """The accept benchmark's baseline: a bare Flask app that queues a job with one LPUSH.
 
-    python -m gunicorn -k gthread --threads 8 -w 2 "bench.baseline_app:create_app()"
+    python -m gunicorn -k gevent -w 2 "bench.baseline_app:create_app()"
 
 `POST /v1/jobs` reads the JSON body, pushes it onto a Redis list and answers
 202 with an id; `GET /ping` answers 200 without touching Redis (it measures

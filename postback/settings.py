@@ -45,6 +45,12 @@ class Settings:
     handler_modules: tuple[str, ...] = ()
     log_level: str = "INFO"
     api_workers: int = 2
+    # Open connections each API process serves at once (waiting ones included).
+    api_worker_connections: int = 4096
+    # A connection has this long to send a complete request head; an idle
+    # kept-alive connection is closed after `api_keepalive_seconds`.
+    api_header_timeout_seconds: float = 10.0
+    api_keepalive_seconds: float = 5.0
     # Seconds a partner should wait before polling a freshly accepted job.
     poll_after_seconds: int = 1
     # Delivery.
@@ -87,6 +93,8 @@ class Settings:
     rate_limit: str = "200/second"
     max_backlog: int = 100_000
     idempotency_ttl_seconds: int = 86_400
+    # Long-polls (`?wait=`) one partner may hold open at once, across API processes.
+    partner_max_waits: int = 100
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_json_depth <= MAX_JSON_DEPTH_CEILING:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import resource
 import signal
 import threading
 
@@ -22,6 +20,7 @@ from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.children import Children, die_with_parent, orphaned
+from postback.resources import raise_file_limit
 from postback.settings import Settings
 from worker import reaper, registry, runtime
 from worker.deliveries import JobTimeline
@@ -203,14 +202,6 @@ def deliver(settings: Settings, client: redis.Redis) -> int:
     stop.set()
     thread.join()
     return 1 if crashed.is_set() else 0
-
-
-def raise_file_limit() -> None:
-    """Lift the soft limit on open files to the hard one: each attempt in flight is a socket."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def queues(client: redis.Redis) -> list[Queue]:

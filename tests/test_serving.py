@@ -1,0 +1,212 @@
+"""The API server with real sockets: long-polls, slow and idle clients cost no one else a thing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+import requests
+
+from app.waits import waits_key
+from postback.embedded import free_port
+from tests.processes import POSTBACK, cli_env, eventually, stop_process
+
+# Generous: these bound a wait for something that happens within a second or two.
+SETTLE_SECONDS = 20.0
+
+
+@dataclass
+class Served:
+    base: str
+    port: int
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(self.base + path, timeout=SETTLE_SECONDS, **kwargs)  # type: ignore[arg-type]
+
+    def post(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.post(self.base + path, timeout=SETTLE_SECONDS, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def postback_serve(redis_url: str, **env: str) -> Iterator[Served]:
+    """`postback serve` on a free port of 127.0.0.1 against `redis_url`, stopped at the end."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*POSTBACK, "serve", "--port", str(port)],
+        env=cli_env(REDIS_URL=redis_url, **env),
+    )
+    served = Served(f"http://127.0.0.1:{port}", port)
+
+    def up() -> bool:
+        assert process.poll() is None, "postback serve exited"
+        with contextlib.suppress(requests.RequestException):
+            return served.get("/healthz").status_code == 200
+        return False
+
+    try:
+        eventually(up, timeout_seconds=SETTLE_SECONDS, what="postback serve answers /healthz")
+        yield served
+    finally:
+        stop_process(process, grace_seconds=10)
+
+
+@pytest.fixture
+def served(redis_url: str) -> Iterator[Served]:
+    with postback_serve(
+        redis_url,
+        POSTBACK_PARTNER_MAX_WAITS="1000",
+        POSTBACK_RATE_LIMIT="100000/second",
+        POSTBACK_API_HEADER_TIMEOUT_SECONDS="2",
+        POSTBACK_API_KEEPALIVE_SECONDS="1",
+    ) as server:
+        yield server
+
+
+def submit(served: Served, partner: dict, **body: object) -> str:
+    reply = served.post(
+        "/v1/jobs", json={"type": "echo", "input": {}, **body}, headers=partner["headers"]
+    )
+    assert reply.status_code == 202, reply.text
+    return reply.json()["id"]
+
+
+async def long_polls(served: Served, partner: dict, job_id: str, count: int) -> list[dict]:
+    """`count` concurrent `GET /v1/jobs/{id}?wait=30`; their answers."""
+    limits = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=limits, headers=partner["headers"]) as session:
+
+        async def one() -> dict:
+            url = f"{served.base}/v1/jobs/{job_id}?wait=30"
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as reply:
+                assert reply.status == 200, await reply.text()
+                return await reply.json()
+
+        return await asyncio.gather(*(one() for _ in range(count)))
+
+
+def test_500_long_polls_leave_the_api_free_and_all_answer_when_the_job_ends(
+    served, partner, redis_client, work
+):
+    """With 500 long-polls open, /healthz and submissions answer; the job's end answers all 500."""
+    job_id = submit(served, partner)
+    answers: list[dict] = []
+    polling = threading.Thread(
+        target=lambda: answers.extend(asyncio.run(long_polls(served, partner, job_id, 500)))
+    )
+    polling.start()
+    key = waits_key(partner["id"])
+    eventually(lambda: redis_client.zcard(key) == 500, timeout_seconds=60, what="500 waits open")
+
+    assert served.get("/healthz").status_code == 200
+    other = submit(served, partner)
+    assert served.get(f"/v1/jobs/{other}", headers=partner["headers"]).status_code == 200
+    assert answers == [] and redis_client.zcard(key) == 500
+
+    work()
+    polling.join(timeout=60)
+    assert not polling.is_alive()
+    assert [answer["status"] for answer in answers] == ["completed"] * 500
+    assert redis_client.zcard(key) == 0
+
+
+def test_a_partner_holds_at_most_its_share_of_waits(
+    redis_url, redis_client, client, admin_headers, work
+):
+    """Past POSTBACK_PARTNER_MAX_WAITS a partner's next wait is a 429; another partner waits."""
+
+    def make(name: str) -> dict:
+        reply = client.post("/v1/admin/partners", json={"name": name}, headers=admin_headers)
+        assert reply.status_code == 201
+        return {**reply.json, "headers": {"Authorization": f"Bearer {reply.json['api_key']}"}}
+
+    greedy, other = make("Greedy"), make("Other")
+    with postback_serve(redis_url, POSTBACK_PARTNER_MAX_WAITS="2") as server:
+        job_id = submit(server, greedy)
+        held: list[dict] = []
+        holding = threading.Thread(
+            target=lambda: held.extend(asyncio.run(long_polls(server, greedy, job_id, 2)))
+        )
+        holding.start()
+        key = waits_key(greedy["id"])
+        eventually(lambda: redis_client.zcard(key) == 2, timeout_seconds=60, what="2 waits open")
+        refused = server.get(f"/v1/jobs/{job_id}?wait=1", headers=greedy["headers"])
+        assert refused.status_code == 429
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert "POSTBACK_PARTNER_MAX_WAITS=2" in refused.json()["detail"]
+        assert refused.headers["Retry-After"]
+        # Without ?wait= the same partner still reads its job.
+        assert server.get(f"/v1/jobs/{job_id}", headers=greedy["headers"]).status_code == 200
+        theirs = submit(server, other)
+        waited = server.get(f"/v1/jobs/{theirs}?wait=1", headers=other["headers"])
+        assert waited.status_code == 200 and waited.json()["status"] == "queued"
+        work()
+        holding.join(timeout=SETTLE_SECONDS)
+        assert [answer["status"] for answer in held] == ["completed"] * 2
+
+
+def trickle(port: int, stop: threading.Event) -> socket.socket:
+    """A client that sends a request line, then one header line every half second."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+
+    def drip() -> None:
+        number = 0
+        while not stop.wait(0.5):
+            number += 1
+            with contextlib.suppress(OSError):
+                sock.sendall(b"X-Slow-%d: 1\r\n" % number)
+
+    threading.Thread(target=drip, daemon=True).start()
+    return sock
+
+
+def closed_by_server(sock: socket.socket, timeout_seconds: float) -> bool:
+    """Whether the server closes `sock` (end of stream or reset) within the timeout."""
+    sock.settimeout(timeout_seconds)
+    try:
+        while chunk := sock.recv(4096):
+            del chunk
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_clients_that_trickle_their_headers_are_cut_off_and_stall_no_one(served):
+    """40 clients trickling header lines do not slow /healthz; each is closed at the deadline."""
+    stop = threading.Event()
+    slow = [trickle(served.port, stop) for _ in range(40)]
+    try:
+        for _ in range(5):
+            assert served.get("/healthz").status_code == 200
+        # The header deadline is 2 s; the trickle would go on for as long as the test.
+        assert all(closed_by_server(sock, SETTLE_SECONDS) for sock in slow)
+    finally:
+        stop.set()
+        for sock in slow:
+            sock.close()
+
+
+def test_an_idle_kept_alive_connection_is_closed(served):
+    """After its answer, a kept-alive connection that sends nothing more is closed."""
+    sock = socket.create_connection(("127.0.0.1", served.port))
+    idle = [socket.create_connection(("127.0.0.1", served.port)) for _ in range(20)]
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(SETTLE_SECONDS)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        assert served.get("/healthz").status_code == 200
+        assert closed_by_server(sock, SETTLE_SECONDS)
+        assert all(closed_by_server(each, SETTLE_SECONDS) for each in idle)
+    finally:
+        sock.close()
+        for each in idle:
+            each.close()
