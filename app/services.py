@@ -9,7 +9,7 @@ from flask import current_app
 
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
-from app.throttle import Backlog, RateLimiter
+from app.throttle import Backlog, MemoryHeadroom, RateLimiter
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
 from worker.jobs import JobStore
@@ -28,6 +28,7 @@ class Services:
     url_policy: UrlPolicy
     # Resolves callback host names (tests substitute their own DNS).
     resolver: Resolver
+    memory: MemoryHeadroom
 
     @classmethod
     def build(
@@ -43,6 +44,7 @@ class Services:
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
             url_policy(settings),
             resolver,
+            MemoryHeadroom(client),
         )
 
 
