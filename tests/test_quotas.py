@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from app import create_app
+from app import create_app, throttle
 from tests.helpers import PROBLEM
 from worker import jobs as js
 from worker import quotas, reaper
@@ -166,3 +166,27 @@ def test_the_partner_backlog_frees_as_jobs_start_are_cancelled_and_retry(
     for _ in range(MAX_BACKLOG):
         assert submit(client, partner).status_code == 202
     assert submit(client, partner).status_code == 429
+
+
+def test_submissions_get_503_near_redis_maxmemory_while_reads_keep_working(
+    client, partner, redis_client, monkeypatch
+):
+    """Above 90% of Redis's maxmemory a submission is a 503 with Retry-After, before Redis
+    itself would refuse a write, and reading and listing jobs still work."""
+    monkeypatch.setattr(throttle.MemoryHeadroom, "refresh_seconds", 0)
+    job_id = submit(client, partner).json["id"]
+    before = redis_client.config_get("maxmemory")["maxmemory"]
+    used = redis_client.info("memory")["used_memory"]
+    # Between the 90% threshold and the bound: Redis still accepts writes.
+    redis_client.config_set("maxmemory", int(used / 0.94))
+    try:
+        reply = submit(client, partner)
+        assert reply.status_code == 503 and reply.mimetype == PROBLEM
+        assert reply.headers["Retry-After"]
+        assert "memory" in reply.json["detail"]
+        assert client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).status_code == 200
+        listed = client.get("/v1/jobs", headers=partner["headers"])
+        assert [item["id"] for item in listed.json["items"]] == [job_id]
+    finally:
+        redis_client.config_set("maxmemory", before)
+    assert submit(client, partner).status_code == 202
