@@ -11,6 +11,8 @@ Exceptions::
     ├── UnsupportedMediaType   415
     ├── ValidationFailed       422 (with `errors`: field → messages)
     └── Unavailable            503
+
+A partner past one of its quotas (`worker.quotas.OverQuota`) is a 429.
 """
 
 from __future__ import annotations
@@ -24,11 +26,16 @@ from werkzeug.exceptions import HTTPException
 
 from app.allow import allowed_methods
 from worker.jobs import NotDurable
+from worker.quotas import BacklogFull, OverQuota
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "urn:postback:problem:"
+# Retry-After of a partner over its quota: its queued jobs start within seconds;
+# retained bytes are freed only as its finished jobs pass their retention.
+BACKLOG_RETRY_SECONDS = 5
+QUOTA_RETRY_SECONDS = 300
 
 
 class ApiError(Exception):
@@ -169,6 +176,19 @@ def register(app: Flask) -> None:
         )
         return problem(
             503, Unavailable.title, detail, slug=Unavailable.slug, headers={"Retry-After": "1"}
+        )
+
+    @app.errorhandler(OverQuota)
+    def over_quota(exc: OverQuota) -> Response:
+        # Its own doing, so a 429, telling it about its own jobs only.
+        backlog = isinstance(exc, BacklogFull)
+        retry_seconds = BACKLOG_RETRY_SECONDS if backlog else QUOTA_RETRY_SECONDS
+        return problem(
+            429,
+            "Quota exceeded",
+            str(exc),
+            slug="quota-exceeded",
+            headers={"Retry-After": str(retry_seconds)},
         )
 
     @app.errorhandler(Exception)

@@ -87,6 +87,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                 {**stored.headers, "Idempotent-Replayed": "true"},
             )
     try:
+        svc.memory.admit()
         svc.backlog.admit()
         response: dict[str, Any] = {}
         base = base_url()
@@ -137,7 +138,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
 def _own_job(job_id: str) -> dict[str, Any]:
     """The partner's job `job_id`; another partner's job is as missing as one never made."""
-    record = services().jobs.get(job_id) if ids.is_id("job", job_id) else None
+    record = services().jobs.view(job_id) if ids.is_id("job", job_id) else None
     if record is None or record["partner_id"] != g.partner_id:
         raise NotFound(f"no job {job_id}")
     return record
@@ -160,13 +161,13 @@ def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
     with waits.hold(g.partner_id, seconds), waits.watch(job_id) as ended:
         deadline = time.monotonic() + seconds
         # Watched first, then read: an end between the two is not missed.
-        record = jobs.get(job_id)
+        record = jobs.view(job_id)
         while record is not None and record["status"] not in js.TERMINAL:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             if waits.sleep(ended, left):
-                record = jobs.get(job_id)
+                record = jobs.view(job_id)
         return record
 
 
@@ -180,7 +181,7 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     outcome = services().jobs.request_cancel(job_id)
     if outcome not in (js.CANCELLED, js.PROCESSING):
         raise Conflict(f"the job has already ended: {outcome}")
-    current = services().jobs.get(job_id) or record
+    current = services().jobs.view(job_id) or record
     body = services().jobs.public(current)
     body["cancel_requested"] = outcome == js.PROCESSING
     return jsonify(body), 200 if outcome == js.CANCELLED else 202

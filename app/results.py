@@ -26,7 +26,7 @@ def get_result(token: str) -> Response:
         raise LinkExpired("this result link has expired; GET the job for a fresh one") from None
     except BadSignature:
         raise NotFound("no such result") from None
-    record = jobs.get(job_id)
-    if record is None or record["status"] != COMPLETED:
+    found = jobs.result(job_id)
+    if found is None or found[0] != COMPLETED:
         raise NotFound("no such result")
-    return jsonify(record["result"])
+    return jsonify(found[1])

@@ -9,7 +9,7 @@ from flask import current_app
 
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
-from app.throttle import Backlog, RateLimiter
+from app.throttle import Backlog, MemoryHeadroom, RateLimiter
 from app.waits import Waits
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
 from postback.settings import Settings
@@ -30,6 +30,7 @@ class Services:
     waits: Waits
     # Resolves callback host names (tests substitute their own DNS).
     resolver: Resolver
+    memory: MemoryHeadroom
 
     @classmethod
     def build(
@@ -46,6 +47,7 @@ class Services:
             url_policy(settings),
             Waits(client, max_per_partner=settings.partner_max_waits),
             resolver,
+            MemoryHeadroom(client),
         )
 
 

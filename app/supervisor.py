@@ -47,7 +47,7 @@ class Supervisor:
         if self.settings.redis_url:
             url, redis_line = self.settings.redis_url, "REDIS_URL (external)"
         else:
-            embedded = EmbeddedRedis(self.data_dir)
+            embedded = EmbeddedRedis(self.data_dir, maxmemory=self.settings.redis_maxmemory)
             server = embedded.start()
             url = server.url
             how = "adopted a running server" if server.adopted else "started"
@@ -97,7 +97,7 @@ class Supervisor:
             file=sys.stderr,
             flush=True,
         )
-        restarted = EmbeddedRedis(self.data_dir, port=port)
+        restarted = EmbeddedRedis(self.data_dir, port=port, maxmemory=self.settings.redis_maxmemory)
         try:
             restarted.start()
         except Exception as exc:

@@ -1,4 +1,9 @@
-"""Protection from too much: per-partner rate limits and a bound on the queued backlog."""
+"""Protection from too much: per-partner rate limits, a bound on the queued backlog, and
+headroom in Redis's memory.
+
+Per-partner bounds on queued jobs and stored bytes are checked by Redis when
+the job is created (`worker.quotas`); the bounds here are on the whole service.
+"""
 
 from __future__ import annotations
 
@@ -122,8 +127,51 @@ class Backlog:
             if self._waiting + self._added >= self.max_backlog:
                 self._read()
             if self._waiting + self._added >= self.max_backlog:
+                # No count: the backlog is every partner's, and none of this one's business.
                 raise Unavailable(
-                    f"{self._waiting} jobs are waiting; submissions resume when the backlog drains",
+                    "the service is busy; submissions resume when its backlog drains",
                     headers={"Retry-After": "30"},
                 )
             self._added += 1
+
+
+# Submissions are refused once Redis uses this much of its `maxmemory`, so that
+# Redis itself (`noeviction`) never has to refuse a write: jobs already accepted
+# keep running and finishing, and reads keep working.
+MEMORY_REFUSE_FRACTION = 0.9
+
+
+class MemoryHeadroom:
+    """Refuses submissions while Redis is near its `maxmemory`, from an INFO read now and then.
+
+    INFO costs more than a submission, so each process reads it at most every
+    `refresh_seconds`. A Redis without `maxmemory` (0) is never refused here.
+    """
+
+    refresh_seconds = 0.5
+
+    def __init__(self, client: redis.Redis, *, refuse_fraction: float = MEMORY_REFUSE_FRACTION):
+        self.redis = client
+        self.refuse_fraction = refuse_fraction
+        self._full = False
+        self._read_at = -math.inf
+        self._lock = threading.Lock()
+
+    def _read(self) -> None:
+        info = self.redis.info("memory")
+        limit = int(info.get("maxmemory") or 0)
+        self._full = limit > 0 and int(info["used_memory"]) >= limit * self.refuse_fraction
+        self._read_at = time.monotonic()
+
+    def admit(self) -> None:
+        """503 with Retry-After while Redis's memory is nearly full."""
+        with self._lock:
+            if time.monotonic() - self._read_at > self.refresh_seconds:
+                self._read()
+            full = self._full
+        if full:
+            raise Unavailable(
+                "the job store is nearly out of memory; submissions resume as finished "
+                "jobs are removed",
+                headers={"Retry-After": "60"},
+            )

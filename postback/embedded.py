@@ -45,11 +45,19 @@ def server_binary() -> str:
     return binary
 
 
+# The server's memory bound (`POSTBACK_REDIS_MAXMEMORY`). It never evicts: a job's
+# record must not vanish to make room; the API refuses submissions before the bound.
+DEFAULT_MAXMEMORY = "1gb"
+
+
 class EmbeddedRedis:
     """Start, find, adopt and stop the server that belongs to one data dir."""
 
-    def __init__(self, data_dir: Path, *, port: int = 0) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, maxmemory: str = DEFAULT_MAXMEMORY
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.maxmemory = maxmemory
         self.dir = self.data_dir / "redis"
         self.port = port
         self.pidfile = self.dir / "valkey.pid"
@@ -111,6 +119,10 @@ class EmbeddedRedis:
             str(port),
             "--appendonly",
             "yes",
+            "--maxmemory",
+            self.maxmemory,
+            "--maxmemory-policy",
+            "noeviction",
             "--pidfile",
             str(self.pidfile),
             "--logfile",

@@ -37,6 +37,8 @@ class Settings:
     # Where Redis lives. Unset: the embedded server of `data_dir`.
     redis_url: str | None = None
     data_dir: Path = field(default_factory=lambda: Path(".postback"))
+    # The embedded server's `maxmemory` (it never evicts: `noeviction`).
+    redis_maxmemory: str = "1gb"
     admin_token: str | None = None
     # Bearer token `GET /metrics` requires; unset: /metrics is open.
     metrics_token: str | None = None
@@ -92,6 +94,9 @@ class Settings:
     max_json_depth: int = 64
     rate_limit: str = "200/second"
     max_backlog: int = 100_000
+    # Per partner: queued jobs, and the input + result bytes its retained jobs hold.
+    partner_max_backlog: int = 10_000
+    partner_max_retained_bytes: int = 1_073_741_824
     idempotency_ttl_seconds: int = 86_400
     # Long-polls (`?wait=`) one partner may hold open at once, across API processes.
     partner_max_waits: int = 100

@@ -13,6 +13,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from postback.embedded import EmbeddedRedis
+from postback.settings import Settings
 from tests.processes import valkey_pids, wait_gone
 
 
@@ -103,3 +104,17 @@ def test_data_survives_a_restart(data_dir: Path) -> None:
         assert db.get("pb:test:key") == b"kept"
     finally:
         db.close()
+
+
+def test_the_server_has_a_memory_bound_and_never_evicts(data_dir: Path) -> None:
+    """The embedded server runs with the maxmemory it is given and maxmemory-policy noeviction."""
+    embedded = EmbeddedRedis(data_dir, maxmemory="64mb")
+    server = embedded.start()
+    db = client(server.url)
+    try:
+        assert db.config_get("maxmemory")["maxmemory"] == str(64 * 1024 * 1024)
+        assert db.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    finally:
+        db.close()
+        embedded.stop()
+    assert EmbeddedRedis(data_dir).maxmemory == Settings().redis_maxmemory == "1gb"

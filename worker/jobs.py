@@ -25,9 +25,11 @@ from callbacks.model import PENDING_DELIVERY, Message
 from callbacks.outbox import Outbox
 from postback import clock, ids, timeline
 from postback import metrics as pm
+from worker import quotas, reads
 from worker.deliveries import JobTimeline
 from worker.enqueue import Enqueuer
 from worker.guard import Guard, Outcome, Snapshot
+from worker.quotas import DEFAULT_QUOTA, Quota
 from worker.results import ResultLinks
 
 QUEUE_NAME = "postback"
@@ -106,8 +108,10 @@ class JobStore:
         retention_seconds: float = 7 * 86400,
         inline_result_bytes: int = 64 * 1024,
         result_url_ttl_seconds: int = 86400,
+        quota: Quota = DEFAULT_QUOTA,
     ) -> None:
         self.redis = client
+        self.quota = quota
         self.outbox = Outbox(client, observer=JobTimeline())
         self.durability = durability
         self.retention_seconds = retention_seconds
@@ -138,16 +142,20 @@ class JobStore:
 
         `also(pipeline, job)` adds the caller's own writes to that transaction
         (the API stores an idempotent response there). Then `confirm_durable`.
+        Raises `quotas.OverQuota`, having stored nothing, if the partner is at
+        one of its bounds (`quota`).
         """
         job_id = ids.new_id("job")
         created_at = clock.now()
+        stored_input = json.dumps(input, separators=(",", ":"))
         record = {
             "id": job_id,
             "partner_id": partner_id,
             "type": type,
             "status": QUEUED,
             "progress": 0,
-            "input": json.dumps(input, separators=(",", ":")),
+            "input": stored_input,
+            quotas.RETAINED_FIELD: len(stored_input),
             "callback_url": callback_url or "",
             "created_at": repr(created_at),
             "priority": priority,
@@ -169,7 +177,14 @@ class JobStore:
         self._enqueue(pipe, job_id, priority)
         if also is not None:
             also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
-        self.guard.write(pipe)
+        quotas.admit_and_write(
+            self.redis,
+            pipe,
+            partner_id=partner_id,
+            queued_index=partner_index(partner_id, QUEUED),
+            new_bytes=len(stored_input),
+            quota=self.quota,
+        )
         # What was just written, without reading it back.
         return self._decode({name: str(value) for name, value in record.items()})
 
@@ -204,18 +219,34 @@ class JobStore:
             raise NotDurable("the append-only file was not fsynced within 5 s")
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        """The stored record, decoded, or None."""
+        """The stored record, decoded, or None (input and result included: see `view`)."""
         raw = self.redis.hgetall(job_key(job_id))
         if not raw:
             return None
         return self._decode({k.decode(): v.decode() for k, v in raw.items()})
+
+    def view(self, job_id: str) -> dict[str, Any] | None:
+        """The record as views need it, or None: no input, and the result only if
+        `public` shows it inline (`worker.reads`)."""
+        reply = reads.read_view(
+            self.redis, job_key(job_id), inline_result_bytes=self.inline_result_bytes
+        )
+        fields = reads.parse(reply)  # type: ignore[arg-type]
+        return self._decode(fields) if fields is not None else None
+
+    def result(self, job_id: str) -> tuple[str, Any] | None:
+        """(status, result) of the job, reading nothing else; None if there is no job."""
+        status, result = self.redis.hmget(job_key(job_id), ["status", "result"])
+        if status is None:
+            return None
+        return status.decode(), json.loads(result) if result else None
 
     @staticmethod
     def _decode(stored: dict[str, str]) -> dict[str, Any]:
         """A record as the hash stores it (all text) → typed values."""
         record: dict[str, Any] = dict(stored)
         record["progress"] = int(record.get("progress") or 0)
-        record["result_bytes"] = len(record.get("result") or "")
+        record["result_bytes"] = int(record.get("result_bytes") or len(record.get("result") or ""))
         for name in ("input", "result", "error"):
             record[name] = json.loads(record[name]) if record.get(name) else None
         for name in ("created_at", "started_at", "finished_at", "lease_until"):
@@ -249,17 +280,18 @@ class JobStore:
         return self.many(job_ids), (job_ids[-1] if more and job_ids else None)
 
     def many(self, job_ids: list[str]) -> list[dict[str, Any]]:
-        """The records of `job_ids` (missing ones left out), each with its timeline and
-        delivery, read in two round trips rather than three per job."""
+        """The records of `job_ids` as `view` reads them (missing ones left out), each
+        with its timeline and delivery, read in two round trips rather than three per job."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hgetall(job_key(job_id))
+                reads.read_view(pipe, job_key(job_id), inline_result_bytes=self.inline_result_bytes)
                 pipe.lrange(timeline.key(job_id), 0, -1)
             replies = pipe.execute()
         records = []
-        for raw, entries in zip(replies[::2], replies[1::2], strict=True):
-            if raw:
-                record = self._decode({k.decode(): v.decode() for k, v in raw.items()})
+        for reply, entries in zip(replies[::2], replies[1::2], strict=True):
+            fields = reads.parse(reply)
+            if fields is not None:
+                record = self._decode(fields)
                 record["timeline"] = [json.loads(entry) for entry in entries]
                 records.append(record)
         with_events = [r for r in records if r["event_id"]]
@@ -416,7 +448,7 @@ class JobStore:
         "processing" (its run is told to stop), a terminal status (too late),
         or None if there is no such job.
         """
-        record = self.get(job_id)
+        record = self.view(job_id)
         if record is None:
             return None
         if record["status"] == QUEUED:
@@ -428,7 +460,7 @@ class JobStore:
             )
             if finished:
                 return CANCELLED
-            record = self.get(job_id) or record
+            record = self.view(job_id) or record
         if record["status"] == PROCESSING:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(job_key(job_id), "cancel_requested", 1)
@@ -506,6 +538,10 @@ class JobStore:
                     pipeline=pipe,
                 )
             pipe.hset(job_key(job_id), mapping=fields)
+            if "result" in fields:
+                quotas.count_result(
+                    pipe, job_key(job_id), record["partner_id"], len(fields["result"])
+                )
             pipe.hdel(job_key(job_id), "cancel_requested")
             pipe.zrem(LEASES_KEY, job_id)
             pipe.zrem(QUEUED_KEY, job_id)
@@ -531,12 +567,14 @@ class JobStore:
         """Delete a finished job and everything that belongs to it (retention).
 
         A webhook on the dead-letter list stays there: dead letters never expire silently.
+        The partner's retained bytes go down by what the job held, in the same transaction.
         """
-        record = self.get(job_id)
+        record = self.view(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(RETENTION_KEY, job_id)
             if record is not None:
-                pipe.delete(job_key(job_id), timeline.key(job_id))
+                quotas.forget(pipe, job_key(job_id))
+                pipe.delete(timeline.key(job_id))
                 pipe.zrem(partner_index(record["partner_id"]), job_id)
                 pipe.zrem(partner_index(record["partner_id"], record["status"]), job_id)
                 delivery = self.outbox.get(record["event_id"]) if record["event_id"] else None

@@ -45,7 +45,7 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
     client = store.redis
     for raw in client.zrangebyscore(js.LEASES_KEY, "-inf", now, start=0, num=BATCH):
         job_id = raw.decode()
-        record = store.get(job_id)
+        record = store.view(job_id)
         if record is None or record["status"] != js.PROCESSING:
             client.zrem(js.LEASES_KEY, job_id)
             continue
@@ -71,7 +71,7 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
         js.QUEUED_KEY, "-inf", now - LOST_AFTER_SECONDS, start=0, num=BATCH
     ):
         job_id = raw.decode()
-        record = store.get(job_id)
+        record = store.view(job_id)
         if record is None or record["status"] != js.QUEUED:
             client.zrem(js.QUEUED_KEY, job_id)
             continue

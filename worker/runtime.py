@@ -6,6 +6,7 @@ import redis
 
 from postback.settings import Settings
 from worker.jobs import JobStore
+from worker.quotas import Quota
 
 _settings: list[Settings] = []
 # The last store made, reused while its client and settings are asked for again
@@ -36,6 +37,10 @@ def job_store(client: redis.Redis, current: Settings | None = None) -> JobStore:
         retention_seconds=current.job_retention_seconds,
         inline_result_bytes=current.inline_result_bytes,
         result_url_ttl_seconds=current.result_url_ttl_seconds,
+        quota=Quota(
+            max_retained_bytes=current.partner_max_retained_bytes,
+            max_backlog=current.partner_max_backlog,
+        ),
     )
     _last_store[:] = [(client, current, store)]
     return store

@@ -1,0 +1,145 @@
+"""Per-partner quotas, checked by Redis in the same script that creates the job.
+
+Two bounds, each on what one partner holds, so that one partner's flood cannot
+refuse or starve another:
+
+- retained bytes: the input and result bytes of the partner's stored jobs.
+  `pb:partner:{pid}:retained_bytes` counts them; each job records in its own
+  hash (`retained_bytes`) what it added, and the script that deletes the job
+  subtracts exactly that, so the counter cannot drift (a job deleted twice
+  subtracts once; a job made before the counter existed subtracts nothing).
+  The quota bounds admissions: a result is always stored, so a partner's
+  retained bytes may exceed the quota by the results of the jobs it already
+  had in flight when it reached it.
+- backlog: the partner's queued jobs, the size of its `queued` index (the
+  set every transition already keeps exact: start, retry, cancel).
+
+Exceptions::
+
+    OverQuota            used, limit
+    ├── RetainedBytesFull
+    └── BacklogFull
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from postback import lua
+
+DEFAULT_MAX_RETAINED_BYTES = 1_073_741_824
+DEFAULT_MAX_BACKLOG = 10_000
+# The field of a job's hash that holds the bytes it added to its partner's counter.
+RETAINED_FIELD = "retained_bytes"
+
+
+def retained_key(partner_id: str) -> str:
+    return f"pb:partner:{partner_id}:retained_bytes"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quota:
+    """What one partner may hold; the settings override the defaults."""
+
+    max_retained_bytes: int = DEFAULT_MAX_RETAINED_BYTES
+    max_backlog: int = DEFAULT_MAX_BACKLOG
+
+
+DEFAULT_QUOTA = Quota()
+
+
+class OverQuota(Exception):
+    """A new job would take a partner past one of its bounds; nothing was stored."""
+
+    def __init__(self, message: str, *, used: int, limit: int) -> None:
+        super().__init__(message)
+        self.used = used
+        self.limit = limit
+
+
+class RetainedBytesFull(OverQuota):
+    """The partner's retained jobs hold as many bytes as it may keep."""
+
+
+class BacklogFull(OverQuota):
+    """As many of the partner's jobs are queued as it may have waiting."""
+
+
+# KEYS: the partner's retained-bytes counter, its queued index. ARGV: the most
+# bytes, the new job's bytes, the most queued, then the creation's writes.
+# {0} once written (or the first write's error), {1, retained} or {2, queued} if refused.
+_ADMIT = lua.Script(
+    lua.WRITES
+    + """
+local retained = tonumber(redis.call('GET', KEYS[1]) or '0')
+if retained + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {1, retained} end
+local queued = redis.call('ZCARD', KEYS[2])
+if queued >= tonumber(ARGV[3]) then return {2, queued} end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+return apply_writes(4) or {0}
+"""
+)
+
+# Delete a job's hash and subtract what it added to its partner's counter.
+# KEYS: the job. ARGV: the counter's key with %s for the partner id.
+_FORGET = lua.Script(
+    """
+local bytes = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
+if bytes > 0 then
+  local key = string.format(ARGV[1], redis.call('HGET', KEYS[1], 'partner_id'))
+  if redis.call('DECRBY', key, bytes) < 0 then redis.call('SET', key, 0) end
+end
+return redis.call('DEL', KEYS[1])
+"""
+)
+
+
+def admit_and_write(
+    client: redis.Redis,
+    writes: redis.client.Pipeline,
+    *,
+    partner_id: str,
+    queued_index: str,
+    new_bytes: int,
+    quota: Quota,
+) -> None:
+    """Apply `writes` (a new job's), counting `new_bytes`, if the partner is within `quota`.
+
+    Raises RetainedBytesFull or BacklogFull, having written nothing.
+    """
+    args = [quota.max_retained_bytes, new_bytes, quota.max_backlog, *lua.flat_writes(writes)]
+    reply = _ADMIT.run(client, [retained_key(partner_id), queued_index], args)
+    if reply[0] == 1:
+        raise RetainedBytesFull(
+            f"this partner's retained jobs hold {reply[1]} bytes and this job's input is "
+            f"{new_bytes}; the most it may keep is {quota.max_retained_bytes} "
+            "(POSTBACK_PARTNER_MAX_RETAINED_BYTES); space is freed as finished jobs pass "
+            "their retention",
+            used=int(reply[1]),
+            limit=quota.max_retained_bytes,
+        )
+    if reply[0] == 2:
+        raise BacklogFull(
+            f"{reply[1]} of your jobs are waiting "
+            f"(POSTBACK_PARTNER_MAX_BACKLOG={quota.max_backlog}); submit again once they start",
+            used=int(reply[1]),
+            limit=quota.max_backlog,
+        )
+
+
+def count_result(pipe: redis.client.Pipeline, job_key: str, partner_id: str, size: int) -> None:
+    """Queue the writes that count a stored result of `size` bytes (with the result's write)."""
+    pipe.hincrby(job_key, RETAINED_FIELD, size)
+    pipe.incrby(retained_key(partner_id), size)
+
+
+def forget(pipe: redis.client.Pipeline, job_key: str) -> None:
+    """Queue the deletion of a job's hash with the subtraction of its bytes."""
+    _FORGET.run(pipe, [job_key], [retained_key("%s"), RETAINED_FIELD])
+
+
+def retained_bytes(client: redis.Redis, partner_id: str) -> int:
+    """The input and result bytes the partner's stored jobs hold."""
+    return int(client.get(retained_key(partner_id)) or 0)
