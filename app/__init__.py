@@ -34,7 +34,7 @@ def create_app(
     # Larger bodies are refused with 413 before they are read.
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if client is None:
-        client = connect(redis_url(settings))
+        client = connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
     flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
     errors.register(flask_app)
     correlation.register(flask_app)

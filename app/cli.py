@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
 from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters, Filter
 from callbacks.model import destination
@@ -166,9 +168,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     url = redis_url(settings)
     run(
         settings,
-        connect(url),
+        connect(url, timeout_seconds=settings.redis_timeout_seconds),
         delivery_command=[sys.executable, "-m", "app.cli", "deliver"],
-        queue_client=connect(url, blocking=True),
+        queue_client=connect(url, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
         burst=args.burst,
     )
     return 0
@@ -179,13 +181,18 @@ def _deliver(args: argparse.Namespace, settings: Settings) -> int:
     from worker.process import deliver
 
     configure_logging(settings.log_level)
-    return deliver(settings, connect(redis_url(settings)))
+    return deliver(settings, _client(settings))
+
+
+def _client(settings: Settings) -> redis.Redis:
+    """A client of the system's Redis, with the configured timeouts."""
+    return connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
 
 
 def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
     from app.partners_store import PartnerStore
 
-    partner = PartnerStore(connect(redis_url(settings))).create(args.name)
+    partner = PartnerStore(_client(settings)).create(args.name)
     _print(partner)
     return 0
 
@@ -193,7 +200,7 @@ def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
 def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
     from app.partners_store import PartnerDisabled, PartnerStore
 
-    store = PartnerStore(connect(redis_url(settings)))
+    store = PartnerStore(_client(settings))
     try:
         rotated = store.rotate_secret(args.partner_id, grace_seconds=settings.secret_grace_seconds)
     except PartnerDisabled:
@@ -207,7 +214,7 @@ def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int
 
 
 def _dead_letters(settings: Settings) -> DeadLetters:
-    client = connect(redis_url(settings))
+    client = _client(settings)
     return DeadLetters(client, outbox=postback_outbox(client))
 
 
@@ -269,7 +276,7 @@ def _dead_action(args: argparse.Namespace, settings: Settings, done: str) -> int
 
 
 def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
-    items, next_cursor = CircuitBreaker(connect(redis_url(settings))).page(
+    items, next_cursor = CircuitBreaker(_client(settings)).page(
         limit=args.limit,
         cursor=args.cursor,
         destination=destination(args.destination) if args.destination else None,
@@ -279,7 +286,7 @@ def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
-    client = connect(redis_url(settings))
+    client = _client(settings)
     dest = destination(args.destination)
     reset = reset_circuits(
         CircuitBreaker(client), postback_outbox(client), dest, partner_id=args.partner_id
@@ -291,7 +298,7 @@ def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from app.status import render, snapshot
 
-    data = snapshot(connect(redis_url(settings)))
+    data = snapshot(_client(settings))
     if args.json:
         _print(data)
     else:

@@ -41,6 +41,9 @@ class Settings:
     handler_modules: tuple[str, ...] = ()
     log_level: str = "INFO"
     api_workers: int = 2
+    # Connect and command timeout of every Redis client (but the one RQ blocks on, which
+    # waits on the queue longer than this): a frozen or lost server fails fast.
+    redis_timeout_seconds: float = 2.0
     # Seconds a partner should wait before polling a freshly accepted job.
     poll_after_seconds: int = 1
     # Delivery.

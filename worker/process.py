@@ -10,7 +10,6 @@ import signal
 import threading
 
 import redis
-import redis.asyncio
 from rq import Queue, SimpleWorker
 
 from callbacks.breaker import BreakerSettings, CircuitBreaker
@@ -22,6 +21,7 @@ from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.children import Children, die_with_parent, orphaned
+from postback.connection import async_twin
 from postback.settings import Settings
 from worker import reaper, registry, runtime
 from worker.deliveries import JobTimeline
@@ -53,19 +53,9 @@ def outbox(client: redis.Redis) -> Outbox:
 def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
     """The delivery dispatcher the settings describe.
 
-    Its asyncio Redis client talks to the same server as `client`, through a
-    bounded pool (attempts in flight share a few connections).
+    Its asyncio Redis client talks to the same server as `client`, with the same
+    timeouts, through a bounded pool (attempts in flight share a few connections).
     """
-    params = dict(client.connection_pool.connection_kwargs)
-
-    def aclient() -> redis.asyncio.Redis:
-        pool = redis.asyncio.BlockingConnectionPool(
-            max_connections=ASYNC_REDIS_CONNECTIONS,
-            timeout=None,
-            **{k: v for k, v in params.items() if k in _ASYNC_PARAMS},
-        )
-        return redis.asyncio.Redis(connection_pool=pool)
-
     return Dispatcher(
         outbox(client),
         SecretStore(client),
@@ -77,7 +67,7 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
             ),
         ),
         breaker(settings, client),
-        aclient=aclient,
+        aclient=async_twin(client, max_connections=ASYNC_REDIS_CONNECTIONS),
         policy=retry_policy(settings),
         concurrency=settings.delivery_concurrency,
         per_destination=settings.delivery_per_destination,
@@ -88,19 +78,6 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
 
 
 ASYNC_REDIS_CONNECTIONS = 16
-_ASYNC_PARAMS = {
-    "host",
-    "port",
-    "db",
-    "username",
-    "password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "socket_keepalive",
-    "health_check_interval",
-    "retry_on_timeout",
-    "client_name",
-}
 
 
 def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:

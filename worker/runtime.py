@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from postback.settings import Settings
-from worker.jobs import JobStore
+from worker.jobs import FSYNC_WAIT_SECONDS, JobStore
 
 _settings: list[Settings] = []
 # The last store made, reused while its client and settings are asked for again
@@ -36,6 +36,8 @@ def job_store(client: redis.Redis, current: Settings | None = None) -> JobStore:
         retention_seconds=current.job_retention_seconds,
         inline_result_bytes=current.inline_result_bytes,
         result_url_ttl_seconds=current.result_url_ttl_seconds,
+        # The server's own "not fsynced" answer comes before the client's timeout.
+        fsync_wait_seconds=min(FSYNC_WAIT_SECONDS, current.redis_timeout_seconds * 0.75),
     )
     _last_store[:] = [(client, current, store)]
     return store
