@@ -8,8 +8,9 @@ from typing import Any
 import redis
 from flask import Flask
 
-from app import correlation, errors
+from app import correlation, errors, shedding
 from app.services import Services
+from app.shedding import Shedder
 from app.throttle import add_rate_limit_headers
 from callbacks.ssrf import Resolver, system_resolver
 from postback.connection import connect, redis_url
@@ -38,6 +39,7 @@ def create_app(
     flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
     errors.register(flask_app)
     correlation.register(flask_app)
+    shedding.register(flask_app, Shedder(probe_seconds=2 * settings.redis_timeout_seconds))
     flask_app.after_request(add_rate_limit_headers)
 
     from app import admin, health, jobs, metrics, partners, results
