@@ -67,6 +67,11 @@ def connect(url: str, *, timeout_seconds: float, blocking: bool = False) -> redi
     )
 
 
+def timeout_of(client: redis.Redis | redis.asyncio.Redis) -> float | None:
+    """The command timeout `client` was made with (None: none), e.g. to name a timeout."""
+    return client.connection_pool.connection_kwargs.get("socket_timeout")
+
+
 # What an asyncio client takes over from the blocking client it mirrors.
 _ASYNC_PARAMS = {
     "host",

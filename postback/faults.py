@@ -26,11 +26,15 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import redis
 import redis.exceptions
+
+T = TypeVar("T")
 
 
 class Cause(StrEnum):
@@ -91,16 +95,20 @@ _CODES = {
 _CODE = re.compile(r"(?:^|of pipeline caused error: )([A-Z]+)\b")
 
 
-def fault(cause: Cause, *, timeout_seconds: float) -> Fault:
-    """The fault named `cause`; a timeout's detail says how long was waited."""
+def fault(cause: Cause, *, timeout_seconds: float | None) -> Fault:
+    """The fault named `cause`; a timeout's detail says how long was waited, if known."""
     if cause is Cause.TIMEOUT:
-        return Fault(cause, f"the job store did not answer within {timeout_seconds:g} s", 5)
+        waited = "in time" if timeout_seconds is None else f"within {timeout_seconds:g} s"
+        return Fault(cause, f"the job store did not answer {waited}", _SOON_SECONDS)
     detail, retry_after = _DETAILS[cause]
     return Fault(cause, detail, retry_after)
 
 
-def classify(exc: BaseException, *, timeout_seconds: float) -> Fault | None:
-    """The Redis fault behind `exc`, or None if `exc` is no fault of the server's state."""
+def classify(exc: BaseException, *, timeout_seconds: float | None) -> Fault | None:
+    """The Redis fault behind `exc`, or None if `exc` is no fault of the server's state.
+
+    `timeout_seconds` is the client's timeout, for a timeout's detail.
+    """
     cause = _cause(exc)
     return None if cause is None else fault(cause, timeout_seconds=timeout_seconds)
 
@@ -131,6 +139,30 @@ def pause_seconds(failures: int, *, max_seconds: float = 5.0) -> float:
     """How long to wait before trying again after `failures` in a row: from about 0.25 s,
     doubling, jittered, at most `max_seconds` (so work resumes soon after Redis does)."""
     return min(max_seconds, 0.25 * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def patiently(
+    step: Callable[[], T],
+    *,
+    watch: FaultWatch,
+    timeout_seconds: float | None,
+    within_seconds: float | None = None,
+) -> T:
+    """`step()`, called again after each Redis fault (pausing longer each time) until it
+    succeeds, the faults logged through `watch`. An error that is no fault is raised at
+    once; with `within_seconds`, so is a fault once that long has passed."""
+    deadline = None if within_seconds is None else time.monotonic() + within_seconds
+    while True:
+        try:
+            result = step()
+        except redis.RedisError as exc:
+            found = classify(exc, timeout_seconds=timeout_seconds)
+            if found is None or (deadline is not None and time.monotonic() >= deadline):
+                raise
+            time.sleep(pause_seconds(watch.failed(found)))
+            continue
+        watch.recovered()
+        return result
 
 
 class FaultWatch:
