@@ -10,7 +10,7 @@ import signal
 import threading
 
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from callbacks.breaker import BreakerSettings, CircuitBreaker
 from callbacks.dispatcher import Dispatcher
@@ -22,10 +22,12 @@ from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.children import Children, die_with_parent, orphaned
 from postback.connection import async_twin
+from postback.faults import FaultWatch, patiently
 from postback.settings import Settings
 from worker import reaper, registry, runtime
 from worker.deliveries import JobTimeline
 from worker.jobs import PRIORITIES, QUEUES
+from worker.patient import PatientWorker
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +108,12 @@ def run(
     delivered by `delivery_command`, a child process kept running beside it
     (restarted if it dies, stopped when this process stops, and by the kernel
     if this process is killed), so the two never wait on one interpreter lock.
-    `queue_client` is the connection RQ blocks on while it waits for jobs
-    (default: `client`).
+    `queue_client` is the connection RQ blocks on while it waits for jobs and
+    keeps its own records with (default: `client`); the job store, the lease
+    renewals and the reaper use `client`. Redis faults are waited out, not fatal.
     """
     registry.load(settings.handler_modules)
-    runtime.configure(settings)
+    runtime.configure(settings, client=client)
     # RQ forks its scheduler from this thread; a SIGKILLed worker must not leave it behind.
     os.register_at_fork(after_in_child=die_with_parent)
     stop = threading.Event()
@@ -133,9 +136,18 @@ def run(
     reaping.start()
     try:
         queue_client = queue_client or client
-        SimpleWorker(queues(queue_client), connection=queue_client).work(
-            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        # RQ's worker talks to Redis as it is made: wait for a Redis that answers.
+        patiently(
+            queue_client.ping,
+            watch=FaultWatch("worker", logger=log),
+            timeout_seconds=settings.redis_timeout_seconds,
         )
+        worker = PatientWorker(
+            queues(queue_client),
+            connection=queue_client,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     finally:
         stop.set()
         supervising.join()

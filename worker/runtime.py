@@ -1,4 +1,5 @@
-"""The settings of this worker process, set once at start-up (`worker.process.run`)."""
+"""The settings and job-store client of this worker process, set once at start-up
+(`worker.process.run`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ from postback.settings import Settings
 from worker.jobs import FSYNC_WAIT_SECONDS, JobStore
 
 _settings: list[Settings] = []
+# The client of Postback's own records (the job store), when the process was given one.
+_client: list[redis.Redis] = []
 # The last store made, reused while its client and settings are asked for again
 # (a store registers its Lua scripts when it is made: once per worker, not per job).
 _last_store: list[tuple[redis.Redis, Settings, JobStore]] = []
 
 
-def configure(settings: Settings) -> None:
-    """Make `settings` the ones RQ entry points in this process use."""
+def configure(settings: Settings, *, client: redis.Redis | None = None) -> None:
+    """Make `settings` (and `client`, for the job store) the ones RQ entry points use."""
     _settings[:] = [settings]
+    _client[:] = [client] if client is not None else []
+
+
+def client() -> redis.Redis | None:
+    """The configured client of the job store, if any (else: the RQ job's own connection)."""
+    return _client[0] if _client else None
 
 
 def settings() -> Settings:
