@@ -15,6 +15,7 @@ from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters, Filter
 from callbacks.model import destination
 from postback.connection import RedisNotFound, connect, redis_url
+from postback.faults import classify
 from postback.settings import Settings, SettingsError
 from worker.process import outbox as postback_outbox
 
@@ -24,10 +25,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        return args.run(args, settings)
-    except (SettingsError, RedisNotFound) as exc:
+    except SettingsError as exc:
         print(f"postback: {exc}", file=sys.stderr)
         return 2
+    try:
+        return args.run(args, settings)
+    except RedisNotFound as exc:
+        print(f"postback: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        found = classify(exc, timeout_seconds=settings.redis_timeout_seconds)
+        if found is None:
+            raise
+        print(f"postback: {found.detail}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ freezes, fills, breaks or turns into a replica; the session's server is never to
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from rq import Worker
 from app import create_app
 from postback.settings import Settings
 from tests.helpers import PROBLEM, bearer
-from tests.processes import OwnRedis, eventually, own_redis
+from tests.processes import POSTBACK, OwnRedis, cli_env, eventually, own_redis
 from worker.jobs import QUEUE_NAME
 
 TIMEOUT_SECONDS = 1.0
@@ -232,6 +233,17 @@ def test_a_stopped_redis_is_503_named_unreachable(client, partner, server):
     assert_fault(submit(client, partner), "unreachable", "the job store is unreachable")
     ready = client.get("/readyz")
     assert ready.json["checks"]["redis"]["cause"] == "unreachable"
+
+
+def test_the_command_line_names_a_fault_instead_of_a_traceback(server):
+    """`postback status` on a frozen Redis exits 1 within the timeout, naming the fault."""
+    env = cli_env(REDIS_URL=server.url, POSTBACK_REDIS_TIMEOUT_SECONDS="1")
+    with server.frozen():
+        done = subprocess.run(
+            [*POSTBACK, "status"], env=env, capture_output=True, timeout=60, check=False
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode().strip() == "postback: the job store did not answer within 1 s"
 
 
 # -- readiness when Redis is well ----------------------------------------------------
