@@ -111,6 +111,24 @@ def settled(client, partner, job_id: str) -> dict[str, Any] | None:
     return job if job.get("delivery", {}).get("status") == "delivered" else None
 
 
+def start_sleeping_job(client, partner, receiver: Receiver, *, seconds: int) -> str:
+    """Submit a `sleep` job with a callback; its id once a worker runs it."""
+    job_id = client.post(
+        "/v1/jobs",
+        json={"type": "sleep", "input": {"seconds": seconds}, "callback_url": receiver.url},
+        headers=partner["headers"],
+    ).json["id"]
+    eventually(
+        lambda: (
+            client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).json["status"]
+            == "processing"
+        ),
+        timeout_seconds=20,
+        what="the worker starts the job",
+    )
+    return job_id
+
+
 def assert_logged_once_per_change(lines: list[dict[str, Any]]) -> None:
     """Each component logged each fault once, and its recovery at most once: not per retry."""
     faults = Counter(
@@ -139,19 +157,7 @@ def test_a_worker_waits_out_a_frozen_redis(client, partner, server, tmp_path, re
     """Redis SIGSTOPped while a job runs: the same processes finish it and deliver its webhook."""
     with Worker(server, tmp_path / "worker.log") as worker:
         run_job(client, partner, receiver, 1)
-        job_id = client.post(
-            "/v1/jobs",
-            json={"type": "sleep", "input": {"seconds": 1}, "callback_url": receiver.url},
-            headers=partner["headers"],
-        ).json["id"]
-        eventually(
-            lambda: (
-                client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).json["status"]
-                == "processing"
-            ),
-            timeout_seconds=20,
-            what="the worker starts the job",
-        )
+        job_id = start_sleeping_job(client, partner, receiver, seconds=1)
         with server.frozen():
             eventually(
                 lambda: len(worker.fault_lines()) > 0,
@@ -186,19 +192,7 @@ def test_a_worker_rides_out_out_of_memory_mid_job(client, partner, server, tmp_p
     admin = server.client()
     with Worker(server, tmp_path / "worker.log") as worker:
         run_job(client, partner, receiver, 1)
-        job_id = client.post(
-            "/v1/jobs",
-            json={"type": "sleep", "input": {"seconds": 2}, "callback_url": receiver.url},
-            headers=partner["headers"],
-        ).json["id"]
-        eventually(
-            lambda: (
-                client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).json["status"]
-                == "processing"
-            ),
-            timeout_seconds=20,
-            what="the worker starts the job",
-        )
+        job_id = start_sleeping_job(client, partner, receiver, seconds=2)
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)
         try:

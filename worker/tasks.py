@@ -133,7 +133,12 @@ def _record(
     kind, value = outcome
     # `record` is what `start` returned: finishing from it saves a read.
     waited = record["started_at"] - record["created_at"] if record["attempts"] == 1 else None
-    ran = {"run_id": run_id, "known": record, "ran_seconds": ran_seconds, "waited_seconds": waited}
+    ran: dict[str, Any] = {
+        "run_id": run_id,
+        "known": record,
+        "ran_seconds": ran_seconds,
+        "waited_seconds": waited,
+    }
 
     def finish(**outcome: Any) -> bool:
         return _patiently(lambda: store.finish(job_id, **ran, **outcome), settings)
