@@ -8,15 +8,20 @@ from typing import Any
 import redis
 from flask import Flask
 
-from app import correlation, errors
+from app import correlation, errors, shedding
 from app.allow import PostbackFlask
 from app.services import Services
+from app.shedding import Shedder
 from app.throttle import add_rate_limit_headers
 from callbacks.ssrf import Resolver, system_resolver
 from postback.connection import connect, redis_url
 from postback.logs import configure_logging
 from postback.settings import Settings
 from worker import registry
+
+# Redis connections of one API process: requests take turns on them (a request
+# waits up to POSTBACK_REDIS_TIMEOUT_SECONDS for one), however many are open.
+REDIS_CONNECTIONS = 64
 
 
 def create_app(
@@ -36,10 +41,15 @@ def create_app(
     # body, which has none, is counted as it is read: `app.body.raw_body`).
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if client is None:
-        client = connect(redis_url(settings))
+        client = connect(
+            redis_url(settings),
+            timeout_seconds=settings.redis_timeout_seconds,
+            max_connections=REDIS_CONNECTIONS,
+        )
     flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
     errors.register(flask_app)
     correlation.register(flask_app)
+    shedding.register(flask_app, Shedder(probe_seconds=2 * settings.redis_timeout_seconds))
     flask_app.after_request(add_rate_limit_headers)
 
     from app import admin, health, jobs, metrics, partners, results

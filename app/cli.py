@@ -10,9 +10,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import redis
+
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import checked_destination
 from postback.connection import RedisNotFound, connect, redis_url
+from postback.faults import classify
 from postback.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -28,10 +31,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        return args.run(args, settings)
-    except (SettingsError, RedisNotFound) as exc:
+    except SettingsError as exc:
         print(f"postback: {exc}", file=sys.stderr)
         return 2
+    try:
+        return args.run(args, settings)
+    except RedisNotFound as exc:
+        print(f"postback: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        found = classify(exc, timeout_seconds=settings.redis_timeout_seconds)
+        if found is None:
+            raise
+        print(f"postback: {found.detail}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,9 +196,9 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     url = redis_url(settings)
     run(
         settings,
-        connect(url),
+        connect(url, timeout_seconds=settings.redis_timeout_seconds),
         delivery_command=[sys.executable, "-m", "app.cli", "deliver"],
-        queue_client=connect(url, blocking=True),
+        queue_client=connect(url, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
         burst=args.burst,
     )
     return 0
@@ -196,13 +209,18 @@ def _deliver(args: argparse.Namespace, settings: Settings) -> int:
     from worker.process import deliver
 
     configure_logging(settings.log_level)
-    return deliver(settings, connect(redis_url(settings)))
+    return deliver(settings, _client(settings))
+
+
+def _client(settings: Settings) -> redis.Redis:
+    """A client of the system's Redis, with the configured timeouts."""
+    return connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
 
 
 def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
     from app.partners_store import PartnerStore
 
-    partner = PartnerStore(connect(redis_url(settings))).create(args.name)
+    partner = PartnerStore(_client(settings)).create(args.name)
     _print(partner)
     return 0
 
@@ -210,7 +228,7 @@ def _partners_create(args: argparse.Namespace, settings: Settings) -> int:
 def _partners_rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
     from app.partners_store import PartnerDisabled, PartnerStore
 
-    store = PartnerStore(connect(redis_url(settings)))
+    store = PartnerStore(_client(settings))
     try:
         rotated = store.rotate_secret(args.partner_id, grace_seconds=settings.secret_grace_seconds)
     except PartnerDisabled:
@@ -227,7 +245,7 @@ def _dead_letters(settings: Settings) -> DeadLetters:
     from callbacks.deadletters import DeadLetters
     from worker.process import outbox as postback_outbox
 
-    client = connect(redis_url(settings))
+    client = _client(settings)
     return DeadLetters(client, outbox=postback_outbox(client))
 
 
@@ -291,7 +309,7 @@ def _dead_action(args: argparse.Namespace, settings: Settings, done: str) -> int
 def _circuits_list(args: argparse.Namespace, settings: Settings) -> int:
     from callbacks.breaker import CircuitBreaker
 
-    items, next_cursor = CircuitBreaker(connect(redis_url(settings))).page(
+    items, next_cursor = CircuitBreaker(_client(settings)).page(
         limit=args.limit,
         cursor=args.cursor,
         destination=args.destination,
@@ -304,7 +322,7 @@ def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
     from callbacks.breaker import CircuitBreaker, reset_circuits
     from worker.process import outbox as postback_outbox
 
-    client = connect(redis_url(settings))
+    client = _client(settings)
     outbox = postback_outbox(client)
     reset = reset_circuits(
         CircuitBreaker(client), outbox, args.destination, partner_id=args.partner_id
@@ -316,7 +334,7 @@ def _circuits_reset(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from app.status import render, snapshot
 
-    data = snapshot(connect(redis_url(settings)))
+    data = snapshot(_client(settings))
     if args.json:
         _print(data)
     else:

@@ -13,6 +13,8 @@ Exceptions::
     └── Unavailable            503
 
 A partner past one of its quotas (`worker.quotas.OverQuota`) is a 429.
+Redis faults (`postback.faults`) are 503s too, each naming its cause (`cause`),
+with a Retry-After; so is a request shed while Redis times out (`app.shedding`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.allow import allowed_methods
+from app.shedding import Shed
+from postback.faults import Fault, FaultWatch, classify
 from worker.jobs import NotDurable
 from worker.quotas import BacklogFull, OverQuota
 
@@ -121,17 +125,31 @@ def problem(
     slug: str,
     errors: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    members: dict[str, Any] | None = None,
 ) -> Response:
-    """A problem+json response."""
+    """A problem+json response; `members` are extension members (RFC 9457 §3.2)."""
     body = problem_document(status, title, detail, slug=slug, instance=request.path)
     if errors:
         body["errors"] = errors
+    body.update(members or {})
     response = jsonify(body)
     response.status_code = status
     response.mimetype = PROBLEM_JSON
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def fault_problem(fault: Fault) -> Response:
+    """The 503 for a Redis fault: its detail, its `cause` and a Retry-After."""
+    return problem(
+        503,
+        Unavailable.title,
+        fault.detail,
+        slug=Unavailable.slug,
+        headers={"Retry-After": str(fault.retry_after_seconds)},
+        members={"cause": str(fault.cause)},
+    )
 
 
 def register(app: Flask) -> None:
@@ -155,17 +173,23 @@ def register(app: Flask) -> None:
             status, exc.name or "Error", exc.description or "", slug=slug, headers=headers
         )
 
-    @app.errorhandler(redis.ConnectionError)
-    @app.errorhandler(redis.TimeoutError)
-    def redis_down(exc: Exception) -> Response:
-        log.warning("redis unavailable: %s", type(exc).__name__)
-        return problem(
-            503,
-            Unavailable.title,
-            "the job store is unreachable; retry shortly",
-            slug=Unavailable.slug,
-            headers={"Retry-After": "5"},
-        )
+    # Redis faults: a 503 naming the cause (never its message, which may hold data), logged
+    # when a fault starts or changes and once a minute while it lasts, not per request.
+    watch = FaultWatch("the API", logger=log, repeat_seconds=60)
+
+    @app.errorhandler(redis.RedisError)
+    def redis_error(exc: redis.RedisError) -> Response:
+        timeout_seconds = app.config["SETTINGS"].redis_timeout_seconds
+        found = classify(exc, timeout_seconds=timeout_seconds)
+        if found is None:
+            return unexpected(exc)
+        g.redis_fault = found
+        watch.failed(found)
+        return fault_problem(found)
+
+    @app.errorhandler(Shed)
+    def shed(exc: Shed) -> Response:
+        return fault_problem(exc.fault)
 
     @app.errorhandler(NotDurable)
     def not_durable(exc: NotDurable) -> Response:
@@ -192,6 +216,6 @@ def register(app: Flask) -> None:
         )
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
+    def unexpected(exc: BaseException) -> Response:
         log.exception("unhandled error")
         return problem(500, ApiError.title, "an unexpected error occurred", slug=ApiError.slug)

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from importlib import resources
 
+import redis
 from flask import Blueprint, Response, jsonify
 from flask_swagger_ui import get_swaggerui_blueprint
-from rq import Worker
 
+from app import status
 from app.errors import problem
 from app.services import services
+from postback.faults import classify
 
 bp = Blueprint("health", __name__)
+
+# What /readyz writes to see that Redis takes writes; it expires by itself.
+READY_PROBE_KEY = "pb:readyz"
+READY_PROBE_TTL_MS = 10_000
+NO_LIVE_WORKER = "no_live_worker"
 
 # Swagger UI, served from the package's own files (no CDN), reading /openapi.yaml.
 docs = get_swaggerui_blueprint(
@@ -21,22 +28,50 @@ docs = get_swaggerui_blueprint(
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """200 while the process lives."""
+    """200 while the process lives: asks nothing of Redis, so it answers whatever Redis does."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    """200 when Redis answers and at least one worker is alive, else 503."""
-    client = services().redis
+    """200 when Redis takes writes and a worker is alive; else 503 naming what is not ready.
+
+    `checks` says, for `redis` and `workers`, `ok` or `failing` with a `cause` and a
+    `detail` (`unknown` when not checked). The probe is a write, so that a server
+    that answers but refuses writes (MISCONF, READONLY, OOM) is not ready either; it
+    waits at most the Redis timeout.
+    """
+    svc = services()
+    checks: dict[str, dict[str, str]] = {
+        "redis": {"status": "ok"},
+        "workers": {"status": "unknown"},
+    }
     try:
-        client.ping()
-        workers = Worker.count(connection=client)
-    except Exception:
-        return problem(503, "Not ready", "Redis does not answer", slug="not-ready")
+        svc.redis.set(READY_PROBE_KEY, "1", px=READY_PROBE_TTL_MS)
+        workers = status.workers(svc.redis)
+    except redis.RedisError as exc:
+        found = classify(exc, timeout_seconds=svc.settings.redis_timeout_seconds)
+        if found is None:
+            raise
+        checks["redis"] = failing(str(found.cause), found.detail)
+        return not_ready(found.detail, checks, {"Retry-After": str(found.retry_after_seconds)})
     if workers < 1:
-        return problem(503, "Not ready", "no worker is alive", slug="not-ready")
-    return jsonify({"status": "ready", "redis": "ok", "workers": workers})
+        checks["workers"] = failing(NO_LIVE_WORKER, "no worker is alive")
+        return not_ready("no worker is alive", checks)
+    checks["workers"] = {"status": "ok"}
+    return jsonify({"status": "ready", "redis": "ok", "workers": workers, "checks": checks})
+
+
+def failing(cause: str, detail: str) -> dict[str, str]:
+    return {"status": "failing", "cause": cause, "detail": detail}
+
+
+def not_ready(
+    detail: str, checks: dict[str, dict[str, str]], headers: dict[str, str] | None = None
+) -> Response:
+    return problem(
+        503, "Not ready", detail, slug="not-ready", headers=headers, members={"checks": checks}
+    )
 
 
 @bp.get("/openapi.yaml")

@@ -17,6 +17,10 @@ README for the measurement behind this choice). Each attempt:
 
 While the process holds a delivery (waiting in a lane or in flight), it renews
 the delivery's claim, so the claim cannot lapse under a running attempt.
+
+A Redis fault stops nothing: claims are tried again with growing pauses, an
+outcome is recorded once Redis takes it (while its claim lasts), and each kind of
+fault is logged once per change of state (`postback.faults`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from callbacks.secrets import SecretStore
 from callbacks.sender import Response, Sender
 from callbacks.signing import headers as signed_headers
 from postback import clock, logs
+from postback.connection import timeout_of
+from postback.faults import Fault, FaultWatch, classify, pause_seconds
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +59,7 @@ MAINTAIN_EVERY_SECONDS = 60.0
 LINE_WINDOWS = 4
 MIN_LINE = 1000
 CLAIM_BATCH = 500
-# How long the loop waits after Redis failed to answer a claim.
+# How long the loop waits after a claim failed on an error that is no Redis fault.
 REDIS_RETRY_SECONDS = 1.0
 
 
@@ -92,6 +98,12 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._limiter: RateLimiter | None = None
         self._wake = asyncio.Event()
+        # Redis faults, logged once per change of state for each kind of work.
+        self._redis_timeout = timeout_of(outbox.redis)
+        self._claim_faults = FaultWatch("delivery claims", logger=log)
+        self._renewal_faults = FaultWatch("delivery claim renewals", logger=log)
+        self._outcome_faults = FaultWatch("delivery outcomes", logger=log)
+        self._maintenance_faults = FaultWatch("delivery maintenance", logger=log)
 
     @property
     def lease_seconds(self) -> float:
@@ -141,10 +153,15 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     got = await self._claim_some()
-                except redis.RedisError:
-                    log.warning("could not claim deliveries; trying again", exc_info=True)
-                    await asyncio.sleep(REDIS_RETRY_SECONDS)
+                except redis.RedisError as exc:
+                    found = self._fault(exc)
+                    if found is None:
+                        log.warning("could not claim deliveries; trying again", exc_info=True)
+                        await asyncio.sleep(REDIS_RETRY_SECONDS)
+                    else:
+                        await asyncio.sleep(pause_seconds(self._claim_faults.failed(found)))
                     continue
+                self._claim_faults.recovered()
                 if got is None:
                     # Full: wait until a slot frees (or a while).
                     with contextlib.suppress(TimeoutError):
@@ -153,13 +170,32 @@ class Dispatcher:
                     self._wake.clear()
                 elif not got:
                     await asyncio.sleep(self.poll_seconds)
-            await self._give_back(self._lanes.clear(), at=clock.now())
+            await self._give_back_on_stop()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
             keeping.cancel()
             maintaining.cancel()
             await self._close(client)
+
+    async def _give_back_on_stop(self) -> None:
+        """Hand back what waits in the lanes; if Redis cannot take it, the claims lapse."""
+        waiting = self._lanes.clear()
+        try:
+            await self._give_back(waiting, at=clock.now())
+        except redis.RedisError as exc:
+            found = self._fault(exc)
+            if found is None:
+                raise
+            log.warning(
+                "%d claimed deliveries not given back (%s); they are due again in %.0f s",
+                len(waiting),
+                found.detail,
+                self.lease_seconds,
+            )
+
+    def _fault(self, exc: BaseException) -> Fault | None:
+        return classify(exc, timeout_seconds=self._redis_timeout)
 
     async def _drain(self, max_rounds: int) -> int:
         client = await self._open()
@@ -223,8 +259,12 @@ class Dispatcher:
                 signal, release = await self._deliver(lane, claimed)
             if signal != Signal.NONE:
                 seconds = time.monotonic() - started
-        except Exception:
-            log.exception("delivery of %s crashed; it is given back", claimed.delivery.id)
+        except Exception as exc:
+            found = self._fault(exc)
+            if found is None:
+                log.exception("delivery of %s crashed; it is given back", claimed.delivery.id)
+            else:
+                self._outcome_faults.failed(found)
             with contextlib.suppress(Exception):
                 await self._give_back_each([(claimed, clock.now() + 5)])
         finally:
@@ -331,7 +371,20 @@ class Dispatcher:
         )
 
     async def _settle(self, claimed: Claimed, settlement: Settlement) -> None:
-        if not await self.outbox.asettle(claimed, settlement):
+        """Record the outcome under the claim; through a Redis fault, while the claim lasts
+        (an attempt made but not recorded would be made again: a duplicate)."""
+        deadline = time.monotonic() + self.lease_seconds / 2
+        while True:
+            try:
+                settled = await self.outbox.asettle(claimed, settlement)
+                break
+            except redis.RedisError as exc:
+                found = self._fault(exc)
+                if found is None or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(pause_seconds(self._outcome_faults.failed(found)))
+        self._outcome_faults.recovered()
+        if not settled:
             log.warning(
                 "stale outcome of %s discarded: its claim was lost (%s)",
                 claimed.delivery.id,
@@ -357,9 +410,14 @@ class Dispatcher:
                 lost = await self.outbox.arenew(
                     list(self._held.values()), lease_seconds=self.lease_seconds
                 )
-            except Exception:
-                log.warning("could not renew delivery claims; retrying", exc_info=True)
+            except Exception as exc:
+                found = self._fault(exc)
+                if found is None:
+                    log.warning("could not renew delivery claims; retrying", exc_info=True)
+                else:
+                    self._renewal_faults.failed(found)
                 continue
+            self._renewal_faults.recovered()
             # Settled or given back while the renewal was on its way: not lost.
             lost &= self._held.keys()
             if lost:
@@ -388,8 +446,14 @@ class Dispatcher:
                         None, self.dead_letters.expire, self.dead_letter_retention_seconds
                     )
                 await loop.run_in_executor(None, self.breaker.sweep)
-            except redis.RedisError:
-                log.warning("delivery maintenance failed; will try again", exc_info=True)
+            except redis.RedisError as exc:
+                found = self._fault(exc)
+                if found is None:
+                    log.warning("delivery maintenance failed; will try again", exc_info=True)
+                else:
+                    self._maintenance_faults.failed(found)
+            else:
+                self._maintenance_faults.recovered()
             self._lanes.forget_idle()
 
 

@@ -53,6 +53,9 @@ class Settings:
     # kept-alive connection is closed after `api_keepalive_seconds`.
     api_header_timeout_seconds: float = 10.0
     api_keepalive_seconds: float = 5.0
+    # Connect and command timeout of every Redis client (but the one RQ blocks on, which
+    # waits on the queue longer than this): a frozen or lost server fails fast.
+    redis_timeout_seconds: float = 2.0
     # Seconds a partner should wait before polling a freshly accepted job.
     poll_after_seconds: int = 1
     # Delivery.

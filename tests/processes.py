@@ -10,7 +10,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import redis
+
+from postback.embedded import EmbeddedRedis, RunningServer, free_port
 
 POSTBACK = [sys.executable, "-m", "app.cli"]
 
@@ -93,13 +97,67 @@ def eventually(probe: Callable[[], Any], *, timeout_seconds: float, what: str) -
 
 
 @contextlib.contextmanager
-def postback_worker(redis_url: str, **env: str) -> Iterator[subprocess.Popen]:
+def postback_worker(
+    redis_url: str, *, stderr: IO[bytes] | None = None, **env: str
+) -> Iterator[subprocess.Popen]:
     """A `postback worker` process on `redis_url` with the test handlers, stopped at the end."""
     settings = {"POSTBACK_HANDLER_MODULES": "tests.handlers", "POSTBACK_DURABILITY": "everysec"}
     process = subprocess.Popen(
-        [*POSTBACK, "worker"], env=cli_env(REDIS_URL=redis_url, **{**settings, **env})
+        [*POSTBACK, "worker"],
+        env=cli_env(REDIS_URL=redis_url, **{**settings, **env}),
+        stderr=stderr,
     )
     try:
         yield process
     finally:
         stop_process(process, grace_seconds=10)
+
+
+class OwnRedis:
+    """A Redis server of one test's own, which it may freeze, break or restart.
+
+    The session's server is shared; a test that stops or damages a server uses one of these.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.embedded = EmbeddedRedis(data_dir, port=free_port())
+        self.running: RunningServer = self.embedded.start()
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    def client(self) -> redis.Redis:
+        """A plain client of this server, for the test's own commands."""
+        return redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=10)
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The server SIGSTOPped inside the block: it accepts connections and answers nothing."""
+        os.kill(self.running.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.running.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        """SIGKILL the server and start it again on the same port, from the same data dir."""
+        os.kill(self.running.pid, signal.SIGKILL)
+        wait_gone([self.running.pid], 10.0)
+        self.running = self.embedded.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.running.pid, signal.SIGCONT)
+        self.embedded.stop(wait_seconds=2.0)
+        kill_valkeys(self.embedded.data_dir)
+
+
+@contextlib.contextmanager
+def own_redis(data_dir: Path) -> Iterator[OwnRedis]:
+    """A dedicated server for the block, stopped (whatever state it is in) at the end."""
+    server = OwnRedis(data_dir)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -117,3 +117,22 @@ def test_docs_serve_swagger_ui_from_local_assets(app: Flask) -> None:
     bundle = client.get("/docs/swagger-ui-bundle.js")
     assert bundle.status_code == 200
     assert bundle.data
+
+
+def test_redis_faults_are_documented_with_their_cause(spec: dict[str, Any]) -> None:
+    """Every 503 carries Retry-After and, but on /readyz, a `cause` naming every Redis fault;
+    /readyz's 503 documents `checks`."""
+    from postback.faults import Cause
+
+    causes = spec["components"]["schemas"]["RedisFaultCause"]["enum"]
+    assert set(causes) == {str(c) for c in Cause}
+    for path, method, operation in _operations(spec):
+        if "503" not in operation["responses"]:
+            continue
+        response = _resolve(spec, operation["responses"]["503"])
+        schema = response["content"]["application/problem+json"]["schema"]["$ref"]
+        if path == "/readyz":
+            assert schema.endswith("/NotReadyProblem"), method
+        else:
+            assert schema.endswith("/UnavailableProblem"), f"{method} {path}"
+            assert "Retry-After" in response["headers"], f"{method} {path}"

@@ -143,7 +143,10 @@ def test_redis_down_is_503_everywhere_and_recovers(settings, tmp_path, admin_hea
     url = server.start().url
     from postback.connection import connect
 
-    app = create_app(asdict(replace(settings, redis_url=url)), client=connect(url))
+    app = create_app(
+        asdict(replace(settings, redis_url=url)),
+        client=connect(url, timeout_seconds=settings.redis_timeout_seconds),
+    )
     client = app.test_client()
     try:
         partner = client.post("/v1/admin/partners", json={"name": "A"}, headers=admin_headers).json

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from postback.connection import timeout_of
+from postback.faults import FaultWatch, classify
 from worker.context import JobContext
 
 if TYPE_CHECKING:
@@ -43,6 +45,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         # The thread waits with no timeout (it has had no run since its last wake-up).
         self._idle = False
+        self.faults = FaultWatch("lease renewals", logger=log)
 
     def watch(self, run: Run) -> None:
         """Renew `run`'s lease from now on, until `release`."""
@@ -79,9 +82,15 @@ class Heartbeat:
     def _renew(self, run: Run) -> None:
         try:
             record = run.store.renew(run.job_id, run_id=run.run_id, lease_seconds=run.lease_seconds)
-        except Exception:
-            log.warning("job %s: lease renewal failed; retrying", run.job_id, exc_info=True)
+        except Exception as exc:
+            # Retried at the next beat; a Redis fault is logged once, not at every beat.
+            found = classify(exc, timeout_seconds=timeout_of(run.store.redis))
+            if found is None:
+                log.warning("job %s: lease renewal failed; retrying", run.job_id, exc_info=True)
+            else:
+                self.faults.failed(found)
             return
+        self.faults.recovered()
         with self._changed:
             if self._run is not run:
                 return

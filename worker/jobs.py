@@ -38,8 +38,8 @@ QUEUES = {"high": "postback:high", "normal": QUEUE_NAME, "low": "postback:low"}
 RUN_JOB = "worker.tasks.run_job"
 _ENQUEUER = Enqueuer(RUN_JOB)
 
-# Wait for the local AOF fsync (no replicas), at most 5 s.
-WAITAOF = ("WAITAOF", 1, 0, 5000)
+# How long WAITAOF waits for the local AOF fsync (no replicas) at most, unless told less.
+FSYNC_WAIT_SECONDS = 5.0
 
 QUEUED_KEY = "pb:queued"
 RETRY_KEY = "pb:retry"
@@ -109,11 +109,13 @@ class JobStore:
         inline_result_bytes: int = 64 * 1024,
         result_url_ttl_seconds: int = 86400,
         quota: Quota = DEFAULT_QUOTA,
+        fsync_wait_seconds: float = FSYNC_WAIT_SECONDS,
     ) -> None:
         self.redis = client
         self.quota = quota
         self.outbox = Outbox(client, observer=JobTimeline())
         self.durability = durability
+        self.fsync_wait_seconds = fsync_wait_seconds
         self.retention_seconds = retention_seconds
         self.inline_result_bytes = inline_result_bytes
         self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
@@ -194,7 +196,8 @@ class JobStore:
     def confirm_durable(self) -> None:
         """In `fsync` durability, return only once this client's writes are fsynced to the AOF.
 
-        Raises NotDurable if Redis cannot confirm it (call it after `create`).
+        Raises NotDurable if Redis cannot confirm it within `fsync_wait_seconds` (call it
+        after `create`).
 
         A separate round trip on purpose: sent in the same pipeline as the
         writes, WAITAOF waited for the server's next event-loop pass (p50 58 ms
@@ -203,9 +206,10 @@ class JobStore:
         """
         if self.durability != "fsync":
             return
+        wait_ms = max(1, round(self.fsync_wait_seconds * 1000))
         try:
-            reply = self.redis.execute_command(*WAITAOF)
-        except redis.ResponseError as exc:
+            reply = self.redis.execute_command("WAITAOF", 1, 0, wait_ms)
+        except (redis.ResponseError, redis.TimeoutError) as exc:
             reply = exc
         self._check_durable(reply)
 
@@ -213,10 +217,10 @@ class JobStore:
     def _check_durable(reply: Any) -> None:
         """Raise NotDurable unless WAITAOF's `reply` says the local AOF was fsynced."""
         if isinstance(reply, Exception):
-            raise NotDurable(f"WAITAOF failed: {reply}") from reply
+            raise NotDurable(f"WAITAOF failed: {type(reply).__name__}") from reply
         local, _ = reply
         if local < 1:
-            raise NotDurable("the append-only file was not fsynced within 5 s")
+            raise NotDurable("the append-only file was not fsynced in time")
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The stored record, decoded, or None (input and result included: see `view`)."""

@@ -8,8 +8,7 @@ import signal
 import threading
 
 import redis
-import redis.asyncio
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from callbacks.breaker import BreakerSettings, CircuitBreaker
 from callbacks.dispatcher import Dispatcher
@@ -20,11 +19,14 @@ from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.children import Children, die_with_parent, orphaned
+from postback.connection import async_twin
+from postback.faults import FaultWatch, patiently
 from postback.resources import raise_file_limit
 from postback.settings import Settings
 from worker import reaper, registry, runtime
 from worker.deliveries import JobTimeline
 from worker.jobs import PRIORITIES, QUEUES
+from worker.patient import PatientWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +54,9 @@ def outbox(client: redis.Redis) -> Outbox:
 def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
     """The delivery dispatcher the settings describe.
 
-    Its asyncio Redis client talks to the same server as `client`, through a
-    bounded pool (attempts in flight share a few connections).
+    Its asyncio Redis client talks to the same server as `client`, with the same
+    timeouts, through a bounded pool (attempts in flight share a few connections).
     """
-    params = dict(client.connection_pool.connection_kwargs)
-
-    def aclient() -> redis.asyncio.Redis:
-        pool = redis.asyncio.BlockingConnectionPool(
-            max_connections=ASYNC_REDIS_CONNECTIONS,
-            timeout=None,
-            **{k: v for k, v in params.items() if k in _ASYNC_PARAMS},
-        )
-        return redis.asyncio.Redis(connection_pool=pool)
-
     return Dispatcher(
         outbox(client),
         SecretStore(client),
@@ -76,7 +68,7 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
             ),
         ),
         breaker(settings, client),
-        aclient=aclient,
+        aclient=async_twin(client, max_connections=ASYNC_REDIS_CONNECTIONS),
         policy=retry_policy(settings),
         concurrency=settings.delivery_concurrency,
         per_destination=settings.delivery_per_destination,
@@ -87,19 +79,6 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
 
 
 ASYNC_REDIS_CONNECTIONS = 16
-_ASYNC_PARAMS = {
-    "host",
-    "port",
-    "db",
-    "username",
-    "password",
-    "socket_timeout",
-    "socket_connect_timeout",
-    "socket_keepalive",
-    "health_check_interval",
-    "retry_on_timeout",
-    "client_name",
-}
 
 
 def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:
@@ -128,11 +107,12 @@ def run(
     delivered by `delivery_command`, a child process kept running beside it
     (restarted if it dies, stopped when this process stops, and by the kernel
     if this process is killed), so the two never wait on one interpreter lock.
-    `queue_client` is the connection RQ blocks on while it waits for jobs
-    (default: `client`).
+    `queue_client` is the connection RQ blocks on while it waits for jobs and
+    keeps its own records with (default: `client`); the job store, the lease
+    renewals and the reaper use `client`. Redis faults are waited out, not fatal.
     """
     registry.load(settings.handler_modules)
-    runtime.configure(settings)
+    runtime.configure(settings, client=client)
     # RQ forks its scheduler from this thread; a SIGKILLed worker must not leave it behind.
     os.register_at_fork(after_in_child=die_with_parent)
     stop = threading.Event()
@@ -155,9 +135,18 @@ def run(
     reaping.start()
     try:
         queue_client = queue_client or client
-        SimpleWorker(queues(queue_client), connection=queue_client).work(
-            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        # RQ's worker talks to Redis as it is made: wait for a Redis that answers.
+        patiently(
+            queue_client.ping,
+            watch=FaultWatch("worker", logger=log),
+            timeout_seconds=settings.redis_timeout_seconds,
         )
+        worker = PatientWorker(
+            queues(queue_client),
+            connection=queue_client,
+            timeout_seconds=settings.redis_timeout_seconds,
+        )
+        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
     finally:
         stop.set()
         supervising.join()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from postback import clock
 from postback import metrics as pm
+from postback.faults import FaultWatch, classify, pause_seconds
 from postback.settings import Settings
 from worker import jobs as js
 from worker.jobs import JobStore
@@ -97,9 +98,22 @@ def _on_a_queue(store: JobStore, record: dict) -> bool:
 def run(
     store: JobStore, settings: Settings, stop: threading.Event, *, interval_seconds: float = 1.0
 ) -> None:
-    """Reap every `interval_seconds` until `stop` is set."""
-    while not stop.wait(interval_seconds):
+    """Reap every `interval_seconds` until `stop` is set.
+
+    While Redis has a fault, passes are tried with growing pauses (up to 5 s) and the
+    fault is logged once, not at every pass.
+    """
+    faults = FaultWatch("reaper", logger=log)
+    wait = interval_seconds
+    while not stop.wait(wait):
+        wait = interval_seconds
         try:
             reap(store, settings)
-        except Exception:
-            log.warning("reaper pass failed; retrying", exc_info=True)
+        except Exception as exc:
+            found = classify(exc, timeout_seconds=settings.redis_timeout_seconds)
+            if found is None:
+                log.warning("reaper pass failed; retrying", exc_info=True)
+            else:
+                wait = max(interval_seconds, pause_seconds(faults.failed(found)))
+            continue
+        faults.recovered()

@@ -14,13 +14,15 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import redis
 from rq import get_current_job
 
 from callbacks.policy import RetryPolicy
 from postback import logs
+from postback.faults import FaultWatch, classify, patiently
 from worker import jobs as js
 from worker import registry, runtime
 from worker.context import JobContext
@@ -30,6 +32,13 @@ from worker.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
+# How long a run that ended tries to record its outcome while Redis has a fault. The
+# guard applies it only while the run holds its lease, so trying longer is safe, and
+# any that fails is run again once its lease lapses.
+RECORD_PATIENCE_SECONDS = 60.0
+# A run's writes to the job store (progress, outcome), whose faults are logged together.
+_RUN_FAULTS = FaultWatch("job runs", logger=log)
+
 
 def run_job(job_id: str) -> None:
     """Run job `job_id` once: processing, then completed, failed, cancelled or queued again.
@@ -37,7 +46,7 @@ def run_job(job_id: str) -> None:
     Never raises for a handler's failure: the failure is the job's result.
     """
     settings = runtime.settings()
-    store = runtime.job_store(get_current_job().connection, settings)
+    store = runtime.job_store(runtime.client() or get_current_job().connection, settings)
     run_id = secrets.token_hex(8)
     record = store.start(job_id, run_id=run_id, lease_seconds=settings.job_lease_seconds)
     if record is None:
@@ -67,7 +76,7 @@ def _run(store: JobStore, record: dict[str, Any], run_id: str, settings: Any) ->
     ctx = JobContext(
         job_id,
         record["input"] or {},
-        lambda pct: store.set_progress(job_id, pct),
+        lambda pct: _report_progress(store, job_id, pct, settings),
         attempt=record["attempts"],
     )
     interruptible = threading.Event()
@@ -99,6 +108,19 @@ def _run_handler(
         return "error", exc
 
 
+def _report_progress(store: JobStore, job_id: str, percent: int, settings: Any) -> None:
+    """Record progress; a Redis fault loses the report, never the job (it is informative)."""
+    try:
+        store.set_progress(job_id, percent)
+    except redis.RedisError as exc:
+        found = classify(exc, timeout_seconds=settings.redis_timeout_seconds)
+        if found is None:
+            raise
+        _RUN_FAULTS.failed(found)
+        return
+    _RUN_FAULTS.recovered()
+
+
 def _record(
     store: JobStore,
     record: dict[str, Any],
@@ -111,8 +133,16 @@ def _record(
     kind, value = outcome
     # `record` is what `start` returned: finishing from it saves a read.
     waited = record["started_at"] - record["created_at"] if record["attempts"] == 1 else None
-    ran = {"run_id": run_id, "known": record, "ran_seconds": ran_seconds, "waited_seconds": waited}
-    finish = lambda **kw: store.finish(job_id, **ran, **kw)  # noqa: E731
+    ran: dict[str, Any] = {
+        "run_id": run_id,
+        "known": record,
+        "ran_seconds": ran_seconds,
+        "waited_seconds": waited,
+    }
+
+    def finish(**outcome: Any) -> bool:
+        return _patiently(lambda: store.finish(job_id, **ran, **outcome), settings)
+
     if kind == "ok":
         try:
             done = finish(status=js.COMPLETED, result=value)
@@ -142,11 +172,22 @@ def _record(
         )
         delay = policy.delay_seconds(record["attempts"])
         log.info("job %s: %s; retrying in %.1f s", job_id, value, delay)
-        done = store.requeue(job_id, delay_seconds=delay, **ran)
+        done = _patiently(lambda: store.requeue(job_id, delay_seconds=delay, **ran), settings)
     else:
         done = finish(status=js.FAILED, error={"code": type(value).__name__, "message": str(value)})
     if not done:
         log.warning("job %s: this run lost its lease; its outcome is discarded", job_id)
+
+
+def _patiently(write: Callable[[], bool], settings: Any) -> bool:
+    """`write()` (an outcome), tried again through Redis faults for up to
+    RECORD_PATIENCE_SECONDS; after that the run's lease decides (the job runs again)."""
+    return patiently(
+        write,
+        watch=_RUN_FAULTS,
+        timeout_seconds=settings.redis_timeout_seconds,
+        within_seconds=RECORD_PATIENCE_SECONDS,
+    )
 
 
 @contextlib.contextmanager
