@@ -120,9 +120,9 @@ def partners(base: str, admin_token: str, count: int, keys_file: Path) -> list[s
     return keys
 
 
-def main(quick: bool = False, waits: int = 2000) -> dict:
+def main(quick: bool = False, waits: int = 2000, data_parent: str = ".") -> dict:
     seconds, warmup, repeats = (2.0, 0.5, 1) if quick else (8.0, 1.0, 3)
-    with embedded_redis(".") as (url, data), redis.Redis.from_url(url) as client:
+    with embedded_redis(data_parent) as (url, data), redis.Redis.from_url(url) as client:
         admin_token = secrets.token_hex(16)
         port = free_port()
         base = f"http://127.0.0.1:{port}"

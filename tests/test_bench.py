@@ -142,6 +142,20 @@ def test_the_accept_benchmark_runs_and_reports(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the Redis data dir is removed
 
 
+def test_the_long_poll_benchmark_holds_its_waits_while_submitting(tmp_path):
+    """A quick P8 run holds its long-polls open, then measures submissions with and without."""
+    from bench import longpoll
+
+    results = longpoll.main(quick=True, waits=100, data_parent=str(tmp_path))
+    assert results["errors"] == 0
+    for phase in ("with", "without"):
+        assert results["per_second"][phase]["median"] > 0
+        assert results["api_rss_mib"][phase]["median"] > 0
+    assert results["ratio"]["median"] > 0
+    assert "P8" in longpoll.report(results)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_pipeline_benchmark_runs_and_reports(tmp_path):
     """A quick pipeline benchmark delivers every job's webhook, with 1 and 2 workers."""
     from bench import pipeline
