@@ -206,8 +206,9 @@ def _server(
         stop_group(process)
 
 
-def _postback(url: str, mode: str, port: int, admin_token: str, log: Path):
+def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **settings: str):
     env = clean_env(
+        **settings,
         REDIS_URL=url,
         POSTBACK_ADMIN_TOKEN=admin_token,
         POSTBACK_RATE_LIMIT="1000000/second",

@@ -3,8 +3,9 @@
     python -m bench.longpoll [--quick] [--waits 2000]
 
 Postback's API (`postback serve`, 2 gevent workers) on the embedded Redis. A
-holder process keeps `--waits` long-polls open (`GET /v1/jobs/{id}?wait=30` on
-queued jobs that no worker runs, re-sent as each one answers), spread over
+holder process keeps `--waits` long-polls open (`GET /v1/jobs/{id}?wait=N`,
+N from 20 to 30 s, on queued jobs that no worker runs, re-sent as each one
+answers, after `Retry-After` when refused), spread over
 partners of 100 waits each (the default POSTBACK_PARTNER_MAX_WAITS). The P1
 load generator then measures `POST /v1/jobs` at saturation, and at a fixed
 rate of half the saturating rate without long-polls (for the p99 of a loaded
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import secrets
 import statistics
 import subprocess
@@ -61,12 +63,19 @@ async def _hold(base: str, keys: list[str], job_ids: list[str], waits: int) -> N
 
         async def one(number: int) -> None:
             partner = number // WAITS_PER_PARTNER
-            url = f"{base}/v1/jobs/{job_ids[partner]}?wait=30"
             headers = {"Authorization": f"Bearer {keys[partner]}"}
             while True:
+                # As clients do: waits of differing lengths (so they do not all end and
+                # come back at once), and a refusal's Retry-After honoured.
+                url = f"{base}/v1/jobs/{job_ids[partner]}?wait={random.randint(20, 30)}"
+                pause = 1.0
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                     async with session.get(url, headers=headers) as reply:
                         await reply.read()
+                        if reply.status == 200:
+                            continue
+                        pause = float(reply.headers.get("Retry-After", "1"))
+                await asyncio.sleep(pause)
 
         await asyncio.gather(*(one(n) for n in range(waits)))
 
@@ -131,7 +140,14 @@ def main(quick: bool = False, waits: int = 2000, data_parent: str = ".") -> dict
         runs: dict[str, list[dict]] = {"without": [], "with": []}
         memory: dict[str, list[float]] = {"without": [], "with": []}
         try:
-            with _postback(url, "everysec", port, admin_token, data / "api.log") as api:
+            # No worker runs: the submissions only pile up, which is not what is measured.
+            unbounded = {
+                "POSTBACK_MAX_BACKLOG": "10000000",
+                "POSTBACK_PARTNER_MAX_BACKLOG": "10000000",
+            }
+            with _postback(
+                url, "everysec", port, admin_token, data / "api.log", **unbounded
+            ) as api:
                 # `postback serve` is gunicorn's master; the API processes are its children.
                 master = api.pid
                 count = -(-waits // WAITS_PER_PARTNER)
