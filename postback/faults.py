@@ -49,6 +49,8 @@ class Cause(StrEnum):
     READONLY = "readonly"
     MASTERDOWN = "masterdown"
     OOM = "oom"
+    # Not the server's: this process had no connection free (every one busy) in time.
+    OVERLOADED = "overloaded"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ _DETAILS: dict[Cause, tuple[str, int]] = {
         _SOON_SECONDS,
     ),
     Cause.OOM: ("the job store is out of memory (OOM)", _LATER_SECONDS),
+    Cause.OVERLOADED: (
+        "too many requests at once: no connection to the job store was free in time",
+        1,
+    ),
 }
 
 # Error replies by their code, the first word of the server's message. In a
@@ -92,6 +98,8 @@ _CODES = {
     "NOAUTH": Cause.AUTH,
     "WRONGPASS": Cause.AUTH,
 }
+# What redis-py's BlockingConnectionPool raises when no connection is free in time.
+_POOL_EXHAUSTED = "No connection available."
 _CODE = re.compile(r"(?:^|of pipeline caused error: )([A-Z]+)\b")
 
 
@@ -118,6 +126,8 @@ def _cause(exc: BaseException) -> Cause | None:
         return Cause.LOADING
     if isinstance(exc, redis.exceptions.AuthenticationError):
         return Cause.AUTH
+    if isinstance(exc, redis.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
+        return Cause.OVERLOADED
     if isinstance(exc, redis.ConnectionError):
         return Cause.UNREACHABLE
     if isinstance(exc, redis.TimeoutError):

@@ -90,3 +90,20 @@ def test_pauses_grow_and_stay_bounded():
     assert pause_seconds(1) <= 0.25
     assert all(pause_seconds(n, max_seconds=5) <= 5 for n in range(1, 40))
     assert pause_seconds(10, max_seconds=5) >= 2.5
+
+
+def test_a_process_without_a_free_connection_is_named_overloaded(redis_url):
+    """When every pooled connection is busy past the timeout, the fault is `overloaded`."""
+    from postback.connection import connect
+
+    client = connect(redis_url, timeout_seconds=0.2, max_connections=1)
+    held = client.connection_pool.get_connection()
+    try:
+        with pytest.raises(redis.ConnectionError) as raised:
+            client.ping()
+        found = classify(raised.value, timeout_seconds=0.2)
+        assert found.cause == Cause.OVERLOADED and "too many requests" in found.detail
+    finally:
+        client.connection_pool.release(held)
+    assert client.ping()
+    client.close()
