@@ -178,12 +178,16 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     import sys
 
     from bench import __main__ as harness
-    from bench import accept, dead_letters, delivery, io_model, lifecycle, pipeline
+    from bench import accept, dead_letters, delivery, io_model, lifecycle, longpoll, pipeline
 
     calls = []
     for module in (accept, pipeline, delivery, io_model, lifecycle):
         monkeypatch.setattr(module, "main", lambda quick, m=module: calls.append((m, quick)) or {})
         monkeypatch.setattr(module, "report", lambda results: "ok")
+    monkeypatch.setattr(
+        longpoll, "main", lambda quick, waits: calls.append((longpoll, waits)) or {}
+    )
+    monkeypatch.setattr(longpoll, "report", lambda results: "ok")
     monkeypatch.setattr(
         dead_letters,
         "main",
@@ -202,6 +206,7 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     harness.main()
     assert [module for module, _ in calls] == [
         accept,
+        longpoll,
         pipeline,
         delivery,
         io_model,
@@ -209,7 +214,7 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
         dead_letters,
     ]
     assert (accept, True) in calls and (delivery, True) in calls and (io_model, True) in calls
-    assert (dead_letters, 1000) in calls
+    assert (dead_letters, 1000) in calls and (longpoll, 200) in calls
     written = (tmp_path / "results.json").read_text()
     assert '"quick": true' in written and "dead_letters" in written
 
