@@ -210,3 +210,23 @@ def test_an_idle_kept_alive_connection_is_closed(served):
         sock.close()
         for each in idle:
             each.close()
+
+
+def test_a_fresh_server_takes_a_burst_of_first_submissions(redis_url, partner):
+    """32 submissions at once, the first a new API process sees, are all accepted."""
+    with postback_serve(redis_url, POSTBACK_RATE_LIMIT="100000/second") as server:
+
+        async def burst() -> list[int]:
+            async with aiohttp.ClientSession(headers=partner["headers"]) as session:
+
+                async def one() -> int:
+                    body = {"type": "echo", "input": {}}
+                    timeout = aiohttp.ClientTimeout(total=SETTLE_SECONDS)
+                    async with session.post(
+                        f"{server.base}/v1/jobs", json=body, timeout=timeout
+                    ) as reply:
+                        return reply.status
+
+                return await asyncio.gather(*(one() for _ in range(32)))
+
+        assert asyncio.run(burst()) == [202] * 32

@@ -12,7 +12,6 @@ changes its format fails there rather than in production.
 from __future__ import annotations
 
 import pickle
-import threading
 import zlib
 from datetime import UTC, datetime
 from typing import Any
@@ -32,8 +31,10 @@ class Enqueuer:
 
     def __init__(self, function: str) -> None:
         self.function = function
+        # No lock: two callers that record the same template at once record the same
+        # writes. (A lock made at import, before gevent patches the API process, would
+        # block the whole process while its holder waits on Redis: a deadlock.)
         self._templates: dict[str, list[tuple[Any, ...]]] = {}
-        self._lock = threading.Lock()
 
     def enqueue(self, pipe: redis.client.Pipeline, queue: Queue, job_id: str) -> None:
         """Queue the writes of enqueueing `function(job_id)` on `queue` onto `pipe`."""
@@ -56,9 +57,7 @@ class Enqueuer:
     def _template(self, queue: Queue) -> list[tuple[Any, ...]]:
         template = self._templates.get(queue.name)
         if template is None:
-            with self._lock:
-                template = self._templates.get(queue.name) or self._record(queue)
-                self._templates[queue.name] = template
+            template = self._templates[queue.name] = self._record(queue)
         return template
 
     def _record(self, queue: Queue) -> list[tuple[Any, ...]]:
