@@ -120,12 +120,6 @@ class Waits:
         ended.clear()
         return woken or not self._subscribed.is_set()
 
-    @property
-    def waiting(self) -> int:
-        """Requests waiting in this process now."""
-        with self._lock:
-            return sum(len(events) for events in self._waiting.values())
-
     def _start(self) -> None:
         if self._listener is None or not self._listener.is_alive():
             self._listener = threading.Thread(target=self._listen, name="waits", daemon=True)

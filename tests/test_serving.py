@@ -91,18 +91,30 @@ async def long_polls(served: Served, partner: dict, job_id: str, count: int) -> 
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
+def hold_waits(
+    served: Served, partner: dict, job_id: str, count: int, redis_client
+) -> tuple[threading.Thread, list[dict]]:
+    """`count` long-polls on `job_id` from a thread, once the server counts them all open;
+    the thread and the list their answers go to."""
+    answers: list[dict] = []
+    polling = threading.Thread(
+        target=lambda: answers.extend(asyncio.run(long_polls(served, partner, job_id, count)))
+    )
+    polling.start()
+    key = waits_key(partner["id"])
+    eventually(
+        lambda: redis_client.zcard(key) == count, timeout_seconds=60, what=f"{count} waits open"
+    )
+    return polling, answers
+
+
 def test_500_long_polls_leave_the_api_free_and_all_answer_when_the_job_ends(
     served, partner, redis_client, work
 ):
     """With 500 long-polls open, /healthz and submissions answer; the job's end answers all 500."""
     job_id = submit(served, partner)
-    answers: list[dict] = []
-    polling = threading.Thread(
-        target=lambda: answers.extend(asyncio.run(long_polls(served, partner, job_id, 500)))
-    )
-    polling.start()
+    polling, answers = hold_waits(served, partner, job_id, 500, redis_client)
     key = waits_key(partner["id"])
-    eventually(lambda: redis_client.zcard(key) == 500, timeout_seconds=60, what="500 waits open")
 
     assert served.get("/healthz").status_code == 200
     other = submit(served, partner)
@@ -129,13 +141,7 @@ def test_a_partner_holds_at_most_its_share_of_waits(
     greedy, other = make("Greedy"), make("Other")
     with postback_serve(redis_url, POSTBACK_PARTNER_MAX_WAITS="2") as server:
         job_id = submit(server, greedy)
-        held: list[dict] = []
-        holding = threading.Thread(
-            target=lambda: held.extend(asyncio.run(long_polls(server, greedy, job_id, 2)))
-        )
-        holding.start()
-        key = waits_key(greedy["id"])
-        eventually(lambda: redis_client.zcard(key) == 2, timeout_seconds=60, what="2 waits open")
+        holding, held = hold_waits(server, greedy, job_id, 2, redis_client)
         refused = server.get(f"/v1/jobs/{job_id}?wait=1", headers=greedy["headers"])
         assert refused.status_code == 429
         assert refused.headers["Content-Type"] == "application/problem+json"
