@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
-from app import correlation
+from app import correlation, hangup
 from app import idempotency as idem
 from app.auth import partner_required
 from app.body import json_body
@@ -158,7 +158,11 @@ def get_job(job_id: str) -> Response:
 def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
     """The job once it is terminal, or as it is after `seconds` (see `app.waits`)."""
     jobs, waits = services().jobs, services().waits
-    with waits.hold(g.partner_id, seconds), waits.watch(job_id) as ended:
+    with (
+        waits.hold(g.partner_id, seconds),
+        waits.watch(job_id) as ended,
+        hangup.watch(request.environ, ended) as client,
+    ):
         deadline = time.monotonic() + seconds
         # Watched first, then read: an end between the two is not missed.
         record = jobs.view(job_id)
@@ -167,6 +171,9 @@ def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
             if left <= 0:
                 break
             if waits.sleep(ended, left):
+                if client.gone():
+                    # Nobody reads the answer; the wait's place is given back now.
+                    break
                 record = jobs.view(job_id)
         return record
 

@@ -236,3 +236,45 @@ def test_a_fresh_server_takes_a_burst_of_first_submissions(redis_url, partner):
                 return await asyncio.gather(*(one() for _ in range(32)))
 
         assert asyncio.run(burst()) == [202] * 32
+
+
+def raw_wait(served: Served, partner: dict, job_id: str, seconds: int) -> socket.socket:
+    """A long-poll sent on a socket of its own, its answer never read."""
+    sock = socket.create_connection(("127.0.0.1", served.port), timeout=SETTLE_SECONDS)
+    auth = partner["headers"]["Authorization"]
+    sock.sendall(
+        f"GET /v1/jobs/{job_id}?wait={seconds} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {auth}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_a_wait_whose_client_hangs_up_gives_its_place_back_at_once(
+    redis_url, redis_client, partner
+):
+    """Clients that close their long-polls free the partner's waits long before the waits end,
+    so the partner's next waits are taken, not refused by the abandoned ones."""
+    key = waits_key(partner["id"])
+    with postback_serve(redis_url, POSTBACK_PARTNER_MAX_WAITS="3") as server:
+        job_id = submit(server, partner)
+        abandoned = [raw_wait(server, partner, job_id, 30) for _ in range(3)]
+        eventually(
+            lambda: redis_client.zcard(key) == 3,
+            timeout_seconds=SETTLE_SECONDS,
+            what="3 waits open",
+        )
+        for sock in abandoned:
+            sock.close()
+        eventually(
+            lambda: redis_client.zcard(key) == 0,
+            timeout_seconds=SETTLE_SECONDS,
+            what="the abandoned waits' places given back",
+        )
+        waited = server.get(f"/v1/jobs/{job_id}?wait=1", headers=partner["headers"])
+        assert waited.status_code == 200 and waited.json()["status"] == "queued"
+        # A client that keeps its connection still gets its answer at the wait's end.
+        kept = raw_wait(server, partner, job_id, 1)
+        answer = kept.recv(65536).decode()
+        kept.close()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert redis_client.zcard(key) == 0
