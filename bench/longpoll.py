@@ -10,7 +10,8 @@ partners of 100 waits each (the default POSTBACK_PARTNER_MAX_WAITS). The P1
 load generator then measures `POST /v1/jobs` at saturation, and at a fixed
 rate of half the saturating rate without long-polls (for the p99 of a loaded
 but not saturated API), with and without the holder; the order alternates
-from run to run. The API processes' memory (RSS) is read with and without.
+from run to run, and each phase starts once no long-poll of the one before is
+still held. The API processes' memory (RSS) is read with and without.
 
 Goals: submissions/s with ÷ without >= 0.9; p99 with them at the fixed rate <= 50 ms.
 """
@@ -98,13 +99,17 @@ def holder(base: str, keys_file: Path, waits: int, log: Path) -> Iterator[subpro
 
 
 def open_waits(client: redis.Redis) -> int:
-    return sum(client.zcard(key) for key in client.scan_iter("pb:waits:*"))
+    """Long-polls held now: the partners' wait tokens that have not lapsed."""
+    now = f"({time.time()!r}"
+    return sum(client.zcount(key, now, "+inf") for key in client.scan_iter("pb:waits:*"))
 
 
 def wait_until_closed(client: redis.Redis) -> None:
-    """Until the last phase's long-polls have given their places back (bounded)."""
+    """Until the last phase's long-polls have given their places back."""
     deadline = time.monotonic() + 60
-    while open_waits(client) and time.monotonic() < deadline:
+    while open_waits(client):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{open_waits(client)} long-polls still open 60 s after a phase")
         time.sleep(0.2)
 
 
