@@ -32,7 +32,7 @@ import redis.asyncio
 from callbacks.keys import DEFAULT_KEYS, Keys
 from callbacks.outbox import Outbox
 from postback import clock
-from postback.lua import Script
+from postback.lua import Batch, Script
 
 CLOSED = "closed"
 OPEN = "open"
@@ -176,7 +176,7 @@ class CircuitBreaker:
         settings: BreakerSettings = DEFAULT_BREAKER_SETTINGS,
         *,
         keys: Keys = DEFAULT_KEYS,
-        aclient: redis.asyncio.Redis | None = None,
+        aclient: redis.asyncio.Redis | Batch | None = None,
     ) -> None:
         self.redis = client
         self.aredis = aclient

@@ -48,7 +48,7 @@ from callbacks.ratelimit import RateLimiter
 from callbacks.secrets import SecretStore
 from callbacks.sender import Response, Sender
 from callbacks.signing import headers as signed_headers
-from postback import clock, logs
+from postback import clock, logs, lua
 from postback.connection import timeout_of
 from postback.faults import Fault, FaultWatch, classify, pause_seconds
 
@@ -97,6 +97,7 @@ class Dispatcher:
         self._held: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._limiter: RateLimiter | None = None
+        self._batch: lua.Batch | None = None
         self._wake = asyncio.Event()
         # Redis faults, logged once per change of state for each kind of work.
         self._redis_timeout = timeout_of(outbox.redis)
@@ -131,11 +132,13 @@ class Dispatcher:
 
     async def _open(self) -> redis.asyncio.Redis:
         client = self.aclient()
-        self.outbox.aredis = client
-        self.breaker.aredis = client
+        # Scripts go out in pipelines: what many attempts settle in one turn of the loop.
+        batch = self._batch = lua.Batch(client)
+        self.outbox.aredis = batch
+        self.breaker.aredis = batch
         self.secrets.aredis = client
         if self.max_rate_per_second:
-            self._limiter = RateLimiter(client, self.max_rate_per_second, keys=self.outbox.keys)
+            self._limiter = RateLimiter(batch, self.max_rate_per_second, keys=self.outbox.keys)
         self._lanes = Lanes(capacity=self.concurrency, per_destination=self.per_destination)
         self._held = {}
         self._wake = asyncio.Event()
@@ -143,6 +146,8 @@ class Dispatcher:
 
     async def _close(self, client: redis.asyncio.Redis) -> None:
         await self.sender.close()
+        if self._batch is not None:
+            await self._batch.aclose()
         await client.aclose()
 
     async def _serve(self, stop: threading.Event) -> None:

@@ -320,7 +320,7 @@ class Outbox:
         *,
         keys: Keys = DEFAULT_KEYS,
         observer: Observer | None = None,
-        aclient: redis.asyncio.Redis | None = None,
+        aclient: redis.asyncio.Redis | lua.Batch | None = None,
     ) -> None:
         self.redis = client
         self.aredis = aclient
@@ -589,7 +589,7 @@ class Outbox:
         )
         return bool(answer)
 
-    def _aio(self) -> redis.asyncio.Redis:
+    def _aio(self) -> redis.asyncio.Redis | lua.Batch:
         if self.aredis is None:
             raise RuntimeError("this outbox has no asyncio client")
         return self.aredis

@@ -12,7 +12,7 @@ import redis.asyncio
 
 from callbacks.keys import DEFAULT_KEYS, Keys
 from postback import clock
-from postback.lua import Script
+from postback.lua import Batch, Script
 
 # KEYS[1] the destination's TAT. ARGV: now, interval seconds.
 # Returns 0 and takes the slot, or the seconds to wait before asking again.
@@ -30,7 +30,11 @@ class RateLimiter:
     """At most `rate_per_second` attempts per destination, shared by all processes."""
 
     def __init__(
-        self, aclient: redis.asyncio.Redis, rate_per_second: float, *, keys: Keys = DEFAULT_KEYS
+        self,
+        aclient: redis.asyncio.Redis | Batch,
+        rate_per_second: float,
+        *,
+        keys: Keys = DEFAULT_KEYS,
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError("the rate must be positive")
