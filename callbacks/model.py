@@ -12,6 +12,7 @@ Records are frozen and cross the Redis boundary through `from_hash`/`to_hash`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,6 +45,7 @@ class Outcome(StrEnum):
     GONE = "gone"
 
 
+@functools.lru_cache(maxsize=4096)
 def destination(url: str) -> str:
     """`scheme://host:port` of a URL: the unit of connection limits, rate limits and circuits."""
     parts = urlsplit(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import redis
@@ -33,6 +34,8 @@ class SecretStore:
         self.aredis = aclient
         self.keys = keys
         self._cache: dict[str, tuple[float, list[str]]] = {}
+        # Reads in flight: the attempts that start together wait for one read, not each its own.
+        self._reading: dict[str, asyncio.Future[list[str]]] = {}
 
     def set(
         self, owner: str, secret: str, *, pipeline: redis.client.Pipeline | None = None
@@ -77,6 +80,14 @@ class SecretStore:
         now = time.monotonic()
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        reading = self._reading.get(owner)
+        if reading is None:
+            reading = self._reading[owner] = asyncio.ensure_future(self._read(owner, now))
+            reading.add_done_callback(lambda _: self._reading.pop(owner, None))
+        # Shielded: one waiter that gives up does not cancel the read for the others.
+        return await asyncio.shield(reading)
+
+    async def _read(self, owner: str, now: float) -> list[str]:
         assert self.aredis is not None
         found = _secrets(await self.aredis.hmget(self.keys.secrets(owner), *_FIELDS))
         if len(self._cache) > 10_000:

@@ -20,6 +20,7 @@ and the certificate check use the URL's host name. Redirects are never followed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import socket
@@ -36,6 +37,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import (
     DEFAULT_URL_POLICY,
+    IPAddress,
     Resolver,
     UrlPolicy,
     check_syntax,
@@ -216,13 +218,10 @@ class Sender:
     async def _exchange(
         self, url: str, body: bytes, headers: dict[str, str], started: float
     ) -> Response:
-        check_syntax(url, self.url_policy)
-        parts = urlsplit(url)
-        literal = literal_address(normalise_host(parts.hostname or ""))
-        if literal is not None:
-            reason = forbidden_reason(literal, self.url_policy)
-            if reason is not None:
-                raise UnsafeUrl(url, f"the host is {reason}", address=literal)
+        refusal = _refusal(url, self.url_policy)
+        if refusal is not None:
+            reason, address = refusal
+            raise UnsafeUrl(url, reason, address=address)
         all_headers = {
             "content-type": "application/json",
             "user-agent": self.user_agent,
@@ -246,6 +245,23 @@ class Sender:
                 error=None if 200 <= reply.status < 300 else f"HTTP {reply.status}",
                 retry_after_seconds=parse_retry_after(reply.headers.get("retry-after")),
             )
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal(url: str, policy: UrlPolicy) -> tuple[str, IPAddress | None] | None:
+    """Why `url` must not be called whatever its name resolves to (syntax, or a literal
+    address that is not allowed), else None. The same URL is asked about at every
+    attempt: the verdicts of the last few thousand are kept."""
+    try:
+        check_syntax(url, policy)
+    except UnsafeUrl as exc:
+        return exc.reason, exc.address
+    literal = literal_address(normalise_host(urlsplit(url).hostname or ""))
+    if literal is not None:
+        reason = forbidden_reason(literal, policy)
+        if reason is not None:
+            return f"the host is {reason}", literal
+    return None
 
 
 def _failure(started: float, error: str) -> Response:

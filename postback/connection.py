@@ -13,6 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio
 import redis.asyncio.retry
@@ -103,6 +104,26 @@ _ASYNC_PARAMS = {
 }
 
 
+class PackedConnection(redis.asyncio.Connection):
+    """An asyncio connection that packs commands in C (hiredis), as blocking ones do.
+
+    redis-py's asyncio connection packs in Python, one encode call per argument: for
+    the dispatcher's scripts, dozens of arguments each, that was a sixth of the
+    delivery process's CPU (P7 in BENCHMARKS.md).
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        command = args[0]
+        if isinstance(command, str):
+            args = (*command.encode().split(), *args[1:])
+        elif b" " in command:
+            args = (*command.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a value hiredis does not take: redis-py's own error for it
+            return super().pack_command(*args)
+
+
 def async_twin(client: redis.Redis, *, max_connections: int) -> Callable[[], redis.asyncio.Redis]:
     """A maker of asyncio clients for `client`'s server, with its timeouts and retry rule.
 
@@ -114,6 +135,7 @@ def async_twin(client: redis.Redis, *, max_connections: int) -> Callable[[], red
 
     def make() -> redis.asyncio.Redis:
         pool = redis.asyncio.BlockingConnectionPool(
+            connection_class=PackedConnection,
             max_connections=max_connections,
             timeout=None,
             retry=redis.asyncio.retry.Retry(

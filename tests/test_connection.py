@@ -75,3 +75,29 @@ def test_a_restarted_server_is_reached_again_by_the_next_command(server):
     client.set("kept", "1")
     server.restart()
     assert client.get("kept") == b"1"
+
+
+def test_asyncio_clients_pack_every_kind_of_argument_as_redis_py_does(redis_client):
+    from postback.connection import async_twin
+
+    async def main():
+        client = async_twin(redis_client, max_connections=2)()
+        try:
+            await client.delete("packed:h")
+            await client.hset("packed:h", mapping={"s": "é", "b": b"\x00\xff", "i": 10**20})
+            await client.hincrbyfloat("packed:h", "f", 0.1 + 0.2)
+            config = await client.config_get("maxmemory")  # a command of two words
+            with pytest.raises(redis.DataError):
+                await client.set("packed:bool", True)  # refused as redis-py refuses it
+            return await client.hgetall("packed:h"), config
+        finally:
+            await client.aclose()
+
+    stored, config = asyncio.run(main())
+    assert stored == {
+        b"s": "é".encode(),
+        b"b": b"\x00\xff",
+        b"i": b"100000000000000000000",
+        b"f": b"0.30000000000000004",
+    }
+    assert "maxmemory" in {k.decode() if isinstance(k, bytes) else k for k in config}

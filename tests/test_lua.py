@@ -136,3 +136,25 @@ def test_aclose_waits_for_what_is_queued(redis_client, count):
         return [f.result() for f in futures]
 
     assert _run(redis_client, work) == list(range(1, count + 1))
+
+
+def test_attempts_that_start_together_read_the_owners_secrets_once(redis_client):
+    from callbacks.secrets import SecretStore
+    from callbacks.signing import generate_secret
+
+    store = SecretStore(redis_client)
+    secret = generate_secret()
+    store.set("ptn_together", secret)
+
+    def hmget_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+    async def work(client):
+        store.aredis = client
+        before = hmget_calls()
+        found = await asyncio.gather(*(store.asigning_secrets("ptn_together") for _ in range(50)))
+        return found, hmget_calls() - before
+
+    found, reads = _run(redis_client, work)
+    assert found == [[secret]] * 50
+    assert reads == 1
