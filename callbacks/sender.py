@@ -32,6 +32,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from callbacks.errors import UnsafeUrl
@@ -228,7 +229,7 @@ class Sender:
             **headers,
         }
         async with self._client().post(
-            url, data=body, headers=all_headers, allow_redirects=False
+            _parsed(url), data=body, headers=all_headers, allow_redirects=False
         ) as reply:
             read = 0
             while read < MAX_BODY_BYTES:
@@ -245,6 +246,10 @@ class Sender:
                 error=None if 200 <= reply.status < 300 else f"HTTP {reply.status}",
                 retry_after_seconds=parse_retry_after(reply.headers.get("retry-after")),
             )
+
+
+# aiohttp parses a URL given as text at every request; a URL is attempted many times.
+_parsed = functools.lru_cache(maxsize=4096)(yarl.URL)
 
 
 @functools.lru_cache(maxsize=4096)
