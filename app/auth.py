@@ -10,8 +10,10 @@ from typing import Any
 from flask import g, request
 
 from app.errors import Forbidden, Unauthorized
+from app.partners_store import hash_api_key
 from app.services import services
 from postback import logs
+from postback.connection import on_behalf_of
 
 
 def _bearer() -> str:
@@ -33,14 +35,19 @@ def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         token = _bearer()
-        partner_id = services().rate_limiter.authenticate_and_count(token)
-        if partner_id is None:
-            if _is_admin(token):
-                raise Forbidden("the admin token does not act as a partner; use a partner API key")
-            raise Unauthorized("the API key is not valid")
-        g.partner_id = partner_id
-        logs.add(partner_id=partner_id)
-        return view(*args, **kwargs)
+        # The key's requests take their turn for Redis connections together, from the
+        # lookup of the key on: a flood from one key waits behind itself.
+        with on_behalf_of(hash_api_key(token)):
+            partner_id = services().rate_limiter.authenticate_and_count(token)
+            if partner_id is None:
+                if _is_admin(token):
+                    raise Forbidden(
+                        "the admin token does not act as a partner; use a partner API key"
+                    )
+                raise Unauthorized("the API key is not valid")
+            g.partner_id = partner_id
+            logs.add(partner_id=partner_id)
+            return view(*args, **kwargs)
 
     return wrapped
 
@@ -52,7 +59,8 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         token = _bearer()
         if _is_admin(token):
-            return view(*args, **kwargs)
+            with on_behalf_of("admin"):
+                return view(*args, **kwargs)
         if services().partners.authenticate(token) is not None:
             raise Forbidden("a partner API key cannot use the admin API")
         raise Unauthorized("the admin token is not valid")

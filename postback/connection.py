@@ -9,8 +9,13 @@ for jobs (`blocking=True`), whose reads must outlast that wait.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
+import queue
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import hiredis
@@ -31,6 +36,89 @@ _KEEPALIVE = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
 KEEPALIVE_OPTIONS = {
     getattr(socket, name): value for name, value in _KEEPALIVE.items() if hasattr(socket, name)
 }
+
+
+# Whose request the current thread or greenlet serves (an API key's hash, for one): the
+# unit of fairness when callers wait for a connection (`FairQueue`). None: nobody's.
+_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "postback_redis_tenant", default=None
+)
+
+
+@contextlib.contextmanager
+def on_behalf_of(tenant: str | None) -> Iterator[None]:
+    """Inside the block, waits for a Redis connection count as `tenant`'s turn."""
+    token = _TENANT.set(tenant)
+    try:
+        yield
+    finally:
+        _TENANT.reset(token)
+
+
+class _Waiter:
+    __slots__ = ("event", "given", "item")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.given = False
+        self.item: Any = None
+
+
+class FairQueue:
+    """The idle connections of a bounded pool, handed out a tenant at a time when short.
+
+    With a connection free, a caller takes it at once. When there is none, callers
+    wait in one line per tenant (`on_behalf_of`), and each connection given back goes
+    to the next tenant in turn: a partner whose thousand requests arrive at once
+    waits behind its own requests, and another partner's request waits for at most
+    one connection per tenant then waiting, not for the thousand.
+
+    The queue interface (`get`, `put_nowait`, `queue`) that redis-py's
+    `BlockingConnectionPool` uses (its `queue_class`); its items are connections or
+    the pool's placeholders for connections not yet made, the most recent first.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.queue: list[Any] = []
+        self._lock = threading.Lock()
+        # The lines of the tenants waiting, in their turn's order.
+        self._lines: dict[str | None, collections.deque[_Waiter]] = {}
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        tenant = _TENANT.get()
+        with self._lock:
+            if self.queue:
+                return self.queue.pop()
+            if not block:
+                raise queue.Empty
+            waiter = _Waiter()
+            self._lines.setdefault(tenant, collections.deque()).append(waiter)
+        if waiter.event.wait(timeout):
+            return waiter.item
+        with self._lock:
+            if waiter.given:  # handed over as the wait ended
+                return waiter.item
+            line = self._lines[tenant]
+            line.remove(waiter)
+            if not line:
+                del self._lines[tenant]
+        raise queue.Empty
+
+    def put_nowait(self, item: Any) -> None:
+        with self._lock:
+            if self._lines:
+                tenant = next(iter(self._lines))
+                line = self._lines.pop(tenant)
+                waiter = line.popleft()
+                if line:  # back in line behind the other tenants
+                    self._lines[tenant] = line
+                waiter.item, waiter.given = item, True
+                waiter.event.set()
+                return
+            if len(self.queue) >= self.maxsize:
+                raise queue.Full
+            self.queue.append(item)
 
 
 class RedisNotFound(RuntimeError):
@@ -65,7 +153,8 @@ def connect(
 
     With `max_connections` the client opens at most that many connections, and a
     caller waits up to `timeout_seconds` for one to be free (the API, where
-    thousands of requests may run at once in one process, uses a few).
+    thousands of requests may run at once in one process, uses a few); waiting
+    callers are served a tenant at a time (`FairQueue`).
     """
     options: dict[str, Any] = {
         "socket_timeout": None if blocking else timeout_seconds,
@@ -78,7 +167,11 @@ def connect(
     if max_connections is None:
         return redis.Redis.from_url(url, **options)
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout_seconds, **options
+        url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
+        queue_class=FairQueue,
+        **options,
     )
     return redis.Redis(connection_pool=pool)
 

@@ -101,3 +101,61 @@ def test_asyncio_clients_pack_every_kind_of_argument_as_redis_py_does(redis_clie
         b"f": b"0.30000000000000004",
     }
     assert "maxmemory" in {k.decode() if isinstance(k, bytes) else k for k in config}
+
+
+def _waiting(pool_queue, tenant: str) -> int:
+    return len(pool_queue._lines.get(tenant, ()))
+
+
+def test_callers_short_of_connections_are_served_a_tenant_at_a_time():
+    import queue
+    import threading
+
+    from postback.connection import FairQueue, on_behalf_of
+
+    idle = FairQueue(4)
+    served: list[str] = []
+    lock = threading.Lock()
+
+    def take(tenant: str) -> None:
+        with on_behalf_of(tenant):
+            item = idle.get(timeout=30)
+        with lock:
+            served.append(f"{tenant}:{item}")
+
+    flood = [threading.Thread(target=take, args=("a",)) for _ in range(5)]
+    for thread in flood:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while _waiting(idle, "a") < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    other = threading.Thread(target=take, args=("b",))
+    other.start()
+    while _waiting(idle, "b") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for number in range(6):
+        idle.put_nowait(number)
+        while len(served) <= number and time.monotonic() < deadline:
+            time.sleep(0.01)
+    for thread in [*flood, other]:
+        thread.join(timeout=30)
+    # b came after a's five, and was served second: one turn of a's, then b's.
+    assert [entry.split(":")[0] for entry in served] == ["a", "b", "a", "a", "a", "a"]
+    assert not idle._lines
+    with pytest.raises(queue.Empty):
+        idle.get(timeout=0.05)
+    assert not idle._lines  # a caller that gave up leaves no place in line behind
+
+
+def test_an_api_client_serves_commands_through_the_fair_pool(redis_url):
+    from postback.connection import FairQueue, connect, on_behalf_of
+
+    client = connect(redis_url, timeout_seconds=5, max_connections=2)
+    assert isinstance(client.connection_pool.pool, FairQueue)
+    with on_behalf_of("tenant-a"):
+        client.set("fair:x", "1")
+        with client.pipeline() as pipe:
+            pipe.incr("fair:x").get("fair:x")
+            assert pipe.execute() == [2, b"2"]
+    assert len(client.connection_pool.pool.queue) == 2  # both back, placeholders included
+    client.close()
