@@ -248,8 +248,14 @@ class Sender:
             )
 
 
-# aiohttp parses a URL given as text at every request; a URL is attempted many times.
-_parsed = functools.lru_cache(maxsize=4096)(yarl.URL)
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> yarl.URL | str:
+    """`url` parsed once: aiohttp parses text at every request, and a URL is attempted
+    many times. Text that does not parse is passed on for aiohttp to refuse as before."""
+    try:
+        return yarl.URL(url)
+    except ValueError:
+        return url
 
 
 @functools.lru_cache(maxsize=4096)
