@@ -10,9 +10,9 @@ from marshmallow import ValidationError
 
 from app import correlation, hangup
 from app import idempotency as idem
-from app.auth import partner_required
+from app.auth import count_now, partner_required, partner_submitting
 from app.body import json_body
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.schemas import (
     JobListQuery,
     JobQuery,
@@ -25,8 +25,9 @@ from callbacks.deadletters import DeadLetters
 from callbacks.model import PENDING_DELIVERY, Delivery
 from postback import clock, ids
 from postback import metrics as pm
+from postback.ratewindow import KeyChanged, RateLimited
 from worker import jobs as js
-from worker import registry
+from worker import quotas, registry
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -58,7 +59,7 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.post("")
-@partner_required
+@partner_submitting
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Accept a job: 202 with its id and status URL; the work happens on a worker."""
     raw = json_body()
@@ -77,6 +78,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     key = idem.parse_key(header) if header is not None else None
     print_ = idem.fingerprint(raw) if key is not None else ""
     if key is not None:
+        count_now()  # before a stored answer could be replayed
         stored = svc.idempotency.begin(g.partner_id, key, print_)
         if stored is not None:
             pm.counter(svc.redis, "postback_idempotent_replays_total")
@@ -114,18 +116,34 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                     idem.Stored(202, response["body"], response["headers"]),
                 )
 
-        svc.jobs.create(
-            partner_id=g.partner_id,
-            type=body["type"],
-            input=job_input,
-            callback_url=body["callback_url"],
-            timeout_seconds=timeout_seconds,
-            priority=body["priority"],
-            base_url=base,
-            request_id=correlation.request_id(),
-            traceparent=correlation.traceparent(),
-            also=keep_response,
-        )
+        # Counted against the rate limit by the same script, for a key this process knows.
+        rate = g.get("pending_rate")
+        try:
+            svc.jobs.create(
+                partner_id=g.partner_id,
+                type=body["type"],
+                input=job_input,
+                callback_url=body["callback_url"],
+                timeout_seconds=timeout_seconds,
+                priority=body["priority"],
+                base_url=base,
+                request_id=correlation.request_id(),
+                traceparent=correlation.traceparent(),
+                also=keep_response,
+                rate=rate,
+            )
+        except KeyChanged:
+            count_now()  # the key was revoked since this process last saw it: 401
+            raise Unauthorized("the API key is not valid") from None
+        except RateLimited as exc:
+            g.pending_rate = None
+            raise svc.rate_limiter.refused(exc.reset) from None
+        except quotas.OverQuota:
+            g.pending_rate = None  # the script counted the request before it refused
+            raise
+        if rate is not None:
+            g.pending_rate = None
+            svc.rate_limiter.answered(rate)
     except BaseException:
         if key is not None:
             svc.idempotency.abandon(g.partner_id, key)

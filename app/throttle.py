@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 
 import redis
 from flask import Response, g
@@ -19,6 +20,7 @@ from rq import Queue
 from app.errors import ApiError, Unavailable
 from app.partners_store import api_key_index, hash_api_key
 from postback import metrics as pm
+from postback.ratewindow import AUTHENTICATE_AND_COUNT, RateCheck
 from worker.jobs import QUEUES
 
 
@@ -27,63 +29,106 @@ class TooManyRequests(ApiError):
 
 
 # Find the partner of an API key and count the request against its limit, in one
-# round trip. A sliding window approximated from two fixed windows (the current
-# one and the previous one, weighted by how much of it still overlaps).
-# KEYS[1] the key's index entry. ARGV: rate-key prefix, limit, window seconds, now.
-# Returns {partner id or false, allowed 0/1, remaining, seconds to reset}.
-_AUTHENTICATE_AND_COUNT = """
-local partner = redis.call('GET', KEYS[1])
-if not partner then return {false, 0, 0, '0'} end
-local limit, window, now = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local index = math.floor(now / window)
-local current_key = ARGV[1] .. partner .. ':' .. index
-local current = tonumber(redis.call('GET', current_key) or '0')
-local previous = tonumber(redis.call('GET', ARGV[1] .. partner .. ':' .. (index - 1)) or '0')
-local overlap = 1 - (now - index * window) / window
-local used = previous * overlap + current
-local reset = tostring((index + 1) * window - now)
-if used + 1 > limit then return {partner, 0, 0, reset} end
-redis.call('INCR', current_key)
-redis.call('EXPIRE', current_key, math.ceil(window * 2) + 1)
-return {partner, 1, math.floor(limit - used - 1), reset}
+# round trip. KEYS[1] the key's index entry. ARGV: rate-key prefix, limit, window
+# seconds, now. Returns {partner id or false, allowed 0/1, remaining, seconds to reset}.
+_AUTHENTICATE_AND_COUNT = (
+    AUTHENTICATE_AND_COUNT
+    + """
+return authenticate_and_count(
+  KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
+)
 RATE_PREFIX = "pb:ratelimit:"
 
 
 class RateLimiter:
     """`POSTBACK_RATE_LIMIT` per partner, counted in Redis so every API process shares it."""
 
+    # How many keys a process remembers the partner of, and for how long: a known key's
+    # submission is counted by the script that creates its job (`pending`).
+    known_keys = 10_000
+    known_seconds = 60.0
+
     def __init__(self, client: redis.Redis, rate: str) -> None:
         self.item = parse(rate)
         self.redis = client
         self._script = client.register_script(_AUTHENTICATE_AND_COUNT)
+        self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
-    def authenticate_and_count(self, api_key: str) -> str | None:
-        """The partner owning `api_key` (None if no live key), its request counted.
+    def pending(self, api_key: str) -> RateCheck | None:
+        """The count of this request, to be made by the script that writes for it, if
+        this process knows the key's partner (else None: `authenticate_and_count`).
 
-        Raises 429 past the limit; the RateLimit-* headers go on the response either way.
-        """
-        window = self.item.get_expiry()
-        partner, allowed, remaining, reset = self._script(
-            keys=[api_key_index(hash_api_key(api_key))],
-            args=[RATE_PREFIX, self.item.amount, window, repr(time.time())],
-        )
-        if not partner:
+        The script looks the key up again and refuses if it no longer leads to that
+        partner, so what is remembered here never lets a revoked key write."""
+        key_hash = hash_api_key(api_key)
+        with self._known_lock:
+            found = self._known.get(key_hash)
+        if found is None or time.monotonic() - found[1] > self.known_seconds:
             return None
+        return RateCheck(
+            index_key=api_key_index(key_hash),
+            partner_id=found[0],
+            prefix=RATE_PREFIX,
+            limit=self.item.amount,
+            window_seconds=self.item.get_expiry(),
+            now=time.time(),
+        )
+
+    def forget(self, api_key: str) -> None:
+        with self._known_lock:
+            self._known.pop(hash_api_key(api_key), None)
+
+    def answered(self, check: RateCheck) -> None:
+        """The RateLimit-* headers of a count made by a write (`pending`)."""
+        self._headers(check.remaining, check.reset)
+
+    def refused(self, reset: str) -> TooManyRequests:
+        """The 429 for a request over the limit (its headers set)."""
+        reset_seconds = self._headers(0, reset)
+        pm.counter(self.redis, "postback_rate_limited_total")
+        return TooManyRequests(
+            f"more than {self.item.amount} requests per {self.item.GRANULARITY.name}; "
+            f"retry in {reset_seconds} s",
+            headers={**g.rate_limit_headers, "Retry-After": str(reset_seconds)},
+        )
+
+    def _headers(self, remaining: int, reset: str) -> int:
         reset_seconds = max(1, math.ceil(float(reset)))
         g.rate_limit_headers = {
             "RateLimit-Limit": str(self.item.amount),
             "RateLimit-Remaining": str(max(0, int(remaining))),
             "RateLimit-Reset": str(reset_seconds),
         }
+        return reset_seconds
+
+    def _remember(self, key_hash: str, partner_id: str) -> None:
+        with self._known_lock:
+            self._known[key_hash] = (partner_id, time.monotonic())
+            self._known.move_to_end(key_hash)
+            while len(self._known) > self.known_keys:
+                self._known.popitem(last=False)
+
+    def authenticate_and_count(self, api_key: str) -> str | None:
+        """The partner owning `api_key` (None if no live key), its request counted.
+
+        Raises 429 past the limit; the RateLimit-* headers go on the response either way.
+        """
+        key_hash = hash_api_key(api_key)
+        partner, allowed, remaining, reset = self._script(
+            keys=[api_key_index(key_hash)],
+            args=[RATE_PREFIX, self.item.amount, self.item.get_expiry(), repr(time.time())],
+        )
+        if not partner:
+            self.forget(api_key)
+            return None
+        partner_id = partner.decode()
+        self._remember(key_hash, partner_id)
         if not allowed:
-            pm.counter(self.redis, "postback_rate_limited_total")
-            raise TooManyRequests(
-                f"more than {self.item.amount} requests per {self.item.GRANULARITY.name}; "
-                f"retry in {reset_seconds} s",
-                headers={**g.rate_limit_headers, "Retry-After": str(reset_seconds)},
-            )
-        return partner.decode()
+            raise self.refused(reset.decode() if isinstance(reset, bytes) else reset)
+        self._headers(remaining, reset.decode() if isinstance(reset, bytes) else reset)
+        return partner_id
 
 
 def add_rate_limit_headers(response: Response) -> Response:

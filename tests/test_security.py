@@ -113,6 +113,62 @@ def test_the_rate_limit_answers_429_with_headers(settings, redis_client, partner
     assert int(limited.headers["RateLimit-Reset"]) >= 1
 
 
+def _submit(client, headers, **extra):
+    return client.post("/v1/jobs", json={"type": "echo"}, headers={**headers, **extra})
+
+
+def test_submissions_from_a_known_key_are_counted_by_the_write_itself(
+    settings, redis_client, partner
+):
+    """A key the API has seen is counted in the create script: one round trip, same limit."""
+    client = app_with(settings, redis_client, rate_limit="4/minute").test_client()
+    assert client.get("/v1/jobs", headers=partner["headers"]).status_code == 200
+    scripts_before = _calls(redis_client, "evalsha")
+    replies = [_submit(client, partner["headers"]) for _ in range(4)]
+    assert [r.status_code for r in replies] == [202, 202, 202, 429]
+    assert [r.headers["RateLimit-Remaining"] for r in replies] == ["2", "1", "0", "0"]
+    assert 1 <= int(replies[3].headers["Retry-After"]) <= 60
+    # One script call for each accepted job (its creation, with the count), one for the refusal.
+    assert _calls(redis_client, "evalsha") - scripts_before == 4
+    listed = client.get("/v1/jobs", headers=partner["headers"])
+    assert listed.status_code == 429  # the listing is counted too, and over the limit
+
+
+def test_a_known_keys_invalid_submissions_are_counted_and_limited(settings, redis_client, partner):
+    """Requests that never reach the write are counted before they are answered."""
+    client = app_with(settings, redis_client, rate_limit="2/minute").test_client()
+    assert client.get("/v1/jobs", headers=partner["headers"]).status_code == 200
+    bad = client.post("/v1/jobs", json={"type": "nope"}, headers=partner["headers"])
+    assert bad.status_code == 422 and bad.headers["RateLimit-Remaining"] == "0"
+    again = client.post("/v1/jobs", json={"type": "nope"}, headers=partner["headers"])
+    assert again.status_code == 429
+
+
+def test_a_key_revoked_after_the_api_saw_it_cannot_submit_or_replay(
+    client, redis_client, partner, admin_headers
+):
+    """The create script looks the key up again: a rotated-out key is 401 and writes nothing."""
+    idem = {"Idempotency-Key": "order-1"}
+    assert _submit(client, partner["headers"], **idem).status_code == 202
+    assert _submit(client, partner["headers"]).status_code == 202
+    rotated = client.post(f"/v1/admin/partners/{partner['id']}/rotate-key", headers=admin_headers)
+    assert rotated.status_code == 200
+    before = stored_state(redis_client)
+    refused = _submit(client, partner["headers"])
+    assert refused.status_code == 401 and refused.mimetype == PROBLEM
+    replay = _submit(client, partner["headers"], **idem)
+    assert replay.status_code == 401
+    invalid = client.post("/v1/jobs", json={"type": "nope"}, headers=partner["headers"])
+    assert invalid.status_code == 401
+    assert stored_state(redis_client) == before
+    assert _submit(client, bearer(rotated.json["api_key"])).status_code == 202
+
+
+def _calls(redis_client, command: str) -> int:
+    stats = redis_client.info("commandstats").get(f"cmdstat_{command}", {})
+    return int(stats.get("calls", 0))
+
+
 def test_the_rate_limit_is_per_partner(settings, redis_client, partner, admin_headers):
     """One partner at its limit does not limit another."""
     client = app_with(settings, redis_client, rate_limit="2/minute").test_client()

@@ -25,6 +25,7 @@ from callbacks.model import PENDING_DELIVERY, Message
 from callbacks.outbox import Outbox
 from postback import clock, ids, timeline
 from postback import metrics as pm
+from postback.ratewindow import RateCheck
 from worker import quotas, reads
 from worker.deliveries import JobTimeline
 from worker.enqueue import Enqueuer
@@ -139,13 +140,15 @@ class JobStore:
         request_id: str = "",
         traceparent: str | None = None,
         also: Callable[[redis.client.Pipeline, dict[str, Any]], None] | None = None,
+        rate: RateCheck | None = None,
     ) -> dict[str, Any]:
         """Record a new job and put it on the queue, in one transaction.
 
         `also(pipeline, job)` adds the caller's own writes to that transaction
         (the API stores an idempotent response there). Then `confirm_durable`.
         Raises `quotas.OverQuota`, having stored nothing, if the partner is at
-        one of its bounds (`quota`).
+        one of its bounds (`quota`). With `rate`, the request is counted against the
+        partner's rate limit in the same script (see `quotas.admit_and_write`).
         """
         job_id = ids.new_id("job")
         created_at = clock.now()
@@ -186,6 +189,7 @@ class JobStore:
             queued_index=partner_index(partner_id, QUEUED),
             new_bytes=len(stored_input),
             quota=self.quota,
+            rate=rate,
         )
         # What was just written, without reading it back.
         return self._decode({name: str(value) for name, value in record.items()})

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from postback import lua
+from postback.ratewindow import AUTHENTICATE_AND_COUNT, KeyChanged, RateCheck, RateLimited
 
 DEFAULT_MAX_RETAINED_BYTES = 1_073_741_824
 DEFAULT_MAX_BACKLOG = 10_000
@@ -82,6 +83,27 @@ return apply_writes(4) or {0}
 """
 )
 
+# The same, after counting the request against the partner's rate limit: KEYS and
+# ARGV as `_ADMIT`'s, then KEYS[3] the API key's index entry, ARGV[4..8] the rate
+# check (`RateCheck.args`), the writes from ARGV[9]. {3} if the key leads elsewhere,
+# {4, reset} if over the limit (neither writes anything); {0, remaining, reset} once written.
+_ADMIT_COUNTED = lua.Script(
+    lua.WRITES
+    + AUTHENTICATE_AND_COUNT
+    + """
+local auth = authenticate_and_count(
+  KEYS[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]))
+if auth[1] ~= ARGV[8] then return {3} end
+if auth[2] == 0 then return {4, auth[4]} end
+local retained = tonumber(redis.call('GET', KEYS[1]) or '0')
+if retained + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {1, retained} end
+local queued = redis.call('ZCARD', KEYS[2])
+if queued >= tonumber(ARGV[3]) then return {2, queued} end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+return apply_writes(9) or {0, auth[3], auth[4]}
+"""
+)
+
 # Delete a job's hash and subtract what it added to its partner's counter.
 # KEYS: the job. ARGV: the counter's key with %s for the partner id.
 _FORGET = lua.Script(
@@ -104,13 +126,28 @@ def admit_and_write(
     queued_index: str,
     new_bytes: int,
     quota: Quota,
+    rate: RateCheck | None = None,
 ) -> None:
     """Apply `writes` (a new job's), counting `new_bytes`, if the partner is within `quota`.
 
-    Raises RetainedBytesFull or BacklogFull, having written nothing.
+    Raises RetainedBytesFull or BacklogFull, having written nothing. With `rate`, the
+    request is first counted against the partner's rate limit in the same script:
+    KeyChanged or RateLimited then also write nothing, and `rate` holds the answer.
     """
-    args = [quota.max_retained_bytes, new_bytes, quota.max_backlog, *lua.flat_writes(writes)]
-    reply = _ADMIT.run(client, [retained_key(partner_id), queued_index], args)
+    args: list[object] = [quota.max_retained_bytes, new_bytes, quota.max_backlog]
+    keys = [retained_key(partner_id), queued_index]
+    if rate is None:
+        reply = _ADMIT.run(client, keys, [*args, *lua.flat_writes(writes)])
+    else:
+        reply = _ADMIT_COUNTED.run(
+            client, [*keys, rate.index_key], [*args, *rate.args(), *lua.flat_writes(writes)]
+        )
+        if reply[0] == 3:
+            raise KeyChanged()
+        if reply[0] == 4:
+            raise RateLimited(_text(reply[1]))
+        if reply[0] == 0:
+            rate.remaining, rate.reset = int(reply[1]), _text(reply[2])
     if reply[0] == 1:
         raise RetainedBytesFull(
             f"this partner's retained jobs hold {reply[1]} bytes and this job's input is "
@@ -127,6 +164,10 @@ def admit_and_write(
             used=int(reply[1]),
             limit=quota.max_backlog,
         )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def count_result(pipe: redis.client.Pipeline, job_key: str, partner_id: str, size: int) -> None:
