@@ -29,6 +29,21 @@ def _is_admin(token: str) -> bool:
     return bool(admin_token) and hmac.compare_digest(token.encode(), admin_token.encode())
 
 
+def _authenticate(token: str) -> None:
+    """Find and count the partner of `token` (401 or 403 if it is none), acting as it."""
+    partner_id = services().rate_limiter.authenticate_and_count(token)
+    if partner_id is None:
+        if _is_admin(token):
+            raise Forbidden("the admin token does not act as a partner; use a partner API key")
+        raise Unauthorized("the API key is not valid")
+    _act_as(partner_id)
+
+
+def _act_as(partner_id: str) -> None:
+    g.partner_id = partner_id
+    logs.add(partner_id=partner_id)
+
+
 def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
     """Only a partner's API key passes; `g.partner_id` names the partner."""
 
@@ -38,15 +53,7 @@ def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
         # The key's requests take their turn for Redis connections together, from the
         # lookup of the key on: a flood from one key waits behind itself.
         with on_behalf_of(hash_api_key(token)):
-            partner_id = services().rate_limiter.authenticate_and_count(token)
-            if partner_id is None:
-                if _is_admin(token):
-                    raise Forbidden(
-                        "the admin token does not act as a partner; use a partner API key"
-                    )
-                raise Unauthorized("the API key is not valid")
-            g.partner_id = partner_id
-            logs.add(partner_id=partner_id)
+            _authenticate(token)
             return view(*args, **kwargs)
 
     return wrapped
@@ -69,9 +76,10 @@ def partner_submitting(view: Callable[..., Any]) -> Callable[..., Any]:
         with on_behalf_of(hash_api_key(token)):
             check = services().rate_limiter.pending(token)
             if check is None:
-                return partner_required(view)(*args, **kwargs)
-            g.partner_id, g.pending_rate, g.api_key = check.partner_id, check, token
-            logs.add(partner_id=check.partner_id)
+                _authenticate(token)
+                return view(*args, **kwargs)
+            _act_as(check.partner_id)
+            g.pending_rate, g.api_key = check, token
             try:
                 return view(*args, **kwargs)
             except Exception:

@@ -139,7 +139,9 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
             g.pending_rate = None
             raise svc.rate_limiter.refused(exc.reset) from None
         except quotas.OverQuota:
-            g.pending_rate = None  # the script counted the request before it refused
+            if rate is not None:  # the script counted the request before it refused
+                g.pending_rate = None
+                svc.rate_limiter.answered(rate)
             raise
         if rate is not None:
             g.pending_rate = None

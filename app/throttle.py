@@ -125,9 +125,10 @@ class RateLimiter:
             return None
         partner_id = partner.decode()
         self._remember(key_hash, partner_id)
+        reset = reset.decode() if isinstance(reset, bytes) else reset
         if not allowed:
-            raise self.refused(reset.decode() if isinstance(reset, bytes) else reset)
-        self._headers(remaining, reset.decode() if isinstance(reset, bytes) else reset)
+            raise self.refused(reset)
+        self._headers(remaining, reset)
         return partner_id
 
 

@@ -123,6 +123,17 @@ def test_a_partner_at_its_backlog_gets_429_while_another_partner_is_accepted(
     assert queued(redis_client, partner) == MAX_BACKLOG and queued(redis_client, other) == 2
 
 
+def test_a_quota_refusal_is_counted_once_and_carries_the_rate_limit_headers(client, partner):
+    """A known key's submission refused for its backlog was counted by the create script:
+    its 429 has the RateLimit-* headers, and the next request sees one fewer left."""
+    replies = [submit(client, partner) for _ in range(MAX_BACKLOG + 1)]
+    assert [r.status_code for r in replies] == [202] * MAX_BACKLOG + [429]
+    remaining = [int(r.headers["RateLimit-Remaining"]) for r in replies]
+    assert remaining == list(range(remaining[0], remaining[0] - MAX_BACKLOG - 1, -1))
+    listing = client.get("/v1/jobs", headers=partner["headers"])
+    assert int(listing.headers["RateLimit-Remaining"]) == remaining[-1] - 1
+
+
 def test_the_global_backlog_is_still_a_503_that_tells_no_counts(
     settings, redis_client, partner, admin_headers
 ):

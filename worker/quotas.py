@@ -86,7 +86,8 @@ return apply_writes(4) or {0}
 # The same, after counting the request against the partner's rate limit: KEYS and
 # ARGV as `_ADMIT`'s, then KEYS[3] the API key's index entry, ARGV[4..8] the rate
 # check (`RateCheck.args`), the writes from ARGV[9]. {3} if the key leads elsewhere,
-# {4, reset} if over the limit (neither writes anything); {0, remaining, reset} once written.
+# {4, reset} if over the limit (neither writes anything); {0, remaining, reset} once written,
+# and the quota refusals {1, ...} and {2, ...} with remaining and reset after them.
 _ADMIT_COUNTED = lua.Script(
     lua.WRITES
     + AUTHENTICATE_AND_COUNT
@@ -96,9 +97,11 @@ local auth = authenticate_and_count(
 if auth[1] ~= ARGV[8] then return {3} end
 if auth[2] == 0 then return {4, auth[4]} end
 local retained = tonumber(redis.call('GET', KEYS[1]) or '0')
-if retained + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {1, retained} end
+if retained + tonumber(ARGV[2]) > tonumber(ARGV[1]) then
+  return {1, retained, auth[3], auth[4]}
+end
 local queued = redis.call('ZCARD', KEYS[2])
-if queued >= tonumber(ARGV[3]) then return {2, queued} end
+if queued >= tonumber(ARGV[3]) then return {2, queued, auth[3], auth[4]} end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 return apply_writes(9) or {0, auth[3], auth[4]}
 """
@@ -146,8 +149,8 @@ def admit_and_write(
             raise KeyChanged()
         if reply[0] == 4:
             raise RateLimited(_text(reply[1]))
-        if reply[0] == 0:
-            rate.remaining, rate.reset = int(reply[1]), _text(reply[2])
+        # Counted, whether written or refused for a quota.
+        rate.remaining, rate.reset = int(reply[-2]), _text(reply[-1])
     if reply[0] == 1:
         raise RetainedBytesFull(
             f"this partner's retained jobs hold {reply[1]} bytes and this job's input is "
