@@ -23,6 +23,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from postback import connection
+
 # ARGV from `first` on: each write as its argument count, then its arguments.
 # As in MULTI/EXEC, a failing write does not stop the others; the first error is returned.
 WRITES = """
@@ -58,9 +60,9 @@ class Script:
             client.scripts.add(client.register_script(self.source))
             return client.evalsha(self.sha, len(keys), *keys, *args)
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return connection.call(client, "EVALSHA", self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return client.eval(self.source, len(keys), *keys, *args)
+            return connection.call(client, "EVAL", self.source, len(keys), *keys, *args)
 
     async def arun(
         self, client: redis.asyncio.Redis | Batch, keys: list[str], args: list[Any]

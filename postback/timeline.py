@@ -32,10 +32,20 @@ def record(
     **details: Any,
 ) -> None:
     """Append `event` (at `at`, default now) to the timeline of `subject`, a job id."""
-    if not subject:
+    append(target, subject, entry(event, at=at, **details))
+
+
+def entry(event: str, *, at: float | None = None, **details: Any) -> str:
+    """The stored form of `event` (at `at`, default now), for `append`."""
+    fields = {"event": event, "at": clock.rfc3339(clock.now() if at is None else at), **details}
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def append(target: redis.Redis | redis.client.Pipeline, subject: str, *entries: str) -> None:
+    """Append `entries` (from `entry`), in order, to the timeline of `subject`, a job id."""
+    if not subject or not entries:
         return
-    entry = {"event": event, "at": clock.rfc3339(clock.now() if at is None else at), **details}
-    target.rpush(key(subject), json.dumps(entry, separators=(",", ":")))
+    target.rpush(key(subject), *entries)
     target.ltrim(key(subject), -MAX_ENTRIES, -1)
 
 

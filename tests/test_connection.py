@@ -13,7 +13,7 @@ import redis
 from rq import SimpleWorker
 
 from app import cli, create_app
-from postback.connection import async_twin, connect
+from postback.connection import async_twin, call, connect
 from postback.settings import Settings
 from tests.processes import OwnRedis, own_redis
 from worker.process import queues
@@ -56,25 +56,38 @@ def test_every_client_the_system_makes_has_the_timeout(settings, redis_url):
     assert connect_timeout == 1.5 and read_timeout > worker.dequeue_timeout
 
 
-def test_a_frozen_server_costs_one_timeout_not_several(server):
+# A GET through redis-py's own path, and through the short one the API's scripts take.
+READS = {
+    "execute_command": lambda client: client.get("kept"),
+    "call": lambda client: call(client, "GET", "kept"),
+}
+
+
+@pytest.mark.parametrize("read", READS.values(), ids=READS.keys())
+def test_a_frozen_server_costs_one_timeout_not_several(server, read):
     """A command to a SIGSTOPped server raises TimeoutError after one timeout (no retries)."""
-    client = connect(server.url, timeout_seconds=0.5)
+    client = connect(server.url, timeout_seconds=0.5, max_connections=4)
     assert client.ping()
     with server.frozen():
         started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
-            client.get("x")
+            read(client)
         elapsed = time.monotonic() - started
     # One 0.5 s timeout; retried ones would add up to several.
     assert elapsed < 2.5
+    # The connection that timed out was closed, not given back with a reply pending.
+    client.set("kept", "after")
+    assert read(client) == b"after"
 
 
-def test_a_restarted_server_is_reached_again_by_the_next_command(server):
+@pytest.mark.parametrize("read", READS.values(), ids=READS.keys())
+def test_a_restarted_server_is_reached_again_by_the_next_command(server, read):
     """After Redis restarts, the next command goes through on a fresh connection."""
-    client = connect(server.url, timeout_seconds=1.0)
+    client = connect(server.url, timeout_seconds=1.0, max_connections=4)
     client.set("kept", "1")
+    assert read(client) == b"1"  # the pooled connection now predates the restart
     server.restart()
-    assert client.get("kept") == b"1"
+    assert read(client) == b"1"
 
 
 def test_asyncio_clients_pack_every_kind_of_argument_as_redis_py_does(redis_client):

@@ -177,8 +177,12 @@ class JobStore:
         pipe.zadd(partner_index(partner_id), {job_id: 0})
         pipe.zadd(partner_index(partner_id, QUEUED), {job_id: 0})
         pipe.zadd(QUEUED_KEY, {job_id: created_at})
-        timeline.record(pipe, job_id, "accepted", request_id=request_id or None)
-        timeline.record(pipe, job_id, "enqueued", queue=QUEUES[priority])
+        timeline.append(
+            pipe,
+            job_id,
+            timeline.entry("accepted", at=created_at, request_id=request_id or None),
+            timeline.entry("enqueued", at=created_at, queue=QUEUES[priority]),
+        )
         self._enqueue(pipe, job_id, priority)
         if also is not None:
             also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
