@@ -118,6 +118,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
         # Counted against the rate limit by the same script, for a key this process knows.
         rate = g.get("pending_rate")
+        unconfirmed: js.NotDurable | None = None
         try:
             svc.jobs.create(
                 partner_id=g.partner_id,
@@ -143,6 +144,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                 g.pending_rate = None
                 svc.rate_limiter.answered(rate)
             raise
+        except js.NotDurable as exc:
+            unconfirmed = exc  # stored, but not confirmed on disk: answered below
         if rate is not None:
             g.pending_rate = None
             svc.rate_limiter.answered(rate)
@@ -152,7 +155,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         raise
     # Outside the block above: a job that exists keeps its key, so a retry after a
     # 503 here replays this response instead of making a second job.
-    svc.jobs.confirm_durable()
+    if unconfirmed is not None:
+        raise unconfirmed
     return jsonify(response["body"]), 202, response["headers"]
 
 

@@ -133,19 +133,42 @@ def call(client: redis.Redis, *args: Any) -> Any:
     """
     if client.connection is not None:  # a single-connection client
         return client.execute_command(*args)
-    pool = client.connection_pool
     for attempt in (1, 2):
-        connection = pool.get_connection()
-        try:
-            connection.send_command(*args)
-            return connection.read_response()
-        except redis.ConnectionError:
-            connection.disconnect()
-            if attempt == 2:
-                raise
-        finally:
-            pool.release(connection)
+        with checked_out(client) as connection:
+            try:
+                connection.send_command(*args)
+                return connection.read_response()
+            except redis.ConnectionError:
+                connection.disconnect()
+                if attempt == 2:
+                    raise
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def checked_out(client: redis.Redis) -> Iterator[redis.connection.AbstractConnection]:
+    """One of `client`'s pooled connections, for several `exchange`s on the same one."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        yield connection
+    finally:
+        pool.release(connection)
+
+
+def exchange(
+    connection: redis.connection.AbstractConnection, commands: list[tuple[Any, ...]]
+) -> list[Any]:
+    """Send `commands` in one write and read their replies; an error reply is returned
+    in its place (as `redis.ResponseError`), a broken connection or timeout raised."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 class RedisNotFound(RuntimeError):

@@ -23,8 +23,9 @@ from rq import Queue
 
 from callbacks.model import PENDING_DELIVERY, Message
 from callbacks.outbox import Outbox
-from postback import clock, ids, timeline
+from postback import clock, ids, lua, timeline
 from postback import metrics as pm
+from postback.groupcommit import GroupCommit
 from postback.ratewindow import RateCheck
 from worker import quotas, reads
 from worker.deliveries import JobTimeline
@@ -41,6 +42,10 @@ _ENQUEUER = Enqueuer(RUN_JOB)
 
 # How long WAITAOF waits for the local AOF fsync (no replicas) at most, unless told less.
 FSYNC_WAIT_SECONDS = 5.0
+
+# Written before a WAITAOF that must cover writes made on other connections.
+DURABILITY_KEY = "pb:durability:mark"
+_DURABILITY_MARK = lua.Script("return redis.call('INCR', KEYS[1])")
 
 QUEUED_KEY = "pb:queued"
 RETRY_KEY = "pb:retry"
@@ -121,6 +126,8 @@ class JobStore:
         self.inline_result_bytes = inline_result_bytes
         self.links = ResultLinks(client, ttl_seconds=result_url_ttl_seconds)
         self.guard = Guard(client)
+        # The API's submissions made at once share round trips (and WAITAOF) to Redis.
+        self.writer = GroupCommit(client)
         self._queues = {p: Queue(QUEUES[p], connection=client) for p in PRIORITIES}
         self._start = self.guard.transition(_START)
 
@@ -145,10 +152,12 @@ class JobStore:
         """Record a new job and put it on the queue, in one transaction.
 
         `also(pipeline, job)` adds the caller's own writes to that transaction
-        (the API stores an idempotent response there). Then `confirm_durable`.
-        Raises `quotas.OverQuota`, having stored nothing, if the partner is at
-        one of its bounds (`quota`). With `rate`, the request is counted against the
-        partner's rate limit in the same script (see `quotas.admit_and_write`).
+        (the API stores an idempotent response there). Raises `quotas.OverQuota`,
+        having stored nothing, if the partner is at one of its bounds (`quota`).
+        With `rate`, the request is counted against the partner's rate limit in the
+        same script (see `quotas.admit_and_write`). In `fsync` durability, returns
+        once Redis confirms the job is in its append-only file, or raises NotDurable
+        with the job stored.
         """
         job_id = ids.new_id("job")
         created_at = clock.now()
@@ -186,40 +195,48 @@ class JobStore:
         self._enqueue(pipe, job_id, priority)
         if also is not None:
             also(pipe, {"id": job_id, "status": QUEUED, "created_at": created_at})
-        quotas.admit_and_write(
-            self.redis,
+        fsync = quotas.admit_and_write(
+            self.writer,
             pipe,
             partner_id=partner_id,
             queued_index=partner_index(partner_id, QUEUED),
             new_bytes=len(stored_input),
             quota=self.quota,
             rate=rate,
+            fsync_wait_ms=self._fsync_wait_ms(),
         )
+        if fsync is not None:
+            self._check_durable(fsync)
         # What was just written, without reading it back.
         return self._decode({name: str(value) for name, value in record.items()})
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
         _ENQUEUER.enqueue(pipe, self.queue(priority), job_id)
 
-    def confirm_durable(self) -> None:
-        """In `fsync` durability, return only once this client's writes are fsynced to the AOF.
-
-        Raises NotDurable if Redis cannot confirm it within `fsync_wait_seconds` (call it
-        after `create`).
-
-        A separate round trip on purpose: sent in the same pipeline as the
-        writes, WAITAOF waited for the server's next event-loop pass (p50 58 ms
-        against 11 ms in BENCHMARKS.md), while after the writes' reply the fsync
-        has usually happened already.
-        """
+    def _fsync_wait_ms(self) -> int | None:
         if self.durability != "fsync":
+            return None
+        return max(1, round(self.fsync_wait_seconds * 1000))
+
+    def confirm_durable(self) -> None:
+        """In `fsync` durability, return only once every write made so far is in the AOF
+        (for a job stored earlier, e.g. before an idempotent replay of its answer).
+
+        WAITAOF waits for the writes of the connection it is sent on, so one write is
+        made before it on the same connection: the file is written in order, and once
+        that write is fsynced every earlier one is. Raises NotDurable if Redis cannot
+        confirm it within `fsync_wait_seconds`.
+        """
+        wait_ms = self._fsync_wait_ms()
+        if wait_ms is None:
             return
-        wait_ms = max(1, round(self.fsync_wait_seconds * 1000))
         try:
-            reply = self.redis.execute_command("WAITAOF", 1, 0, wait_ms)
-        except (redis.ResponseError, redis.TimeoutError) as exc:
-            reply = exc
-        self._check_durable(reply)
+            _, fsync = self.writer.run(
+                _DURABILITY_MARK, [DURABILITY_KEY], [], fsync_wait_ms=wait_ms
+            )
+        except (redis.ResponseError, redis.TimeoutError, redis.ConnectionError) as exc:
+            fsync = exc
+        self._check_durable(fsync)
 
     @staticmethod
     def _check_durable(reply: Any) -> None:

@@ -24,10 +24,12 @@ Exceptions::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from postback import lua
+from postback.groupcommit import GroupCommit
 from postback.ratewindow import AUTHENTICATE_AND_COUNT, KeyChanged, RateCheck, RateLimited
 
 DEFAULT_MAX_RETAINED_BYTES = 1_073_741_824
@@ -122,7 +124,7 @@ return redis.call('DEL', KEYS[1])
 
 
 def admit_and_write(
-    client: redis.Redis,
+    writer: GroupCommit,
     writes: redis.client.Pipeline,
     *,
     partner_id: str,
@@ -130,20 +132,27 @@ def admit_and_write(
     new_bytes: int,
     quota: Quota,
     rate: RateCheck | None = None,
-) -> None:
+    fsync_wait_ms: int | None = None,
+) -> Any:
     """Apply `writes` (a new job's), counting `new_bytes`, if the partner is within `quota`.
 
     Raises RetainedBytesFull or BacklogFull, having written nothing. With `rate`, the
     request is first counted against the partner's rate limit in the same script:
     KeyChanged or RateLimited then also write nothing, and `rate` holds the answer.
+    Once written, returns WAITAOF's reply with `fsync_wait_ms` (`GroupCommit.run`), else None.
     """
     args: list[object] = [quota.max_retained_bytes, new_bytes, quota.max_backlog]
     keys = [retained_key(partner_id), queued_index]
     if rate is None:
-        reply = _ADMIT.run(client, keys, [*args, *lua.flat_writes(writes)])
+        reply, fsync = writer.run(
+            _ADMIT, keys, [*args, *lua.flat_writes(writes)], fsync_wait_ms=fsync_wait_ms
+        )
     else:
-        reply = _ADMIT_COUNTED.run(
-            client, [*keys, rate.index_key], [*args, *rate.args(), *lua.flat_writes(writes)]
+        reply, fsync = writer.run(
+            _ADMIT_COUNTED,
+            [*keys, rate.index_key],
+            [*args, *rate.args(), *lua.flat_writes(writes)],
+            fsync_wait_ms=fsync_wait_ms,
         )
         if reply[0] == 3:
             raise KeyChanged()
@@ -167,6 +176,7 @@ def admit_and_write(
             used=int(reply[1]),
             limit=quota.max_backlog,
         )
+    return fsync
 
 
 def _text(value: bytes | str) -> str:

@@ -1,0 +1,189 @@
+"""Group commit: the script calls a process's requests make at once, sent to Redis together.
+
+An API process serves hundreds of requests at a time, and each submission ends
+in one Lua script that writes the job (and, in `fsync` durability, a WAITAOF
+that waits for the disk). Sent one by one, each pays a round trip of its own: a
+write, a wait for the reply, a wake-up, and in the API's event loop a switch
+to the loop and back — more CPU than the script's arguments cost to pack.
+
+`GroupCommit.run` sends the first call at once: a request alone waits for
+nobody. Calls made while that one is in flight queue behind it, and when its
+reply comes the first of them sends all that are queued as one pipeline on one
+connection, the others waiting for their replies (the writers' queue of
+LevelDB, or a database's group commit). Each script stays atomic by itself and
+each caller gets its own reply or error, as if it had called alone.
+
+With `fsync_wait_ms`, the pipeline's replies are followed, on the same
+connection, by one WAITAOF for the whole group: WAITAOF waits for the writes
+of the connection it is sent on, so it proves nothing on another one, and one
+wait after N writes confirms all N. The turn passes as soon as the scripts
+have answered, so the next group is written while this one waits for the disk.
+
+A call that finds Redis frozen or gone fails with the group it was sent in, and
+the calls queued behind that group fail with it at once instead of each waiting
+out a timeout of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from typing import Any
+
+import redis
+
+from postback import connection
+from postback.lua import Script
+
+# Calls sent in one pipeline at most: a bound on the longest reply any one caller waits for.
+MAX_CALLS = 128
+
+
+class _Call:
+    __slots__ = (
+        "args",
+        "done",
+        "error",
+        "fsync",
+        "fsync_wait_ms",
+        "keys",
+        "reply",
+        "script",
+        "turn",
+    )
+
+    def __init__(
+        self, script: Script, keys: list[str], args: list[Any], fsync_wait_ms: int | None
+    ) -> None:
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.fsync_wait_ms = fsync_wait_ms
+        self.reply: Any = None
+        self.fsync: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        # Set when the call has its outcome, or when it is its turn to send the queue.
+        self.turn = threading.Event()
+
+    def command(self, *, whole: bool = False) -> tuple[Any, ...]:
+        script = ("EVAL", self.script.source) if whole else ("EVALSHA", self.script.sha)
+        return (*script, len(self.keys), *self.keys, *self.args)
+
+
+class GroupCommit:
+    """Script calls on `client`, sent together while one is in flight (see the module)."""
+
+    def __init__(self, client: redis.Redis, *, max_calls: int = MAX_CALLS) -> None:
+        self.client = client
+        self.max_calls = max_calls
+        self._lock = threading.Lock()
+        self._queue: collections.deque[_Call] = collections.deque()
+
+    def run(
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        *,
+        fsync_wait_ms: int | None = None,
+    ) -> tuple[Any, Any]:
+        """(the script's reply, WAITAOF's reply) for one call of `script`.
+
+        Raises what the script raised (an error reply, a timeout, a lost connection).
+        Without `fsync_wait_ms` the second is None; with it, WAITAOF's reply after
+        the write, or the exception WAITAOF raised, for the caller to judge.
+        """
+        call = _Call(script, keys, args, fsync_wait_ms)
+        with self._lock:
+            self._queue.append(call)
+            first = len(self._queue) == 1
+        if not first:
+            call.turn.wait()
+        if not call.done:
+            self._send_queued()
+        if call.error is not None:
+            raise call.error
+        return call.reply, call.fsync
+
+    def _send_queued(self) -> None:
+        """Send the calls at the head of the queue (this caller's first), pass the turn to
+        the next call queued, then wait for the disk if the group asks to, and settle."""
+        with self._lock:
+            group = list(itertools.islice(self._queue, self.max_calls))
+        failure: BaseException | None = None
+        try:
+            with connection.checked_out(self.client) as conn:
+                try:
+                    self._write(conn, group)
+                except Exception as exc:
+                    failure = exc
+                except BaseException:
+                    # This caller was interrupted (its request ended): the others still
+                    # need answers.
+                    failure = redis.ConnectionError("the call was interrupted while it was sent")
+                    raise
+                finally:
+                    self._pass_turn(group, failure)
+                if failure is None:
+                    # The next group is sent meanwhile, on another connection.
+                    self._wait_for_disk(conn, group)
+        finally:
+            for call in group:
+                if failure is not None and call.error is None:
+                    call.error = failure
+                call.done = True
+                call.turn.set()
+
+    def _pass_turn(self, group: list[_Call], failure: BaseException | None) -> None:
+        """Take `group` off the queue and wake the call now first, to send the rest."""
+        with self._lock:
+            for _ in group:
+                self._queue.popleft()
+            stranded: list[_Call] = []
+            if isinstance(failure, redis.TimeoutError | redis.ConnectionError):
+                # Queued while Redis did not answer this group: it would not answer them.
+                stranded = list(self._queue)
+                self._queue.clear()
+            following = self._queue[0] if self._queue else None
+        for call in stranded:
+            call.error, call.done = failure, True
+            call.turn.set()
+        if following is not None:
+            following.turn.set()
+
+    def _write(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> None:
+        """The group's scripts in one round trip; each call's reply or error set on it."""
+        commands = [call.command() for call in group]
+        replies = connection.exchange(conn, commands)
+        missing = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if missing:
+            # A restarted server has forgotten the scripts: send them whole (EVAL
+            # also keeps them for the next EVALSHA).
+            again = connection.exchange(conn, [group[i].command(whole=True) for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        for call, reply in zip(group, replies, strict=True):
+            if isinstance(reply, Exception):
+                call.error = reply
+            else:
+                call.reply = reply
+
+    def _wait_for_disk(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> None:
+        """One WAITAOF for the calls of `group` that wrote and asked for it, on `conn`."""
+        waits = [c.fsync_wait_ms for c in group if c.fsync_wait_ms is not None and not c.error]
+        if not waits:
+            return
+        fsync: Any
+        try:
+            (fsync,) = connection.exchange(conn, [("WAITAOF", 1, 0, max(waits))])
+        except (redis.TimeoutError, redis.ConnectionError) as exc:
+            fsync = exc
+        for call in group:
+            if call.fsync_wait_ms is not None and call.error is None:
+                call.fsync = fsync
