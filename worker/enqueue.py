@@ -46,7 +46,7 @@ class Enqueuer:
         values = {
             _DATA: self.data(job_id),
             _DESCRIPTION: self.description(job_id),
-            _NOW: utcformat(datetime.now(UTC)),
+            _NOW: _rq_time(datetime.now(UTC)),
         }
         for args, varying in self._template(queue):
             filled = list(args)
@@ -130,6 +130,21 @@ def _fill(arg: Any, values: dict[_Slot, Any], job_id: str) -> Any:
     if isinstance(arg, _WithId):
         return arg.text.replace(SAMPLE_ID, job_id)
     return arg
+
+
+# The last second in RQ's time format, `(second, "2026-11-24T05:46:27.")`.
+_last_second: tuple[datetime | None, str] = (None, "")
+
+
+def _rq_time(moment: datetime) -> str:
+    """`utcformat(moment)`, RQ's `%Y-%m-%dT%H:%M:%S.%fZ`, formatting each second once."""
+    global _last_second
+    second = moment.replace(microsecond=0)
+    known, text = _last_second
+    if second != known:
+        text = utcformat(second)[: -len("000000Z")]
+        _last_second = (second, text)
+    return f"{text}{moment.microsecond:06d}Z"
 
 
 def _is_rq_time(text: str) -> bool:

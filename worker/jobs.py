@@ -207,8 +207,12 @@ class JobStore:
         )
         if fsync is not None:
             self._check_durable(fsync)
-        # What was just written, without reading it back.
-        return self._decode({name: str(value) for name, value in record.items()})
+        # What was just written, without reading it back (nor parsing the input again).
+        written = self._decode(
+            {name: str(value) for name, value in record.items() if name != "input"}
+        )
+        written["input"] = input
+        return written
 
     def _enqueue(self, pipe: redis.client.Pipeline, job_id: str, priority: str) -> None:
         _ENQUEUER.enqueue(pipe, self.queue(priority), job_id)
