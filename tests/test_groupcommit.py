@@ -3,6 +3,8 @@ own reply, its WAITAOF on the connection that wrote, and a frozen server costs o
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -173,3 +175,41 @@ def test_a_job_created_in_fsync_durability_waits_on_the_connection_that_wrote_it
     (wrote, script_names), (waited, wait_names) = exchanges[-2:]
     assert script_names in (["EVALSHA"], ["EVAL"]) and wait_names == ["WAITAOF"]
     assert waited == wrote
+
+
+GREENLETS = """
+from gevent import monkey
+
+monkey.patch_all()
+import sys
+
+import gevent
+import redis
+
+from postback import connection
+from postback.groupcommit import GroupCommit
+from tests.test_groupcommit import ECHO
+
+client = redis.Redis.from_url(sys.argv[1])
+sizes = []
+real = connection.exchange
+connection.exchange = lambda conn, commands: sizes.append(len(commands)) or real(conn, commands)
+commit = GroupCommit(client)
+replies = gevent.joinall([gevent.spawn(commit.run, ECHO, ["calls"], [i]) for i in range(8)])
+assert [g.value[0] for g in replies] == [str(i).encode() for i in range(8)], replies
+print(sizes)
+"""
+
+
+def test_greenlets_ready_together_send_one_group(redis_url, redis_client):
+    """In an event loop (the API's gevent), calls made by greenlets that run one after
+    another without blocking go out in one pipeline, not one each."""
+    ran = subprocess.run(
+        [sys.executable, "-c", GREENLETS, redis_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[8]"
