@@ -16,9 +16,9 @@ from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.schemas import (
     JobListQuery,
     JobQuery,
-    JobSubmission,
     check_callback_url,
     load,
+    load_submission,
 )
 from app.services import services
 from callbacks.deadletters import DeadLetters
@@ -32,9 +32,29 @@ from worker import quotas, registry
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
+# The base URL for each (scheme, Host, server, script root) seen: werkzeug derives it anew
+# for every request, a few per cent of a submission's CPU. Hosts are the client's to
+# choose, so only the first few are kept.
+_BASE_URLS: dict[tuple[str | None, ...], str] = {}
+_MAX_BASE_URLS = 64
+
+
 def base_url() -> str:
     """The API's public base URL: POSTBACK_PUBLIC_URL, or the one this request came to."""
-    return (services().settings.public_url or request.url_root).rstrip("/")
+    public = services().settings.public_url
+    if public:
+        return public.rstrip("/")
+    environ = request.environ
+    key = tuple(
+        environ.get(name)
+        for name in ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
+    )
+    found = _BASE_URLS.get(key)
+    if found is None:
+        found = request.url_root.rstrip("/")
+        if len(_BASE_URLS) < _MAX_BASE_URLS:
+            _BASE_URLS[key] = found
+    return found
 
 
 def status_url(job_id: str, base: str | None = None) -> str:
@@ -63,7 +83,7 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Accept a job: 202 with its id and status URL; the work happens on a worker."""
     raw = json_body()
-    body = load(JobSubmission, raw)
+    body = load_submission(raw)
     job_input = _validated_input(body["type"], body["input"])
     svc = services()
     timeout_seconds = body["timeout_seconds"] or registry.get(body["type"]).timeout_seconds  # type: ignore[union-attr]

@@ -84,6 +84,18 @@ def test_submission_is_accepted_with_a_status_url(client, partner):
     assert int(reply.headers["Retry-After"]) >= 1
 
 
+def test_status_urls_follow_the_address_each_request_came_to(client, partner):
+    """Without POSTBACK_PUBLIC_URL, each submission's status URL is on its own Host and scheme."""
+    seen = set()
+    for base in ("http://api.one.test", "https://api.two.test:8443", "http://api.one.test"):
+        reply = client.post(
+            "/v1/jobs", json={"type": "echo"}, headers=partner["headers"], base_url=base
+        )
+        assert reply.json["status_url"] == f"{base}/v1/jobs/{reply.json['id']}"
+        seen.add(reply.headers["Location"].rsplit("/v1/", 1)[0])
+    assert seen == {"http://api.one.test", "https://api.two.test:8443"}
+
+
 def test_a_job_reads_back_as_queued_with_its_delivery_pending(client, partner, receiver):
     """GET /v1/jobs/{id} shows a queued job and, with a callback URL, a pending delivery."""
     job_id = submit(client, partner, callback_url=receiver.url).json["id"]

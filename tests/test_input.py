@@ -696,3 +696,50 @@ def test_every_body_is_refused_or_reads_back(prop, receiver, work, tree):
         assert job["delivery"]["status"] == "delivered"
         hook = json.loads(receiver.received[-1].body)
         assert hook["data"]["id"] == job_id and hook["data"]["result"] == expected
+
+
+_ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
+)
+
+
+def _mostly(valid: st.SearchStrategy, edges: list) -> st.SearchStrategy:
+    """Values the schema takes (most of the time), at its bounds, or of other types."""
+    kinds = [valid, st.sampled_from(edges), _ODD]
+    return st.sampled_from([0, 0, 0, 0, 1, 2]).flatmap(lambda kind: kinds[kind])
+
+
+_SUBMISSION = st.fixed_dictionaries(
+    {"type": _mostly(st.text(min_size=1, max_size=8), ["x" * 100, "x" * 101, ""])},
+    optional={
+        "input": _mostly(st.dictionaries(st.text(max_size=3), _ODD, max_size=3), [{}]),
+        "callback_url": _mostly(st.just("http://h.test/"), ["h" * 2048, "h" * 2049, ""]),
+        "priority": _mostly(st.sampled_from(["high", "normal", "low"]), ["urgent"]),
+        "timeout_seconds": _mostly(st.integers(1, 10**6), [0, True, 5.0, 2**70]),
+    },
+)
+_WITH_EXTRA = st.builds(lambda body, odd: {**body, "extra": odd}, _SUBMISSION, _ODD)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([_SUBMISSION, _SUBMISSION, _SUBMISSION, _WITH_EXTRA]).flatmap(lambda s: s))
+def test_a_plainly_valid_submission_loads_as_the_schema_loads_it(body):
+    """The submission fast path takes only bodies the schema takes, and loads them the same."""
+    from app.errors import ValidationFailed
+    from app.schemas import JobSubmission, _plain_submission, load
+
+    plain = _plain_submission(body)
+    try:
+        loaded = load(JobSubmission, body)
+    except ValidationFailed:
+        assert plain is None
+        event("refused by the schema")
+        return
+    event("taken plainly" if plain is not None else "left to the schema")
+    assert plain is None or plain == loaded
