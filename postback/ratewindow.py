@@ -26,8 +26,9 @@ local function authenticate_and_count(index_key, prefix, limit, window, now)
   local used = previous * overlap + current
   local reset = tostring((index + 1) * window - now)
   if used + 1 > limit then return {partner, 0, 0, reset} end
-  redis.call('INCR', current_key)
-  redis.call('EXPIRE', current_key, math.ceil(window * 2) + 1)
+  if redis.call('INCR', current_key) == 1 then
+    redis.call('EXPIRE', current_key, math.ceil(window * 2) + 1)
+  end
   return {partner, 1, math.floor(limit - used - 1), reset}
 end
 """

@@ -41,12 +41,16 @@ def entry(event: str, *, at: float | None = None, **details: Any) -> str:
     return json.dumps(fields, separators=(",", ":"))
 
 
-def append(target: redis.Redis | redis.client.Pipeline, subject: str, *entries: str) -> None:
-    """Append `entries` (from `entry`), in order, to the timeline of `subject`, a job id."""
+def append(
+    target: redis.Redis | redis.client.Pipeline, subject: str, *entries: str, new: bool = False
+) -> None:
+    """Append `entries` (from `entry`), in order, to the timeline of `subject`, a job id;
+    `new` for the first entries of a new job's timeline (fewer than `MAX_ENTRIES`)."""
     if not subject or not entries:
         return
     target.rpush(key(subject), *entries)
-    target.ltrim(key(subject), -MAX_ENTRIES, -1)
+    if not new or len(entries) > MAX_ENTRIES:
+        target.ltrim(key(subject), -MAX_ENTRIES, -1)
 
 
 def read(client: redis.Redis, subject: str) -> list[dict[str, Any]]:

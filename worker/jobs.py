@@ -191,6 +191,7 @@ class JobStore:
             job_id,
             timeline.entry("accepted", at=created_at, request_id=request_id or None),
             timeline.entry("enqueued", at=created_at, queue=QUEUES[priority]),
+            new=True,
         )
         self._enqueue(pipe, job_id, priority)
         if also is not None:
