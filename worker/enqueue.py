@@ -27,7 +27,7 @@ from rq.utils import utcformat
 SAMPLE_ID = "job_00000000000000000000000000"
 # As worker.jobs enqueues: no RQ timeout (the job's own is enforced around the
 # handler), no kept result, failures kept a day.
-OPTIONS = {"timeout": -1, "result_ttl": 0, "failure_ttl": 86400}
+OPTIONS: dict[str, Any] = {"timeout": -1, "result_ttl": 0, "failure_ttl": 86400}
 
 
 class Enqueuer:
@@ -61,7 +61,7 @@ class Enqueuer:
         return self._pickled(job_id)
 
     def _pickled(self, job_id: str) -> bytes:
-        call = (self.function, None, (job_id,), {})
+        call: tuple[str, None, tuple[str], dict[str, Any]] = (self.function, None, (job_id,), {})
         return pickle.dumps(call, protocol=pickle.HIGHEST_PROTOCOL)
 
     def description(self, job_id: str) -> str:
