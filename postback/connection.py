@@ -55,6 +55,11 @@ def on_behalf_of(tenant: str | None) -> Iterator[None]:
         _TENANT.reset(token)
 
 
+def current_tenant() -> str | None:
+    """Whose request the caller serves (`on_behalf_of`), or None."""
+    return _TENANT.get()
+
+
 class _Waiter:
     __slots__ = ("event", "given", "item")
 
@@ -86,7 +91,7 @@ class FairQueue:
         self._lines: dict[str | None, collections.deque[_Waiter]] = {}
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        tenant = _TENANT.get()
+        tenant = current_tenant()
         with self._lock:
             if self.queue:
                 return self.queue.pop()

@@ -13,6 +13,10 @@ reply comes the first of them sends all that are queued as one pipeline on one
 connection, the others waiting for their replies (the writers' queue of
 LevelDB, or a database's group commit). Each script stays atomic by itself and
 each caller gets its own reply or error, as if it had called alone.
+Waiting calls are taken into a group a tenant at a time (`connection.on_behalf_of`,
+as the connection pool serves them): one partner's flood of submissions fills
+the groups only as far as nobody else is waiting, and another partner's call
+goes out in the next group, not behind the flood.
 
 With `fsync_wait_ms`, the pipeline's replies are followed, on the same
 connection, by one WAITAOF for the whole group: WAITAOF waits for the writes
@@ -28,7 +32,7 @@ out a timeout of its own.
 from __future__ import annotations
 
 import collections
-import itertools
+import contextlib
 import threading
 import time
 from typing import Any
@@ -74,6 +78,11 @@ class _Call:
         return (*script, len(self.keys), *self.keys, *self.args)
 
 
+class Interrupted(redis.ConnectionError):
+    """The call that was sending a group was interrupted (its request ended): the group's
+    outcome is unknown, as after a lost connection."""
+
+
 class GroupCommit:
     """Script calls on `client`, sent together while one is in flight (see the module)."""
 
@@ -81,7 +90,10 @@ class GroupCommit:
         self.client = client
         self.max_calls = max_calls
         self._lock = threading.Lock()
-        self._queue: collections.deque[_Call] = collections.deque()
+        # The calls waiting, in one line per tenant (`connection.on_behalf_of`), the
+        # tenants in their turn's order; and whether a call holds the turn to send.
+        self._lines: dict[str | None, collections.deque[_Call]] = {}
+        self._busy = False
 
     def run(
         self,
@@ -99,8 +111,9 @@ class GroupCommit:
         """
         call = _Call(script, keys, args, fsync_wait_ms)
         with self._lock:
-            self._queue.append(call)
-            first = len(self._queue) == 1
+            self._lines.setdefault(connection.current_tenant(), collections.deque()).append(call)
+            first = not self._busy
+            self._busy = True
         if not first:
             call.turn.wait()
         if not call.done:
@@ -109,30 +122,45 @@ class GroupCommit:
             raise call.error
         return call.reply, call.fsync
 
+    def _take(self) -> list[_Call]:
+        """The next group: a call from each tenant in turn, until `max_calls` or none left.
+
+        A partner with a thousand calls waiting fills the groups only as far as no
+        other partner has a call waiting: another's call goes out in the next group.
+        The call holding the turn is the first of the first line, so it is in it.
+        """
+        group: list[_Call] = []
+        while self._lines and len(group) < self.max_calls:
+            tenant = next(iter(self._lines))
+            line = self._lines.pop(tenant)
+            group.append(line.popleft())
+            if line:  # back in line behind the other tenants
+                self._lines[tenant] = line
+        return group
+
     def _send_queued(self) -> None:
-        """Send the calls at the head of the queue (this caller's first), pass the turn to
-        the next call queued, then wait for the disk if the group asks to, and settle."""
+        """Send the next group (this caller's call in it), pass the turn to a call still
+        waiting, then wait for the disk if the group asks to, and settle the group."""
         # Let the requests that are ready to run (in the API's event loop: those whose
         # bytes arrived with this one's) reach their own call first and join this group:
         # twice the calls per round trip under load (BENCHMARKS.md, P1), and no wait at
         # all for a request that is alone.
         time.sleep(0)
         with self._lock:
-            group = list(itertools.islice(self._queue, self.max_calls))
+            group = self._take()
         failure: BaseException | None = None
         try:
-            with connection.checked_out(self.client) as conn:
+            with contextlib.ExitStack() as held:
                 try:
+                    conn = held.enter_context(connection.checked_out(self.client))
                     self._write(conn, group)
                 except Exception as exc:
                     failure = exc
                 except BaseException:
-                    # This caller was interrupted (its request ended): the others still
-                    # need answers.
-                    failure = redis.ConnectionError("the call was interrupted while it was sent")
+                    failure = Interrupted("the call was interrupted while it was sent")
                     raise
                 finally:
-                    self._pass_turn(group, failure)
+                    self._pass_turn(failure)
                 if failure is None:
                     # The next group is sent meanwhile, on another connection.
                     self._wait_for_disk(conn, group)
@@ -143,17 +171,18 @@ class GroupCommit:
                 call.done = True
                 call.turn.set()
 
-    def _pass_turn(self, group: list[_Call], failure: BaseException | None) -> None:
-        """Take `group` off the queue and wake the call now first, to send the rest."""
+    def _pass_turn(self, failure: BaseException | None) -> None:
+        """Wake the first call still waiting, to send the next group, or free the turn."""
+        stranded: list[_Call] = []
         with self._lock:
-            for _ in group:
-                self._queue.popleft()
-            stranded: list[_Call] = []
-            if isinstance(failure, redis.TimeoutError | redis.ConnectionError):
+            if isinstance(failure, redis.TimeoutError | redis.ConnectionError) and not isinstance(
+                failure, Interrupted
+            ):
                 # Queued while Redis did not answer this group: it would not answer them.
-                stranded = list(self._queue)
-                self._queue.clear()
-            following = self._queue[0] if self._queue else None
+                stranded = [call for line in self._lines.values() for call in line]
+                self._lines.clear()
+            following = next(iter(self._lines.values()))[0] if self._lines else None
+            self._busy = following is not None
         for call in stranded:
             call.error, call.done = failure, True
             call.turn.set()

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from postback import connection
-from postback.connection import connect
+from postback.connection import connect, on_behalf_of
+from postback.embedded import free_port
 from postback.groupcommit import GroupCommit
 from postback.lua import Script
 from tests.processes import OwnRedis, own_redis
@@ -213,3 +214,45 @@ def test_greenlets_ready_together_send_one_group(redis_url, redis_client):
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "[8]"
+
+
+def test_a_flooding_partner_does_not_push_another_partners_call_back(redis_client, exchanges):
+    """Groups are taken a tenant at a time: with 40 calls of one partner waiting, another
+    partner's call that came after them all still goes out in the very next group."""
+    commit = GroupCommit(redis_client, max_calls=8)
+    first = _first_in_flight(redis_client, commit)
+
+    def call_as(tenant: str, value: str):
+        with on_behalf_of(tenant):
+            return commit.run(ECHO, ["calls"], [value])
+
+    flood = [threading.Thread(target=call_as, args=("flooder", f"flood-{i}")) for i in range(40)]
+    for thread in flood:
+        thread.start()
+    time.sleep(0.2)  # all 40 queued behind the call in flight
+    assert call_as("other", "mine") == (b"mine", None)
+    first.join(timeout=30)
+    for thread in flood:
+        thread.join(timeout=30)
+    groups = [names for _, names in exchanges]
+    assert len(groups) == 1 + 6 and all(len(g) <= 8 for g in groups)
+    sent = redis_client.lrange("calls", 0, -1)
+    # The other partner's call was among the first 8 sent after the call in flight.
+    assert b"mine" in sent[:8]
+
+
+def test_a_server_that_cannot_be_reached_fails_every_call_and_blocks_none():
+    """When no connection can be made, each call raises ConnectionError at once, and the
+    next call is not left waiting for a turn that never comes."""
+    commit = GroupCommit(connect(f"redis://127.0.0.1:{free_port()}/0", timeout_seconds=0.5))
+    outcomes: list = []
+
+    def three_calls() -> None:
+        for number in range(3):
+            outcomes.append(_outcome(lambda n=number: commit.run(ECHO, ["calls"], [n])))
+
+    caller = threading.Thread(target=three_calls)
+    caller.start()
+    caller.join(timeout=10)
+    assert not caller.is_alive()
+    assert [type(outcome) for outcome in outcomes] == [redis.ConnectionError] * 3
