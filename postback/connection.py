@@ -167,19 +167,13 @@ def exchange(
     """Send `commands` in one write and read their replies; an error reply is returned
     in its place (as `redis.ResponseError`), a broken connection or timeout raised."""
     connection.send_packed_command(connection.pack_commands(commands))
-    return replies(connection, len(commands))
-
-
-def replies(connection: redis.connection.AbstractConnection, count: int) -> list[Any]:
-    """The next `count` replies on `connection`, an error reply in its place (as
-    `redis.ResponseError`); a broken connection or timeout raised."""
-    answers: list[Any] = []
-    for _ in range(count):
+    replies: list[Any] = []
+    for _ in commands:
         try:
-            answers.append(connection.read_response())
+            replies.append(connection.read_response())
         except redis.ResponseError as exc:
-            answers.append(exc)
-    return answers
+            replies.append(exc)
+    return replies
 
 
 class RedisNotFound(RuntimeError):

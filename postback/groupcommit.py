@@ -153,7 +153,7 @@ class GroupCommit:
             with contextlib.ExitStack() as held:
                 try:
                     conn = held.enter_context(connection.checked_out(self.client))
-                    sent = self._write(conn, group)
+                    self._write(conn, group)
                 except Exception as exc:
                     failure = exc
                 except BaseException:
@@ -163,7 +163,7 @@ class GroupCommit:
                     self._pass_turn(failure)
                 if failure is None:
                     # The next group is sent meanwhile, on another connection.
-                    self._wait_for_disk(conn, group, sent=sent)
+                    self._wait_for_disk(conn, group)
         finally:
             for call in group:
                 if failure is not None and call.error is None:
@@ -189,31 +189,18 @@ class GroupCommit:
         if following is not None:
             following.turn.set()
 
-    def _write(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> bool:
-        """The group's scripts in one round trip; each call's reply or error set on it.
-
-        When the group asks to wait for the disk, its WAITAOF goes in the same write,
-        after the scripts: True then, and its reply is the next one on `conn`.
-        """
+    def _write(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> None:
+        """The group's scripts in one round trip; each call's reply or error set on it."""
         commands = [call.command() for call in group]
-        waits = [call.fsync_wait_ms for call in group if call.fsync_wait_ms is not None]
-        if waits:
-            commands.append(("WAITAOF", 1, 0, max(waits)))
-        conn.send_packed_command(conn.pack_commands(commands))
-        replies = connection.replies(conn, len(group))
+        replies = connection.exchange(conn, commands)
         missing = [
             i
             for i, reply in enumerate(replies)
             if isinstance(reply, redis.exceptions.NoScriptError)
         ]
-        waiting = bool(waits)
         if missing:
             # A restarted server has forgotten the scripts: send them whole (EVAL
-            # also keeps them for the next EVALSHA). The WAITAOF sent with them came
-            # before these writes, so `_wait_for_disk` sends another.
-            if waiting:
-                connection.replies(conn, 1)
-                waiting = False
+            # also keeps them for the next EVALSHA).
             again = connection.exchange(conn, [group[i].command(whole=True) for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -222,22 +209,15 @@ class GroupCommit:
                 call.error = reply
             else:
                 call.reply = reply
-        return waiting
 
-    def _wait_for_disk(
-        self, conn: redis.connection.AbstractConnection, group: list[_Call], *, sent: bool
-    ) -> None:
-        """WAITAOF's reply for the calls of `group` that wrote and asked for it, on `conn`:
-        read if `_write` sent it (`sent`), else asked for now."""
+    def _wait_for_disk(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> None:
+        """One WAITAOF for the calls of `group` that wrote and asked for it, on `conn`."""
         waits = [c.fsync_wait_ms for c in group if c.fsync_wait_ms is not None and not c.error]
-        if not waits and not sent:
+        if not waits:
             return
         fsync: Any
         try:
-            if sent:
-                (fsync,) = connection.replies(conn, 1)
-            else:
-                (fsync,) = connection.exchange(conn, [("WAITAOF", 1, 0, max(waits))])
+            (fsync,) = connection.exchange(conn, [("WAITAOF", 1, 0, max(waits))])
         except (redis.TimeoutError, redis.ConnectionError) as exc:
             fsync = exc
         for call in group:
