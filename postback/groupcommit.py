@@ -42,8 +42,11 @@ import redis
 from postback import connection
 from postback.lua import Script
 
-# Calls sent in one pipeline at most: a bound on the longest reply any one caller waits for.
+# Calls sent in one pipeline at most, and the bytes of their arguments: bounds on how
+# long any one caller waits behind the others of its group. A group always takes
+# its first call, however large (submissions are bounded by the API's body limit).
 MAX_CALLS = 128
+MAX_BYTES = 1_048_576
 
 
 class _Call:
@@ -56,6 +59,7 @@ class _Call:
         "keys",
         "reply",
         "script",
+        "size",
         "turn",
     )
 
@@ -65,6 +69,7 @@ class _Call:
         self.script = script
         self.keys = keys
         self.args = args
+        self.size = _size(args)
         self.fsync_wait_ms = fsync_wait_ms
         self.reply: Any = None
         self.fsync: Any = None
@@ -78,6 +83,11 @@ class _Call:
         return (*script, len(self.keys), *self.keys, *self.args)
 
 
+def _size(args: list[Any]) -> int:
+    """About the bytes `args` take on the wire (their strings and bytes)."""
+    return sum(len(arg) for arg in args if isinstance(arg, str | bytes))
+
+
 class Interrupted(redis.ConnectionError):
     """The call that was sending a group was interrupted (its request ended): the group's
     outcome is unknown, as after a lost connection."""
@@ -86,9 +96,12 @@ class Interrupted(redis.ConnectionError):
 class GroupCommit:
     """Script calls on `client`, sent together while one is in flight (see the module)."""
 
-    def __init__(self, client: redis.Redis, *, max_calls: int = MAX_CALLS) -> None:
+    def __init__(
+        self, client: redis.Redis, *, max_calls: int = MAX_CALLS, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.client = client
         self.max_calls = max_calls
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         # The calls waiting, in one line per tenant (`connection.on_behalf_of`), the
         # tenants in their turn's order; and whether a call holds the turn to send.
@@ -123,16 +136,24 @@ class GroupCommit:
         return call.reply, call.fsync
 
     def _take(self) -> list[_Call]:
-        """The next group: a call from each tenant in turn, until `max_calls` or none left.
+        """The next group: a call from each tenant in turn, until `max_calls` calls or
+        `max_bytes` of arguments, or none left.
 
         A partner with a thousand calls waiting fills the groups only as far as no
         other partner has a call waiting: another's call goes out in the next group.
+        A partner's large calls fill a group only up to `max_bytes`, so the calls
+        sent with them (another partner's among them) are not held up by the transfer.
         The call holding the turn is the first of the first line, so it is in it.
         """
         group: list[_Call] = []
+        size = 0
         while self._lines and len(group) < self.max_calls:
             tenant = next(iter(self._lines))
-            line = self._lines.pop(tenant)
+            line = self._lines[tenant]
+            size += line[0].size
+            if group and size > self.max_bytes:
+                break
+            del self._lines[tenant]
             group.append(line.popleft())
             if line:  # back in line behind the other tenants
                 self._lines[tenant] = line

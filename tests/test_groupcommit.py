@@ -241,6 +241,44 @@ def test_a_flooding_partner_does_not_push_another_partners_call_back(redis_clien
     assert b"mine" in sent[:8]
 
 
+def test_large_calls_fill_a_group_only_up_to_its_byte_bound(redis_client, exchanges):
+    """A partner's large calls are split over groups of at most `max_bytes` of arguments
+    (a call larger than that goes alone), and another partner's small call still goes
+    out in the next group; every call gets its own reply."""
+    commit = GroupCommit(redis_client, max_bytes=10_000)
+    first = _first_in_flight(redis_client, commit)
+    sizes = [4_000] * 6 + [25_000]
+
+    def call_as(tenant: str, value: str):
+        with on_behalf_of(tenant):
+            return commit.run(ECHO, ["calls"], [value])
+
+    large = [
+        threading.Thread(target=call_as, args=("large", str(i) * size))
+        for i, size in enumerate(sizes)
+    ]
+    for thread in large:
+        thread.start()
+    time.sleep(0.2)  # all queued behind the call in flight
+    assert call_as("other", "mine") == (b"mine", None)
+    first.join(timeout=30)
+    for thread in large:
+        thread.join(timeout=30)
+    sent = redis_client.lrange("calls", 0, -1)
+    assert sorted(len(value) for value in sent) == sorted([4, *sizes])  # with "mine"
+    # The calls in the order Redis ran them, cut into the groups they were sent in
+    # after the call in flight (which wrote elsewhere).
+    groups, start = [], 0
+    for _, names in exchanges[1:]:
+        groups.append(sent[start : start + len(names)])
+        start += len(names)
+    assert start == len(sent)
+    for group in groups:
+        assert len(group) == 1 or sum(len(value) for value in group) <= 10_000
+    assert len(groups) >= 4  # 6 x 4,000 bytes need 3 groups at least, the 25,000 one more
+    assert b"mine" in groups[0]
+
+
 def test_a_server_that_cannot_be_reached_fails_every_call_and_blocks_none():
     """When no connection can be made, each call raises ConnectionError at once, and the
     next call is not left waiting for a turn that never comes."""
