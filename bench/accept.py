@@ -212,6 +212,12 @@ def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **set
         REDIS_URL=url,
         POSTBACK_ADMIN_TOKEN=admin_token,
         POSTBACK_RATE_LIMIT="1000000/second",
+        # The bench's one partner queues every job it sends and no worker takes them:
+        # at the default bounds (10,000 of a partner's jobs waiting) a fast run reaches
+        # the bound within a measurement and is then answered 503, which is not what
+        # P1 measures. The bounds are checked the same way whatever their values.
+        POSTBACK_MAX_BACKLOG="100000000",
+        POSTBACK_PARTNER_MAX_BACKLOG="100000000",
         POSTBACK_LOG_LEVEL="WARNING",
         POSTBACK_API_WORKERS=str(API_WORKERS),
         POSTBACK_DURABILITY=mode,
@@ -394,12 +400,16 @@ def report(results: dict) -> str:
             f"p99 at {h['rate']['median']:.0f}/s {h['p99_ms']['median']:.1f} ms "
             f"(runs {_runs(h['p99_ms']['runs'], 1)}; goal <= 10)"
         )
-    errors = sum(results[name]["errors"] for name in ("baseline", "baseline_gthread", *MODES))
-    errors += sum(results[mode]["half_load"]["errors"] for mode in MODES)
+    failed = {name: results[name]["errors"] for name in ("baseline", "baseline_gthread", *MODES)}
+    failed |= {f"{mode} at half load": results[mode]["half_load"]["errors"] for mode in MODES}
+    # A failed request is not counted as an accept, but a fast failure frees its client
+    # for the next one: a target with failures is not measured as the others are.
+    where = ", ".join(f"{name} {count}" for name, count in failed.items() if count)
     cost = results["ratio_fsync_to_everysec"]
     lines.append(
         f"   durability cost, accepts/s fsync / everysec: {cost['median']:.2f} "
-        f"(runs {_runs(cost['runs'], 2)}); failed requests: {errors}"
+        f"(runs {_runs(cost['runs'], 2)}); failed requests: {sum(failed.values())}"
+        + (f" ({where}): these figures do not hold" if where else "")
     )
     return "\n".join(lines)
 
