@@ -207,17 +207,19 @@ def _server(
 
 
 def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **settings: str):
-    env = clean_env(
-        **settings,
-        REDIS_URL=url,
-        POSTBACK_ADMIN_TOKEN=admin_token,
-        POSTBACK_RATE_LIMIT="1000000/second",
+    bounds = {
         # The bench's one partner queues every job it sends and no worker takes them:
         # at the default bounds (10,000 of a partner's jobs waiting) a fast run reaches
         # the bound within a measurement and is then answered 503, which is not what
         # P1 measures. The bounds are checked the same way whatever their values.
-        POSTBACK_MAX_BACKLOG="100000000",
-        POSTBACK_PARTNER_MAX_BACKLOG="100000000",
+        "POSTBACK_MAX_BACKLOG": "100000000",
+        "POSTBACK_PARTNER_MAX_BACKLOG": "100000000",
+    }
+    env = clean_env(
+        **(bounds | settings),
+        REDIS_URL=url,
+        POSTBACK_ADMIN_TOKEN=admin_token,
+        POSTBACK_RATE_LIMIT="1000000/second",
         POSTBACK_LOG_LEVEL="WARNING",
         POSTBACK_API_WORKERS=str(API_WORKERS),
         POSTBACK_DURABILITY=mode,
