@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
+from flask import g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app import strictjson
@@ -21,18 +21,32 @@ def raw_body() -> bytes:
     reading it at the limit and says nothing, so it is allowed one byte more, and a
     body that has it is too large rather than cut short.
     """
+    cached = g.get("raw_body")
+    if cached is not None:
+        return cached
     limit = services().settings.max_body_bytes
-    if request.content_length is None:
-        request.max_content_length = limit + 1
+    length = request.content_length
     try:
-        raw = request.get_data(cache=True)
-    except HTTPException:
+        if length is None:
+            request.max_content_length = limit + 1
+            raw = request.get_data()
+        elif length > limit:
+            raise RequestEntityTooLarge()
+        else:
+            # A declared length is read as it is, without werkzeug's stream around it.
+            raw = request.environ["wsgi.input"].read(length) if length else b""
+            if len(raw) < length:
+                raise MalformedRequest(
+                    f"the body ended after {len(raw)} of its {length} bytes (Content-Length)"
+                )
+    except (HTTPException, MalformedRequest):
         raise
     except Exception as exc:
         # The server could not decode the body's framing (a malformed chunk).
         raise MalformedRequest(f"the body could not be read: {exc}") from None
     if len(raw) > limit:
         raise RequestEntityTooLarge()
+    g.raw_body = raw
     return raw
 
 

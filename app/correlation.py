@@ -8,8 +8,8 @@ worker logs carry them and its webhook sends them as `x-request-id` and `tracepa
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from flask import Flask, Response, g, request
 
@@ -35,7 +35,7 @@ def register(app: Flask) -> None:
     @app.before_request
     def assign() -> None:
         given = request.headers.get(HEADER, "").strip()
-        g.request_id = given if _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        g.request_id = given if _SANE_ID.fullmatch(given) else os.urandom(16).hex()
         g.log_context = logs.push(request_id=g.request_id)
 
     @app.after_request

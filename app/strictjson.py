@@ -49,11 +49,8 @@ def loads(raw: bytes, *, max_depth: int) -> Any:
         raise InvalidJson(f"the body is not UTF-8 (byte {exc.start})") from None
     shape = raw.translate(_NUMBER_SHAPE)
     big = any(sign in shape for sign in _BIG_NUMBER_SIGNS)
-    numbers: dict[str, Any] = {"parse_int": _integer, "parse_float": _float} if big else {}
     try:
-        value = json.loads(
-            text, parse_constant=_refuse_constant, object_pairs_hook=_object, **numbers
-        )
+        value = (_CHECKING_NUMBERS if big else _DECODER).decode(text)
     except RecursionError:
         raise InvalidJson(f"JSON nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
@@ -126,3 +123,13 @@ def _refuse_surrogates(value: Any) -> None:
     if found is not None:
         escape = f"\\u{ord(found.group()):04x}"
         raise InvalidJson(f"invalid Unicode: lone surrogate {escape} (half of a UTF-16 pair)")
+
+
+# Made once (a decoder is stateless between calls): the second also checks every number.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_object)
+_CHECKING_NUMBERS = json.JSONDecoder(
+    parse_constant=_refuse_constant,
+    object_pairs_hook=_object,
+    parse_int=_integer,
+    parse_float=_float,
+)

@@ -133,9 +133,11 @@ class RateLimiter:
 
 
 def add_rate_limit_headers(response: Response) -> Response:
-    """After each request: the partner's rate-limit headers, when there are any."""
-    for name, value in getattr(g, "rate_limit_headers", {}).items():
-        response.headers.setdefault(name, value)
+    """After each request: the partner's rate-limit headers, when there are any (a 429
+    carries them already)."""
+    headers = g.get("rate_limit_headers")
+    if headers and "RateLimit-Limit" not in response.headers:
+        response.headers.extend(headers)
     return response
 
 

@@ -85,7 +85,10 @@ class _Call:
 
 def _size(args: list[Any]) -> int:
     """About the bytes `args` take on the wire (their strings and bytes)."""
-    return sum(len(arg) for arg in args if isinstance(arg, str | bytes))
+    return sum([len(arg) for arg in args if isinstance(arg, _TEXT)])  # a list: faster here
+
+
+_TEXT = (str, bytes)
 
 
 class Interrupted(redis.ConnectionError):
