@@ -16,10 +16,11 @@ from app.services import services
 def raw_body() -> bytes:
     """The body's bytes; 413 past `POSTBACK_MAX_BODY_BYTES`, with or without Content-Length.
 
-    A declared Content-Length over the limit is refused before anything is read
-    (werkzeug does that). A chunked body has no length to check: werkzeug stops
+    A declared Content-Length over the limit is refused before anything is read; one
+    within it is read from the server's input as it is, and a body that ends before
+    its length is a 400. A chunked body has no length to check: werkzeug stops
     reading it at the limit and says nothing, so it is allowed one byte more, and a
-    body that has it is too large rather than cut short.
+    body that has it is too large rather than cut short. Read once per request.
     """
     cached = g.get("raw_body")
     if cached is not None:

@@ -504,6 +504,24 @@ def test_a_100000_deep_body_is_400_on_the_wire(api):
     assert f"nested deeper than {MAX_DEPTH} levels" in reply.json()["detail"]
 
 
+def test_a_body_shorter_than_its_content_length_is_400(api):
+    """A client that declares 100 bytes, sends 15 and stops sending gets a 400 problem
+    naming the shortfall, and no job: the body is not taken as it is."""
+    partner = api.partner()
+    listed = requests.get(f"{api.base}/v1/jobs", headers=bearer(partner["api_key"]), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", api.port), timeout=30)
+    sock.sendall(raw_submission(partner, b"Content-Length: 100\r\n", b'{"type": "echo"'))
+    sock.shutdown(socket.SHUT_WR)
+    reply = http.client.HTTPResponse(sock)
+    reply.begin()
+    body = json.loads(reply.read())
+    sock.close()
+    assert reply.status == 400 and reply.getheader("Content-Type") == PROBLEM
+    assert "15 of its 100 bytes" in body["detail"]
+    after = requests.get(f"{api.base}/v1/jobs", headers=bearer(partner["api_key"]), timeout=10)
+    assert after.json()["items"] == listed.json()["items"] == []
+
+
 def test_a_broken_chunked_body_is_400(api):
     """A chunk size that is not hexadecimal is a 400 problem."""
     chunks = b"zz\r\n{}\r\n0\r\n\r\n"
