@@ -69,7 +69,7 @@ def _time(raw: dict[str, str], name: str) -> float | None:
     return float(value) if value else None
 
 
-def decode_hash(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, str]:
+def decode_hash(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, Any]:
     """A hash as Redis returns it (bytes) → str keys and values (a `body` stays as bytes)."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -192,6 +192,13 @@ class Delivery:
             "last_attempt_at": clock.rfc3339(self.last_attempt_at),
             "next_attempt_at": clock.rfc3339(self.next_attempt_at),
         }
+
+
+def stored_delivery(raw: dict[str, Any], message: dict[str, Any] | None) -> Delivery | None:
+    """The delivery of decoded hashes `raw` and `message`; None if either is gone."""
+    if not raw or not message:
+        return None
+    return Delivery.from_hashes(raw, Message.from_hash(message))
 
 
 PENDING_DELIVERY = {
