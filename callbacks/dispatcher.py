@@ -2,21 +2,18 @@
 
 One asyncio event loop per delivery process holds every attempt in flight
 (thousands of them cost a few kilobytes each, not a thread each; see the
-README for the measurement behind this choice). Each attempt:
-
-1. waits for a slot (`callbacks.lanes`: fair across owners, adaptive per
-   destination, bounded for destinations that do not answer);
-2. takes a token from the destination's rate limit, if one is set;
-3. asks the circuit breaker; an open circuit *parks* the delivery (no
-   attempt spent) until the circuit closes or its cooldown ends;
-4. signs and posts it (`callbacks.sender`: one deadline for the whole exchange);
-5. reports to the breaker what the answer says about the destination, and
-   when its probe closes a circuit, lets that circuit's parked deliveries go;
-6. settles it under its claim's fencing token: recorded, retried with backoff,
-   delivered, or dead.
+README for the measurement behind this choice). The loop claims what fits
+(`callbacks.claims`), queues each claimed delivery in its lane, and starts
+each one when its lane gets a slot (`callbacks.lanes`: fair across owners,
+adaptive per destination, bounded for destinations that do not answer). A
+started delivery's turn, from the rate limit and the circuit to the settled
+outcome, is the courier's (`callbacks.courier`); what the answer says about
+the lane comes back to the lanes when the turn ends.
 
 While the process holds a delivery (waiting in a lane or in flight), it renews
-the delivery's claim, so the claim cannot lapse under a running attempt.
+the delivery's claim, so the claim cannot lapse under a running attempt. Now
+and then it also expires old dead letters, prunes expired circuits and forgets
+idle lanes.
 
 A Redis fault stops nothing: claims are tried again with growing pauses, an
 outcome is recorded once Redis takes it (while its claim lasts), and each kind of
@@ -37,17 +34,16 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from callbacks.breaker import CircuitBreaker, Permit, circuit_id, counts_against
+from callbacks.breaker import CircuitBreaker
+from callbacks.claims import Claimed
+from callbacks.courier import Courier
 from callbacks.deadletters import DeadLetters
-from callbacks.errors import SecretError
 from callbacks.lanes import Lane, Lanes, Signal
-from callbacks.model import Attempt, Delivery, DeliveryStatus, Outcome
-from callbacks.outbox import Claimed, Outbox, Settlement
+from callbacks.outbox import Outbox
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.ratelimit import RateLimiter
 from callbacks.secrets import SecretStore
-from callbacks.sender import Response, Sender
-from callbacks.signing import headers as signed_headers
+from callbacks.sender import Sender
 from postback import clock, logs, lua
 from postback.connection import timeout_of
 from postback.faults import Fault, FaultWatch, classify, pause_seconds
@@ -96,7 +92,6 @@ class Dispatcher:
         self._lanes: Lanes[Claimed] = Lanes(capacity=1, per_destination=1)
         self._held: dict[str, Claimed] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._limiter: RateLimiter | None = None
         self._batch: lua.Batch | None = None
         self._wake = asyncio.Event()
         # Redis faults, logged once per change of state for each kind of work.
@@ -105,6 +100,7 @@ class Dispatcher:
         self._renewal_faults = FaultWatch("delivery claim renewals", logger=log)
         self._outcome_faults = FaultWatch("delivery outcomes", logger=log)
         self._maintenance_faults = FaultWatch("delivery maintenance", logger=log)
+        self._courier = self._new_courier()
 
     @property
     def lease_seconds(self) -> float:
@@ -114,6 +110,20 @@ class Dispatcher:
     @property
     def in_flight(self) -> int:
         return self._lanes.in_flight
+
+    def _new_courier(self, limiter: RateLimiter | None = None) -> Courier:
+        """A courier with the dispatcher's parts as they are now (a test may swap the policy)."""
+        return Courier(
+            self.outbox,
+            self.secrets,
+            self.sender,
+            self.breaker,
+            policy=self.policy,
+            lease_seconds=self.lease_seconds,
+            outcome_faults=self._outcome_faults,
+            redis_timeout_seconds=self._redis_timeout,
+            limiter=limiter,
+        )
 
     # Entry points ----------------------------------------------------------------
 
@@ -137,8 +147,10 @@ class Dispatcher:
         self.outbox.aredis = batch
         self.breaker.aredis = batch
         self.secrets.aredis = client
+        limiter = None
         if self.max_rate_per_second:
-            self._limiter = RateLimiter(batch, self.max_rate_per_second, keys=self.outbox.keys)
+            limiter = RateLimiter(batch, self.max_rate_per_second, keys=self.outbox.keys)
+        self._courier = self._new_courier(limiter)
         self._lanes = Lanes(capacity=self.concurrency, per_destination=self.per_destination)
         self._held = {}
         self._wake = asyncio.Event()
@@ -261,7 +273,10 @@ class Dispatcher:
                 destination=claimed.delivery.destination,
                 request_id=claimed.delivery.message.headers.get("x-request-id"),
             ):
-                signal, release = await self._deliver(lane, claimed)
+                turn = await self._courier.deliver(claimed)
+                if turn.hold_seconds > 0:
+                    self._hold_back(lane, claimed, turn.hold_seconds)
+            signal, release = turn.signal, turn.leaves
             if signal != Signal.NONE:
                 seconds = time.monotonic() - started
         except Exception as exc:
@@ -279,40 +294,6 @@ class Dispatcher:
             self._pump()
             self._wake.set()
 
-    async def _deliver(self, lane: Lane[Claimed], claimed: Claimed) -> tuple[str, bool]:
-        """One delivery's turn; (what it says about the lane, whether it leaves this process)."""
-        delivery = claimed.delivery
-        if clock.now() - delivery.round_started_at >= self.policy.window_seconds:
-            error = delivery.last_error or "retry window exhausted"
-            await self._settle(claimed, Settlement(status=DeliveryStatus.DEAD, error=error))
-            return Signal.NONE, True
-        if self._limiter is not None:
-            wait = await self._limiter.take(delivery.destination)
-            if wait > 0:
-                self._hold_back(lane, claimed, wait)
-                return Signal.NONE, False
-        permit = await self.breaker.aacquire(delivery.owner, delivery.destination)
-        if not permit.allowed:
-            await self.outbox.apark(
-                claimed,
-                group=circuit_id(delivery.owner, delivery.destination),
-                generation=permit.generation,
-                until=permit.retry_at or clock.now() + 1,
-            )
-            return Signal.NONE, True
-        response = await self._post(delivery)
-        await self._report(delivery, permit, response)
-        await self._settle(claimed, self._judge(delivery, response))
-        log.info(
-            "delivery attempt %s of %s: %s (%s, %d ms)",
-            delivery.attempts + 1,
-            delivery.id,
-            "ok" if response.ok else "failed",
-            response.status_code or response.error,
-            response.duration_ms,
-        )
-        return _signal(response, self.policy.timeout_seconds), True
-
     def _hold_back(self, lane: Lane[Claimed], claimed: Claimed, wait_seconds: float) -> None:
         """Put `claimed` back at the head of its lane and pause the lane for `wait_seconds`."""
         self._lanes.put_back(lane, claimed)
@@ -324,77 +305,6 @@ class Dispatcher:
             self._pump()
 
         loop.call_later(wait_seconds, resume)
-
-    async def _post(self, delivery: Delivery) -> Response:
-        try:
-            secrets = await self.secrets.asigning_secrets(delivery.owner)
-            headers = signed_headers(secrets, delivery.id, int(clock.now()), delivery.message.body)
-        except SecretError as exc:
-            return Response(status_code=None, duration_ms=0, error=f"signing: {exc}")
-        return await self.sender.post(
-            delivery.url, delivery.message.body, {**delivery.message.headers, **headers}
-        )
-
-    async def _report(self, delivery: Delivery, permit: Permit, response: Response) -> None:
-        """Tell the breaker what the answer says about the destination's health."""
-        healthy = not counts_against(response.status_code)
-        if healthy and permit.clean:
-            return
-        _, closed = await self.breaker.arecord(
-            delivery.owner, delivery.destination, healthy=healthy, probe=permit.probe
-        )
-        if closed is not None:
-            await self.outbox.aunpark(circuit_id(delivery.owner, delivery.destination), closed)
-
-    def _judge(self, delivery: Delivery, response: Response) -> Settlement:
-        """The settlement after one attempt."""
-        attempt = Attempt(
-            number=delivery.attempts + 1,
-            at=clock.now() - response.duration_ms / 1000,
-            status_code=response.status_code,
-            duration_ms=response.duration_ms,
-            error=response.error,
-            outcome=Outcome.SUCCEEDED
-            if response.ok
-            else Outcome.GONE
-            if response.status_code == 410
-            else Outcome.FAILED,
-        )
-        if response.ok:
-            return Settlement(status=DeliveryStatus.DELIVERED, attempt=attempt)
-        if response.status_code == 410:
-            return Settlement(status=DeliveryStatus.DEAD, attempt=attempt)
-        age = clock.now() - delivery.round_started_at
-        if self.policy.gives_up(delivery.round_attempts + 1, age):
-            return Settlement(status=DeliveryStatus.DEAD, attempt=attempt)
-        retry_after = response.retry_after_seconds if response.status_code in (429, 503) else None
-        delay = self.policy.delay_seconds(
-            delivery.round_attempts + 1, retry_after_seconds=retry_after
-        )
-        return Settlement(
-            status=DeliveryStatus.RETRYING, attempt=attempt, next_at=clock.now() + delay
-        )
-
-    async def _settle(self, claimed: Claimed, settlement: Settlement) -> None:
-        """Record the outcome under the claim; through a Redis fault, while the claim lasts
-        (an attempt made but not recorded would be made again: a duplicate)."""
-        deadline = time.monotonic() + self.lease_seconds / 2
-        while True:
-            try:
-                settled = await self.outbox.asettle(claimed, settlement)
-                break
-            except redis.RedisError as exc:
-                found = self._fault(exc)
-                if found is None or time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(pause_seconds(self._outcome_faults.failed(found)))
-        self._outcome_faults.recovered()
-        if not settled:
-            log.warning(
-                "stale outcome of %s discarded: its claim was lost (%s)",
-                claimed.delivery.id,
-                settlement.status,
-            )
 
     async def _give_back(self, items: list[Claimed], *, at: float) -> None:
         await self._give_back_each([(item, at) for item in items])
@@ -460,16 +370,6 @@ class Dispatcher:
             else:
                 self._maintenance_faults.recovered()
             self._lanes.forget_idle()
-
-
-def _signal(response: Response, timeout_seconds: float) -> str:
-    if response.status_code is None:
-        return Signal.SILENT
-    if response.throttled:
-        return Signal.THROTTLE
-    if response.ok and response.duration_ms / 1000 <= timeout_seconds / 3:
-        return Signal.FAST
-    return Signal.SLOW
 
 
 def _busy_delay(lane: Lane[Claimed]) -> float:

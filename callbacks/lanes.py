@@ -26,6 +26,7 @@ import collections
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class Window:
         self.threshold = self.limit
 
 
-class Signal:
+class Signal(StrEnum):
     """How an attempt ended, as far as its lane's share is concerned."""
 
     FAST = "fast"  # a success within the fast threshold: grow
@@ -236,7 +237,7 @@ class Lanes(Generic[T]):
             return lane
         return None
 
-    def done(self, lane: Lane[T], signal: str, *, seconds: float | None = None) -> None:
+    def done(self, lane: Lane[T], signal: Signal, *, seconds: float | None = None) -> None:
         """An attempt of `lane` ended (or was not made): free its slot, learn from `signal`."""
         lane.in_flight -= 1
         self.in_flight -= 1
