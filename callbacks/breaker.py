@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -189,7 +189,7 @@ class CircuitBreaker:
 
     # The dispatcher's side ------------------------------------------------------
 
-    def _acquire_call(self, cid: str) -> tuple[list, list]:
+    def _acquire_call(self, cid: str) -> tuple[list[str], list[Any]]:
         token = secrets.token_hex(8)
         args = [repr(clock.now()), token, self.settings.probe_lease_seconds]
         return [self.keys.circuit(cid)], args
@@ -205,7 +205,9 @@ class CircuitBreaker:
         """`aacquire` with the blocking client."""
         return _permit(_ACQUIRE.run(self.redis, *self._acquire_call(circuit_id(owner, dest))))
 
-    def _record_call(self, owner: str, dest: str, healthy: bool, probe: str | None) -> tuple:
+    def _record_call(
+        self, owner: str, dest: str, healthy: bool, probe: str | None
+    ) -> tuple[list[str], list[Any]]:
         cid = circuit_id(owner, dest)
         s = self.settings
         args = [
@@ -244,7 +246,8 @@ class CircuitBreaker:
     def state(self, owner: str, dest: str) -> dict[str, Any]:
         """The public view of one circuit."""
         cid = circuit_id(owner, dest)
-        return _view(cid, self.redis.hgetall(self.keys.circuit(cid)))
+        raw = cast("dict[bytes, bytes]", self.redis.hgetall(self.keys.circuit(cid)))
+        return _view(cid, raw)
 
     def page(
         self, *, limit: int, cursor: str | None = None, destination: str | None = None
@@ -257,12 +260,11 @@ class CircuitBreaker:
             if not cursor or cursor < destination + " ":
                 low = f"[{destination} "
             high = f"[{destination} \xff"
-        ids = [
-            i.decode()
-            for i in self.redis.zrange(
-                self.keys.circuits, low, high, bylex=True, offset=0, num=limit + 1
-            )
-        ]
+        found = cast(
+            "list[bytes]",
+            self.redis.zrange(self.keys.circuits, low, high, bylex=True, offset=0, num=limit + 1),
+        )
+        ids = [i.decode() for i in found]
         more = len(ids) > limit
         ids = ids[:limit]
         with self.redis.pipeline(transaction=False) as pipe:
@@ -281,12 +283,16 @@ class CircuitBreaker:
 
     def open_count(self) -> int:
         """How many circuits are open or half-open (costs the same however many there are)."""
-        return int(self.redis.zcount(self.keys.circuits_open, f"({clock.now()!r}", "+inf"))
+        count = cast("int", self.redis.zcount(self.keys.circuits_open, f"({clock.now()!r}", "+inf"))
+        return int(count)
 
     def open_circuits(self, *, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` open or half-open circuits, soonest to expire first."""
-        ids = self.redis.zrangebyscore(
-            self.keys.circuits_open, f"({clock.now()!r}", "+inf", start=0, num=limit
+        ids = cast(
+            "list[bytes]",
+            self.redis.zrangebyscore(
+                self.keys.circuits_open, f"({clock.now()!r}", "+inf", start=0, num=limit
+            ),
         )
         with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
@@ -296,8 +302,11 @@ class CircuitBreaker:
 
     def sweep(self, *, limit: int = 1000) -> int:
         """Drop index entries of circuits whose state has expired; returns how many."""
-        ids = self.redis.zrangebyscore(
-            self.keys.circuits_expiry, "-inf", repr(clock.now()), start=0, num=limit
+        ids = cast(
+            "list[bytes]",
+            self.redis.zrangebyscore(
+                self.keys.circuits_expiry, "-inf", repr(clock.now()), start=0, num=limit
+            ),
         )
         self._drop([i.decode() for i in ids])
         return len(ids)

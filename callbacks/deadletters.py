@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -148,8 +149,11 @@ class DeadLetters:
             if cursor is None or bound < cursor:
                 high = f"({bound}"
         low = f"[{ids.time_bound('dlq', where.since)}" if where.since is not None else "-"
-        found = self.redis.zrange(
-            where.index(self.keys), high, low, desc=True, bylex=True, offset=0, num=limit
+        found = cast(
+            "list[bytes]",
+            self.redis.zrange(
+                where.index(self.keys), high, low, desc=True, bylex=True, offset=0, num=limit
+            ),
         )
         return [item.decode() for item in found]
 
