@@ -7,10 +7,13 @@ hard deadline, one attempt at a time, with fair and adaptive concurrency,
 circuits per owner and destination — until it is delivered or given up.
 What happens is reported to an `Observer`.
 
-Modules: `model` (the nouns), `outbox` (store, schedule, claims), `lanes`
-(who gets the next slot), `sender` (one HTTP attempt), `breaker`
-(circuits), `ratelimit`, `dispatcher` (the loop), `deadletters`, `secrets`,
-`signing`, `ssrf`, `policy`.
+Modules: `model` (the nouns), `observer` (how it talks back), `outbox`
+(store and schedule) with `claims` (take, keep, give back and settle, fenced
+by a token), `parking` (held back while a circuit is open) and `rounds`
+(replay, redelivery), `lanes` (who gets the next slot), `dispatcher` (the
+loop), `courier` (one delivery's turn), `verdict` (what an answer means),
+`sender` (one HTTP attempt), `breaker` (circuits), `ratelimit`,
+`deadletters`, `secrets`, `signing`, `ssrf`, `policy`.
 
 Exceptions::
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 from callbacks.errors import CallbacksError, SecretError, UnsafeUrl
 from callbacks.keys import DEFAULT_KEYS, Keys
 from callbacks.model import Attempt, Delivery, DeliveryStatus, Message, Outcome, destination
-from callbacks.outbox import NoObserver, Observer, Outbox
+from callbacks.observer import NoObserver, Observer
+from callbacks.outbox import Outbox
 from callbacks.policy import DEFAULT_RETRY_POLICY, RetryPolicy
 from callbacks.signing import generate_secret, sign
 from callbacks.ssrf import DEFAULT_URL_POLICY, UrlPolicy, resolve_and_check
