@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +119,36 @@ def test_docs_serve_swagger_ui_from_local_assets(app: Flask) -> None:
     bundle = client.get("/docs/swagger-ui-bundle.js")
     assert bundle.status_code == 200
     assert bundle.data
+
+
+def test_docs_configure_no_online_validator(app: Flask) -> None:
+    """GET /docs/ configures Swagger UI with `validatorUrl: null`, so no page loads a badge from
+    an online validator, whatever the host."""
+    html = app.test_client().get("/docs/").get_data(as_text=True)
+    found = re.search(r"var user_config = (\{.*?\});", html)
+    assert found, "the page has no user config"
+    config = json.loads(found.group(1))
+    assert "validatorUrl" in config
+    assert config["validatorUrl"] is None
+
+
+def _subschemas(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _subschemas(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _subschemas(value)
+
+
+def test_no_schema_negates_a_typeless_schema(spec: dict[str, Any]) -> None:
+    """Every `not` in the spec names a `type`: Swagger UI shows a schema whose `not` is typeless
+    as type `never` (as it did `Job`)."""
+    negated = [node["not"] for node in _subschemas(spec) if isinstance(node.get("not"), dict)]
+    assert negated, "the spec has no `not` left to check"
+    for schema in negated:
+        assert "type" in schema, schema
 
 
 def test_redis_faults_are_documented_with_their_cause(spec: dict[str, Any]) -> None:
