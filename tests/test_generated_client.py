@@ -136,7 +136,7 @@ class Driver:
 
     def call(self, operation_id: str, token: str | None, *args: Any, **kwargs: Any) -> Any:
         operation = spec_operations(self.spec)[operation_id]
-        tag = operation["tags"][0]
+        tag = operation.get("tags", ["default"])[0]
         module = importlib.import_module(f"{PACKAGE}.api.{tag}.{snake(operation_id)}")
         response = module.sync_detailed(*args, client=self.client(token), **kwargs)
         declared = resolve(self.spec, operation["responses"][str(response.status_code)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,17 @@ def test_redis_faults_are_documented_with_their_cause(spec: dict[str, Any]) -> N
         else:
             assert schema.endswith("/UnavailableProblem"), f"{method} {path}"
             assert "Retry-After" in response["headers"], f"{method} {path}"
+
+
+def test_spec_names_the_license_and_a_server(spec: dict[str, Any]) -> None:
+    """The spec's `info.license` is the license pyproject.toml declares and LICENSE holds, and
+    its `servers` name the local `postback up`."""
+    root = SPEC_PATH.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    declared_license = declared["project"]["license"]
+    # `license = "…"` (PEP 639) or the older `license = { text = "…" }`.
+    license_id = declared_license if isinstance(declared_license, str) else declared_license["text"]
+    assert spec["info"]["license"] == {"name": license_id, "identifier": license_id}
+    assert (root / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
+    assert license_id == "Apache-2.0"
+    assert [server["url"] for server in spec["servers"]] == ["http://127.0.0.1:8000"]
