@@ -20,9 +20,14 @@ READY_PROBE_KEY = "pb:readyz"
 READY_PROBE_TTL_MS = 10_000
 NO_LIVE_WORKER = "no_live_worker"
 
-# Swagger UI, served from the package's own files (no CDN), reading /openapi.yaml.
+# Swagger UI, served from the package's own files (no CDN), reading /openapi.yaml. No
+# validator: its badge would send the spec's address to an online service from any host
+# but localhost.
 docs = get_swaggerui_blueprint(
-    "/docs", "/openapi.yaml", config={"app_name": "Postback API"}, blueprint_name="docs"
+    "/docs",
+    "/openapi.yaml",
+    config={"app_name": "Postback API", "validatorUrl": None},
+    blueprint_name="docs",
 )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,36 @@ def test_docs_serve_swagger_ui_from_local_assets(app: Flask) -> None:
     assert bundle.data
 
 
+def test_docs_configure_no_online_validator(app: Flask) -> None:
+    """GET /docs/ configures Swagger UI with `validatorUrl: null`, so no page loads a badge from
+    an online validator, whatever the host."""
+    html = app.test_client().get("/docs/").get_data(as_text=True)
+    found = re.search(r"var user_config = (\{.*?\});", html)
+    assert found, "the page has no user config"
+    config = json.loads(found.group(1))
+    assert "validatorUrl" in config
+    assert config["validatorUrl"] is None
+
+
+def _subschemas(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _subschemas(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _subschemas(value)
+
+
+def test_no_schema_negates_a_typeless_schema(spec: dict[str, Any]) -> None:
+    """Every `not` in the spec names a `type`: Swagger UI shows a schema whose `not` is typeless
+    as type `never` (as it did `Job`)."""
+    negated = [node["not"] for node in _subschemas(spec) if isinstance(node.get("not"), dict)]
+    assert negated, "the spec has no `not` left to check"
+    for schema in negated:
+        assert "type" in schema, schema
+
+
 def test_redis_faults_are_documented_with_their_cause(spec: dict[str, Any]) -> None:
     """Every 503 carries Retry-After and, but on /readyz, a `cause` naming every Redis fault;
     /readyz's 503 documents `checks`."""
@@ -136,3 +169,17 @@ def test_redis_faults_are_documented_with_their_cause(spec: dict[str, Any]) -> N
         else:
             assert schema.endswith("/UnavailableProblem"), f"{method} {path}"
             assert "Retry-After" in response["headers"], f"{method} {path}"
+
+
+def test_spec_names_the_license_and_a_server(spec: dict[str, Any]) -> None:
+    """The spec's `info.license` is the license pyproject.toml declares and LICENSE holds, and
+    its `servers` name the local `postback up`."""
+    root = SPEC_PATH.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    declared_license = declared["project"]["license"]
+    # `license = "…"` (PEP 639) or the older `license = { text = "…" }`.
+    license_id = declared_license if isinstance(declared_license, str) else declared_license["text"]
+    assert spec["info"]["license"] == {"name": license_id, "identifier": license_id}
+    assert (root / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
+    assert license_id == "Apache-2.0"
+    assert [server["url"] for server in spec["servers"]] == ["http://127.0.0.1:8000"]
