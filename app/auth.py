@@ -9,11 +9,11 @@ from typing import Any
 
 from flask import g, request
 
-from app.errors import Forbidden, Unauthorized
 from app.partners_store import hash_api_key
 from app.services import services
 from postback import logs
 from postback.connection import on_behalf_of
+from postback.errors import Forbidden, Unauthorized
 
 
 def _bearer() -> str:
@@ -26,7 +26,9 @@ def _bearer() -> str:
 
 def _is_admin(token: str) -> bool:
     admin_token = services().settings.admin_token
-    return bool(admin_token) and hmac.compare_digest(token.encode(), admin_token.encode())
+    if not admin_token:
+        return False
+    return hmac.compare_digest(token.encode(), admin_token.encode())
 
 
 def _authenticate(token: str) -> None:

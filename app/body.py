@@ -9,8 +9,9 @@ from flask import g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app import strictjson
-from app.errors import MalformedRequest, UnsupportedMediaType
+from app.errors import UnsupportedMediaType
 from app.services import services
+from postback.errors import Malformed
 
 
 def raw_body() -> bytes:
@@ -37,14 +38,14 @@ def raw_body() -> bytes:
             # A declared length is read as it is, without werkzeug's stream around it.
             raw = request.environ["wsgi.input"].read(length) if length else b""
             if len(raw) < length:
-                raise MalformedRequest(
+                raise Malformed(
                     f"the body ended after {len(raw)} of its {length} bytes (Content-Length)"
                 )
-    except (HTTPException, MalformedRequest):
+    except (HTTPException, Malformed):
         raise
     except Exception as exc:
         # The server could not decode the body's framing (a malformed chunk).
-        raise MalformedRequest(f"the body could not be read: {exc}") from None
+        raise Malformed(f"the body could not be read: {exc}") from None
     if len(raw) > limit:
         raise RequestEntityTooLarge()
     g.raw_body = raw
@@ -55,10 +56,8 @@ def json_body() -> Any:
     """The request's JSON body: 415 unless it is declared JSON, 400 unless it is strict JSON."""
     if request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json")
-    try:
-        return strictjson.loads(raw_body() or b"null", max_depth=services().settings.max_json_depth)
-    except strictjson.InvalidJson as exc:
-        raise MalformedRequest(str(exc)) from None
+    # InvalidJson is a Malformed: a 400 that says what is wrong.
+    return strictjson.loads(raw_body() or b"null", max_depth=services().settings.max_json_depth)
 
 
 def optional_json_body() -> Any:

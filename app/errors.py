@@ -1,25 +1,39 @@
-"""API errors, and the one place that turns every error into RFC 9457 problem+json.
+"""The one place that turns an error into an RFC 9457 problem+json answer.
 
-Exceptions::
+Stores and services raise the domain errors of `postback.errors`; `PROBLEMS`
+gives each class its status, problem type (`urn:postback:problem:<slug>`),
+title, headers and extension members, and an error is answered by the entry
+of the nearest class in its MRO. An error no entry covers is a 500 whose
+detail says nothing, its traceback logged. The API's own kinds live here:
+`UnsupportedMediaType` (415) and `LinkExpired` (410).
 
-    ApiError                   status, title, detail, problem type
-    ├── MalformedRequest       400
-    ├── Unauthorized           401 (with WWW-Authenticate: Bearer)
-    ├── Forbidden              403
-    ├── NotFound               404
-    ├── Conflict               409
-    ├── UnsupportedMediaType   415
-    ├── ValidationFailed       422 (with `errors`: field → messages)
-    └── Unavailable            503
+    InvalidInput            422  with `errors`: field → messages
+    ├── Malformed           400
+    │   └── UnsupportedMediaType 415
+    Unauthorized            401  with WWW-Authenticate: Bearer
+    Forbidden               403
+    NotFound                404
+    ├── Expired             410
+    │   └── LinkExpired     410  "Link expired"
+    Conflict                409
+    LimitExceeded           429  with Retry-After
+    ├── RateLimited         429  and the RateLimit-* headers
+    └── OverQuota           429  "Quota exceeded"
+    Unavailable             503  with Retry-After when known
+    ├── RedisFault          503  with `cause`
+    ├── NotReady            503  "Not ready", with `checks`
+    └── NotDurable          503  a detail that says to retry with the same Idempotency-Key
+    Misconfigured           503  a detail that says nothing of the configuration; logged
 
-A partner past one of its quotas (`worker.quotas.OverQuota`) is a 429.
-Redis faults (`postback.faults`) are 503s too, each naming its cause (`cause`),
-with a Retry-After; so is a request shed while Redis times out (`app.shedding`).
+The names the API used before the domain tree (`ApiError`, `MalformedRequest`,
+`ValidationFailed`) remain as aliases of the domain classes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -27,74 +41,179 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.allow import allowed_methods
-from app.shedding import Shed
-from postback.faults import Fault, FaultWatch, classify
+from postback.errors import (
+    Conflict,
+    Expired,
+    Forbidden,
+    InvalidInput,
+    LimitExceeded,
+    Malformed,
+    Misconfigured,
+    NotFound,
+    NotReady,
+    PostbackError,
+    RedisFault,
+    Unauthorized,
+    Unavailable,
+)
+from postback.faults import FaultWatch, classify
+from postback.ratewindow import RateLimited
 from worker.jobs import NotDurable
-from worker.quotas import BacklogFull, OverQuota
+from worker.quotas import OverQuota
+
+__all__ = [
+    "PROBLEMS",
+    "PROBLEM_JSON",
+    "ApiError",
+    "Conflict",
+    "Forbidden",
+    "LinkExpired",
+    "MalformedRequest",
+    "NotFound",
+    "Problem",
+    "Unauthorized",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "ValidationFailed",
+    "problem",
+    "problem_for",
+    "register",
+    "render",
+]
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "urn:postback:problem:"
-# Retry-After of a partner over its quota: its queued jobs start within seconds;
-# retained bytes are freed only as its finished jobs pass their retention.
-BACKLOG_RETRY_SECONDS = 5
-QUOTA_RETRY_SECONDS = 300
+# A job stored but not confirmed on disk: the next fsync is about a second away.
+NOT_DURABLE_RETRY_SECONDS = 1
+
+# The names of the API's errors before the domain tree, kept for their importers.
+ApiError = PostbackError
+MalformedRequest = Malformed
+ValidationFailed = InvalidInput
 
 
-class ApiError(Exception):
-    """An error the API reports to its caller."""
-
-    status = 500
-    title = "Internal Server Error"
-    slug = "internal"
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        errors: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.errors = errors
-        self.headers = headers or {}
+class UnsupportedMediaType(Malformed):
+    """A body that is not declared as the media type the endpoint reads."""
 
 
-class MalformedRequest(ApiError):
-    status, title, slug = 400, "Malformed request", "malformed-request"
+class LinkExpired(Expired):
+    """A signed result link past its expiry."""
 
 
-class Unauthorized(ApiError):
-    status, title, slug = 401, "Unauthorized", "unauthorized"
-
-    def __init__(self, detail: str = "a valid bearer token is required") -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="postback"'})
+def _no_headers(exc: Any) -> dict[str, str]:
+    return {}
 
 
-class Forbidden(ApiError):
-    status, title, slug = 403, "Forbidden", "forbidden"
+def _no_members(exc: Any) -> dict[str, Any]:
+    return {}
 
 
-class NotFound(ApiError):
-    status, title, slug = 404, "Not found", "not-found"
+@dataclass(frozen=True)
+class Problem:
+    """How the API answers one kind of error.
+
+    `headers` and `members` (extension members, RFC 9457 §3.2) are read from the
+    error's attributes. `detail`, when set, is said instead of the error's own
+    (which may hold what a caller must not see); `log`, when set, is logged as an
+    error with the error's own detail (`%s`).
+    """
+
+    status: int
+    title: str
+    slug: str
+    headers: Callable[[Any], dict[str, str]] = _no_headers
+    members: Callable[[Any], dict[str, Any]] = _no_members
+    detail: str | None = None
+    log: str | None = None
 
 
-class Conflict(ApiError):
-    status, title, slug = 409, "Conflict", "conflict"
+def _retry_after(exc: Any) -> dict[str, str]:
+    seconds = getattr(exc, "retry_after_seconds", None)
+    return {} if seconds is None else {"Retry-After": str(seconds)}
 
 
-class UnsupportedMediaType(ApiError):
-    status, title, slug = 415, "Unsupported media type", "unsupported-media-type"
+def _bearer_challenge(exc: Any) -> dict[str, str]:
+    return {"WWW-Authenticate": 'Bearer realm="postback"'}
 
 
-class ValidationFailed(ApiError):
-    status, title, slug = 422, "Validation failed", "validation-failed"
+def _rate_limit(exc: RateLimited) -> dict[str, str]:
+    if exc.limit is None:
+        return _retry_after(exc)
+    return {
+        "RateLimit-Limit": str(exc.limit),
+        "RateLimit-Remaining": "0",
+        "RateLimit-Reset": str(exc.retry_after_seconds),
+        **_retry_after(exc),
+    }
 
 
-class Unavailable(ApiError):
-    status, title, slug = 503, "Service unavailable", "unavailable"
+def _field_errors(exc: InvalidInput) -> dict[str, Any]:
+    return {"errors": exc.errors} if exc.errors else {}
+
+
+def _cause(exc: RedisFault) -> dict[str, Any]:
+    return {"cause": exc.cause}
+
+
+def _checks(exc: NotReady) -> dict[str, Any]:
+    return {"checks": exc.checks}
+
+
+def _not_durable_retry(exc: Any) -> dict[str, str]:
+    return {"Retry-After": str(NOT_DURABLE_RETRY_SECONDS)}
+
+
+INTERNAL = Problem(500, "Internal Server Error", "internal", detail="an unexpected error occurred")
+
+# Every error the API answers on purpose, by class. Kept whole here: a new kind of
+# error gets its row, or is answered by its nearest base's.
+PROBLEMS: dict[type[Exception], Problem] = {
+    InvalidInput: Problem(422, "Validation failed", "validation-failed", members=_field_errors),
+    Malformed: Problem(400, "Malformed request", "malformed-request", members=_field_errors),
+    UnsupportedMediaType: Problem(415, "Unsupported media type", "unsupported-media-type"),
+    Unauthorized: Problem(401, "Unauthorized", "unauthorized", headers=_bearer_challenge),
+    Forbidden: Problem(403, "Forbidden", "forbidden"),
+    NotFound: Problem(404, "Not found", "not-found"),
+    Expired: Problem(410, "Gone", "gone"),
+    LinkExpired: Problem(410, "Link expired", "link-expired"),
+    Conflict: Problem(409, "Conflict", "conflict"),
+    LimitExceeded: Problem(429, "Too many requests", "rate-limited", headers=_retry_after),
+    RateLimited: Problem(429, "Too many requests", "rate-limited", headers=_rate_limit),
+    # A partner's own doing, so a 429, telling it about its own jobs only.
+    OverQuota: Problem(429, "Quota exceeded", "quota-exceeded", headers=_retry_after),
+    Unavailable: Problem(503, "Service unavailable", "unavailable", headers=_retry_after),
+    RedisFault: Problem(
+        503, "Service unavailable", "unavailable", headers=_retry_after, members=_cause
+    ),
+    NotReady: Problem(503, "Not ready", "not-ready", headers=_retry_after, members=_checks),
+    NotDurable: Problem(
+        503,
+        "Service unavailable",
+        "unavailable",
+        headers=_not_durable_retry,
+        detail="the job could not be confirmed on disk; retry (with the same Idempotency-Key "
+        "to be safe)",
+        log="job not confirmed on disk: %s",
+    ),
+    Misconfigured: Problem(
+        503,
+        "Service unavailable",
+        "unavailable",
+        detail="the service is not configured to do this; its operator has been told",
+        log="misconfigured: %s",
+    ),
+}
+
+
+def problem_for(kind: type[BaseException]) -> Problem | None:
+    """The entry of the nearest class in `kind`'s MRO that `PROBLEMS` names, or None."""
+    for base in kind.__mro__:
+        found = PROBLEMS.get(base)
+        if found is not None:
+            return found
+    return None
 
 
 def status_slug(title: str) -> str:
@@ -140,26 +259,33 @@ def problem(
     return response
 
 
-def fault_problem(fault: Fault) -> Response:
-    """The 503 for a Redis fault: its detail, its `cause` and a Retry-After."""
+def render(exc: BaseException) -> Response:
+    """The problem+json answer to `exc`, from its entry in `PROBLEMS` (a 500 if none)."""
+    found = problem_for(type(exc))
+    if found is None:
+        log.error("unhandled error", exc_info=exc)
+        found = INTERNAL
+    elif found.log is not None:
+        log.error(found.log, exc)
     return problem(
-        503,
-        Unavailable.title,
-        fault.detail,
-        slug=Unavailable.slug,
-        headers={"Retry-After": str(fault.retry_after_seconds)},
-        members={"cause": str(fault.cause)},
+        found.status,
+        found.title,
+        str(exc) if found.detail is None else found.detail,
+        slug=found.slug,
+        headers=found.headers(exc),
+        members=found.members(exc),
     )
 
 
 def register(app: Flask) -> None:
     """Route every exception the app can raise to a problem+json response."""
 
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> Response:
-        return problem(
-            exc.status, exc.title, exc.detail, slug=exc.slug, errors=exc.errors, headers=exc.headers
-        )
+    # Flask picks the handler of the nearest registered class; `render` then finds the
+    # nearest entry, so one handler serves every row (NotDurable included, whatever
+    # its bases).
+    kinds: list[type[Exception]] = [PostbackError, *PROBLEMS]
+    for kind in kinds:
+        app.register_error_handler(kind, render)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -182,40 +308,15 @@ def register(app: Flask) -> None:
         timeout_seconds = app.config["SETTINGS"].redis_timeout_seconds
         found = classify(exc, timeout_seconds=timeout_seconds)
         if found is None:
-            return unexpected(exc)
+            return render(exc)
         g.redis_fault = found
         watch.failed(found)
-        return fault_problem(found)
-
-    @app.errorhandler(Shed)
-    def shed(exc: Shed) -> Response:
-        return fault_problem(exc.fault)
-
-    @app.errorhandler(NotDurable)
-    def not_durable(exc: NotDurable) -> Response:
-        log.error("job not confirmed on disk: %s", exc)
-        detail = (
-            "the job could not be confirmed on disk; retry (with the same Idempotency-Key "
-            "to be safe)"
-        )
-        return problem(
-            503, Unavailable.title, detail, slug=Unavailable.slug, headers={"Retry-After": "1"}
-        )
-
-    @app.errorhandler(OverQuota)
-    def over_quota(exc: OverQuota) -> Response:
-        # Its own doing, so a 429, telling it about its own jobs only.
-        backlog = isinstance(exc, BacklogFull)
-        retry_seconds = BACKLOG_RETRY_SECONDS if backlog else QUOTA_RETRY_SECONDS
-        return problem(
-            429,
-            "Quota exceeded",
-            str(exc),
-            slug="quota-exceeded",
-            headers={"Retry-After": str(retry_seconds)},
+        return render(
+            RedisFault(
+                found.detail, cause=str(found.cause), retry_after_seconds=found.retry_after_seconds
+            )
         )
 
     @app.errorhandler(Exception)
-    def unexpected(exc: BaseException) -> Response:
-        log.exception("unhandled error")
-        return problem(500, ApiError.title, "an unexpected error occurred", slug=ApiError.slug)
+    def unexpected(exc: Exception) -> Response:
+        return render(exc)

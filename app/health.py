@@ -9,8 +9,8 @@ from flask import Blueprint, Response, jsonify
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from app import status
-from app.errors import problem
 from app.services import services
+from postback.errors import NotReady
 from postback.faults import classify
 
 bp = Blueprint("health", __name__)
@@ -59,24 +59,18 @@ def readyz() -> Response:
         if found is None:
             raise
         checks["redis"] = failing(str(found.cause), found.detail)
-        return not_ready(found.detail, checks, {"Retry-After": str(found.retry_after_seconds)})
+        raise NotReady(
+            found.detail, checks=checks, retry_after_seconds=found.retry_after_seconds
+        ) from None
     if workers < 1:
         checks["workers"] = failing(NO_LIVE_WORKER, "no worker is alive")
-        return not_ready("no worker is alive", checks)
+        raise NotReady("no worker is alive", checks=checks)
     checks["workers"] = {"status": "ok"}
     return jsonify({"status": "ready", "redis": "ok", "workers": workers, "checks": checks})
 
 
 def failing(cause: str, detail: str) -> dict[str, str]:
     return {"status": "failing", "cause": cause, "detail": detail}
-
-
-def not_ready(
-    detail: str, checks: dict[str, dict[str, str]], headers: dict[str, str] | None = None
-) -> Response:
-    return problem(
-        503, "Not ready", detail, slug="not-ready", headers=headers, members={"checks": checks}
-    )
 
 
 @bp.get("/openapi.yaml")

@@ -14,11 +14,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from app.errors import Conflict, MalformedRequest, ValidationFailed
+from postback.errors import Conflict, InvalidInput, Malformed
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -38,9 +38,9 @@ def parse_key(value: str) -> str:
     elif _TOKEN.fullmatch(value):
         key = value
     else:
-        raise MalformedRequest(f'{HEADER} must be a quoted string ("…") or a token')
+        raise Malformed(f'{HEADER} must be a quoted string ("…") or a token')
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise MalformedRequest(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters")
+        raise Malformed(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} characters")
     return key
 
 
@@ -71,26 +71,30 @@ class Idempotency:
     def begin(self, partner_id: str, key: str, print_: str) -> Stored | None:
         """None if this request goes ahead; the stored response if it already ran.
 
-        Raises 409 while another request with the key is being processed, and
-        422 if the key was used with a different body.
+        Raises Conflict (state "processing") while another request with the key is
+        being processed, and InvalidInput if the key was used with a different body.
         """
         name = self._key(partner_id, key)
         marker = json.dumps({"state": "processing", "fingerprint": print_})
         if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
             return None
-        raw = self.redis.get(name)
+        # A synchronous client: its replies are values, never awaitables.
+        raw = cast(bytes | None, self.redis.get(name))
         if raw is None:  # expired between the two calls: try once more
             if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
                 return None
-            raw = self.redis.get(name) or marker.encode()
+            raw = cast(bytes | None, self.redis.get(name)) or marker.encode()
         record = json.loads(raw)
         if record["fingerprint"] != print_:
-            raise ValidationFailed(
+            raise InvalidInput(
                 f"this {HEADER} was used with a different request body",
                 errors={HEADER: ["already used with a different body"]},
             )
         if record["state"] == "processing":
-            raise Conflict(f"a request with this {HEADER} is still being processed; retry")
+            raise Conflict(
+                f"a request with this {HEADER} is still being processed; retry",
+                state="processing",
+            )
         return Stored(record["status"], record["body"], record["headers"])
 
     def finish(

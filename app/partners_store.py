@@ -11,14 +11,19 @@ import redis
 from callbacks.secrets import SecretStore
 from callbacks.signing import generate_secret
 from postback import clock, ids
+from postback.errors import Conflict
 
 API_KEY_PREFIX = "pbk_"
 # Every partner id, at score 0: ids sort by creation time, so paging is a range by id.
 PARTNERS_KEY = "pb:partners"
 
 
-class PartnerDisabled(Exception):
+class PartnerDisabled(Conflict):
     """The partner was deleted: it can no longer be changed."""
+
+    def __init__(self, partner_id: str) -> None:
+        super().__init__(f"partner {partner_id} is disabled", state="disabled")
+        self.partner_id = partner_id
 
 
 def partner_key(partner_id: str) -> str:

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from app.errors import ApiError, NotFound
+from app.errors import LinkExpired, NotFound
 from app.services import services
 from worker.jobs import COMPLETED
 from worker.results import BadSignature, SignatureExpired
 
 bp = Blueprint("results", __name__, url_prefix="/v1/results")
-
-
-class LinkExpired(ApiError):
-    status, title, slug = 410, "Link expired", "link-expired"
 
 
 @bp.get("/<token>")
@@ -23,10 +19,12 @@ def get_result(token: str) -> Response:
     try:
         job_id = jobs.links.job_id(token)
     except SignatureExpired:
-        raise LinkExpired("this result link has expired; GET the job for a fresh one") from None
+        raise LinkExpired(
+            "this result link has expired; GET the job for a fresh one", kind="result link"
+        ) from None
     except BadSignature:
-        raise NotFound("no such result") from None
+        raise NotFound("no such result", kind="result") from None
     found = jobs.result(job_id)
     if found is None or found[0] != COMPLETED:
-        raise NotFound("no such result")
+        raise NotFound("no such result", kind="result", id=job_id)
     return jsonify(found[1])

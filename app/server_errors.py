@@ -19,7 +19,8 @@ from gunicorn import util
 from gunicorn.http.errors import ParseException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from app.errors import PROBLEM_JSON, ApiError, MalformedRequest, problem_document, status_slug
+from app.errors import INTERNAL, PROBLEM_JSON, PROBLEMS, problem_document, status_slug
+from postback.errors import Malformed
 
 # gunicorn's exceptions by class name (so that versions without one still load), the
 # status gunicorn gives each; any other ParseException is a 400.
@@ -52,9 +53,10 @@ def classify(exc: BaseException) -> int:
 def problem_response(status: int, exc: BaseException, path: str | None) -> bytes:
     """The whole HTTP/1.1 answer: status line, headers, problem+json body."""
     if status == 400:
-        title, slug, detail = MalformedRequest.title, MalformedRequest.slug, str(exc)
+        malformed = PROBLEMS[Malformed]
+        title, slug, detail = malformed.title, malformed.slug, str(exc)
     elif status >= 500 and status != 501:
-        title, slug, detail = ApiError.title, ApiError.slug, "an unexpected error occurred"
+        title, slug, detail = INTERNAL.title, INTERNAL.slug, INTERNAL.detail or ""
     else:
         title = HTTP_STATUS_CODES.get(status, "Error")
         slug, detail = status_slug(title), str(exc)

@@ -17,6 +17,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from postback.errors import RedisFault
 from postback.faults import Cause, Fault
 
 # How long requests are answered without asking Redis after one timed out.
@@ -25,11 +26,13 @@ _EXEMPT_ENDPOINTS = {"health.healthz", "health.readyz", "health.openapi", "stati
 _EXEMPT_BLUEPRINTS = {"docs"}
 
 
-class Shed(Exception):
+class Shed(RedisFault):
     """A request answered without asking Redis, which just timed out: `fault` says so."""
 
     def __init__(self, fault: Fault) -> None:
-        super().__init__(fault.detail)
+        super().__init__(
+            fault.detail, cause=str(fault.cause), retry_after_seconds=fault.retry_after_seconds
+        )
         self.fault = fault
 
 

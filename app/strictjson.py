@@ -22,6 +22,8 @@ import math
 import re
 from typing import Any
 
+from postback.errors import Malformed
+
 # Digits of the largest double (1.797…e308): an integer with more cannot be one.
 _MAX_DOUBLE_DIGITS = len(str(int(1.7976931348623157e308)))
 # Without 200 digits in a row or a 3-digit exponent no number reaches 1e300, so nearly every
@@ -37,7 +39,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class InvalidJson(ValueError):
+class InvalidJson(Malformed):
     """The text is not strict JSON of the accepted shape; the message says why."""
 
 

@@ -11,22 +11,26 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from typing import Any, cast
 
 import redis
 from flask import Response, g
 from limits import parse
 from rq import Queue
 
-from app.errors import ApiError, Unavailable
 from app.partners_store import api_key_index, hash_api_key
 from postback import metrics as pm
-from postback.ratewindow import AUTHENTICATE_AND_COUNT, RateCheck
+from postback.errors import Unavailable
+from postback.ratewindow import AUTHENTICATE_AND_COUNT, RateCheck, RateLimited
 from worker.jobs import QUEUES
 
+# The former name of the refusal `RateLimiter.refused` makes.
+TooManyRequests = RateLimited
 
-class TooManyRequests(ApiError):
-    status, title, slug = 429, "Too many requests", "rate-limited"
-
+# Retry-After of a refused submission: the backlog drains as workers start jobs; memory
+# is freed only as finished jobs pass their retention.
+BACKLOG_RETRY_SECONDS = 30
+MEMORY_RETRY_SECONDS = 60
 
 # Find the partner of an API key and count the request against its limit, in one
 # round trip. KEYS[1] the key's index entry. ARGV: rate-key prefix, limit, window
@@ -84,14 +88,15 @@ class RateLimiter:
         """The RateLimit-* headers of a count made by a write (`pending`)."""
         self._headers(check.remaining, check.reset)
 
-    def refused(self, reset: str) -> TooManyRequests:
-        """The 429 for a request over the limit (its headers set)."""
+    def refused(self, reset: str) -> RateLimited:
+        """The refusal of a request over the limit, counted (`reset` as the script gave it)."""
         reset_seconds = self._headers(0, reset)
         pm.counter(self.redis, "postback_rate_limited_total")
-        return TooManyRequests(
-            f"more than {self.item.amount} requests per {self.item.GRANULARITY.name}; "
+        return RateLimited(
+            reset,
+            limit=self.item.amount,
+            detail=f"more than {self.item.amount} requests per {self.item.GRANULARITY.name}; "
             f"retry in {reset_seconds} s",
-            headers={**g.rate_limit_headers, "Retry-After": str(reset_seconds)},
         )
 
     def _headers(self, remaining: int, reset: str) -> int:
@@ -113,7 +118,8 @@ class RateLimiter:
     def authenticate_and_count(self, api_key: str) -> str | None:
         """The partner owning `api_key` (None if no live key), its request counted.
 
-        Raises 429 past the limit; the RateLimit-* headers go on the response either way.
+        Raises RateLimited past the limit; the RateLimit-* headers go on the response
+        either way.
         """
         key_hash = hash_api_key(api_key)
         partner, allowed, remaining, reset = self._script(
@@ -168,7 +174,7 @@ class Backlog:
         self._read_at = time.monotonic()
 
     def admit(self) -> None:
-        """Count one submission; 503 with Retry-After while the backlog is full."""
+        """Count one submission; Unavailable (with a retry time) while the backlog is full."""
         with self._lock:
             if time.monotonic() - self._read_at > self.refresh_seconds:
                 self._read()
@@ -178,7 +184,7 @@ class Backlog:
                 # No count: the backlog is every partner's, and none of this one's business.
                 raise Unavailable(
                     "the service is busy; submissions resume when its backlog drains",
-                    headers={"Retry-After": "30"},
+                    retry_after_seconds=BACKLOG_RETRY_SECONDS,
                 )
             self._added += 1
 
@@ -206,13 +212,14 @@ class MemoryHeadroom:
         self._lock = threading.Lock()
 
     def _read(self) -> None:
-        info = self.redis.info("memory")
+        # A synchronous client: its reply is the dict, never an awaitable.
+        info = cast(dict[str, Any], self.redis.info("memory"))
         limit = int(info.get("maxmemory") or 0)
         self._full = limit > 0 and int(info["used_memory"]) >= limit * self.refuse_fraction
         self._read_at = time.monotonic()
 
     def admit(self) -> None:
-        """503 with Retry-After while Redis's memory is nearly full."""
+        """Unavailable (with a retry time) while Redis's memory is nearly full."""
         with self._lock:
             if time.monotonic() - self._read_at > self.refresh_seconds:
                 self._read()
@@ -221,5 +228,5 @@ class MemoryHeadroom:
             raise Unavailable(
                 "the job store is nearly out of memory; submissions resume as finished "
                 "jobs are removed",
-                headers={"Retry-After": "60"},
+                retry_after_seconds=MEMORY_RETRY_SECONDS,
             )

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import redis
 
-from app.throttle import TooManyRequests
 from postback import clock, lua
+from postback.errors import LimitExceeded
 from worker.jobs import done_channel
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,12 @@ class Waits:
             [repr(now), repr(now + seconds + LEASE_SLACK_SECONDS), token, self.max_per_partner],
         )
         if int(held) >= self.max_per_partner:
-            raise TooManyRequests(
+            raise LimitExceeded(
                 f"this partner already holds {int(held)} waits (?wait=), the most it may hold "
                 f"at once (POSTBACK_PARTNER_MAX_WAITS={self.max_per_partner}); poll without "
                 "?wait= or retry when one ends",
-                headers={"Retry-After": "1"},
+                limit=self.max_per_partner,
+                retry_after_seconds=1,
             )
         try:
             yield

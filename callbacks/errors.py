@@ -1,22 +1,28 @@
-"""The exceptions of the delivery subsystem (tree drawn in the package docstring)."""
+"""The exceptions of the delivery subsystem (tree drawn in the package docstring).
+
+They sit under `postback.errors.InvalidInput`: everything the library refuses is
+something it was given (a secret, a URL).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from postback.errors import InvalidInput
+
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
 
-class CallbacksError(Exception):
+class CallbacksError(InvalidInput):
     """Root of every error raised by `callbacks`."""
 
 
-class SecretError(CallbacksError, ValueError):
+class SecretError(CallbacksError):
     """A signing secret is not of the form `whsec_<base64>`."""
 
 
-class UnsafeUrl(CallbacksError, ValueError):
+class UnsafeUrl(CallbacksError):
     """A callback URL that must not be called: malformed, or aimed at a non-public address.
 
     `reason` is a short human sentence fit for an API error body, e.g. "the host

@@ -26,6 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from postback.embedded import EmbeddedRedis
+from postback.errors import Misconfigured
 from postback.settings import Settings
 
 # A dead connection shows on a connection idle this long before it is used again.
@@ -176,7 +177,7 @@ def exchange(
     return replies
 
 
-class RedisNotFound(RuntimeError):
+class RedisNotFound(Misconfigured):
     """No `REDIS_URL` and no embedded server running for the data dir."""
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import redis
 
+from postback.errors import Unavailable
 
-class EmbeddedRedisError(RuntimeError):
+
+class EmbeddedRedisError(Unavailable):
     """The embedded server could not be started, found or stopped."""
 
 

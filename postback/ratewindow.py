@@ -9,7 +9,10 @@ is looked up again there, so a revoked key stops working at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from postback.errors import LimitExceeded, Unauthorized
 
 # A sliding window approximated from two fixed windows (the current one and the
 # previous one, weighted by how much of it still overlaps). Returns {partner id or
@@ -56,13 +59,24 @@ class RateCheck:
         return [self.prefix, self.limit, self.window_seconds, repr(self.now), self.partner_id]
 
 
-class KeyChanged(Exception):
+class KeyChanged(Unauthorized):
     """The API key no longer leads to the partner the check named: nothing was written."""
 
+    def __init__(self, detail: str = "the API key is not valid", /) -> None:
+        super().__init__(detail)
 
-class RateLimited(Exception):
-    """The partner is over its rate limit: nothing was written (and nothing counted)."""
 
-    def __init__(self, reset: str) -> None:
-        super().__init__("over the rate limit")
+class RateLimited(LimitExceeded):
+    """The partner is over its rate limit: nothing was written (and nothing counted).
+
+    `reset` is the seconds until the window lets a request through, as the script
+    gave them ("0.25"); `retry_after_seconds` is that, rounded up to at least 1.
+    `limit` is the requests allowed per window, when the raiser knows it.
+    """
+
+    def __init__(
+        self, reset: str, *, limit: int | None = None, detail: str = "over the rate limit"
+    ) -> None:
+        retry_after_seconds = max(1, math.ceil(float(reset)))
+        super().__init__(detail, limit=limit, retry_after_seconds=retry_after_seconds)
         self.reset = reset

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postback.errors import Misconfigured
+
 PREFIX = "POSTBACK_"
 # The deepest `max_json_depth` allowed. A stored record wraps a body a few levels deeper
 # (a job's result inside its webhook, inside a listing), and Python's JSON gives out near
@@ -20,7 +22,7 @@ PREFIX = "POSTBACK_"
 MAX_JSON_DEPTH_CEILING = 256
 
 
-class SettingsError(ValueError):
+class SettingsError(Misconfigured, ValueError):
     """An environment variable holds a value of the wrong shape."""
 
     def __init__(self, name: str, value: str, expected: str) -> None:

@@ -14,9 +14,9 @@ refuse or starve another:
 - backlog: the partner's queued jobs, the size of its `queued` index (the
   set every transition already keeps exact: start, retry, cancel).
 
-Exceptions::
+Exceptions (under `postback.errors.LimitExceeded`)::
 
-    OverQuota            used, limit
+    OverQuota            used, limit, retry_after_seconds
     ├── RetainedBytesFull
     └── BacklogFull
 """
@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from postback import lua
+from postback.errors import LimitExceeded
 from postback.groupcommit import GroupCommit
 from postback.ratewindow import AUTHENTICATE_AND_COUNT, KeyChanged, RateCheck, RateLimited
 
@@ -53,13 +54,19 @@ class Quota:
 DEFAULT_QUOTA = Quota()
 
 
-class OverQuota(Exception):
-    """A new job would take a partner past one of its bounds; nothing was stored."""
+class OverQuota(LimitExceeded):
+    """A new job would take a partner past one of its bounds; nothing was stored.
+
+    `used` of `limit` are taken; `retry_after_seconds` is how soon room is likely.
+    """
+
+    # Retained bytes are freed only as the partner's finished jobs pass their retention.
+    retry_after_seconds: int | None = 300
 
     def __init__(self, message: str, *, used: int, limit: int) -> None:
-        super().__init__(message)
+        super().__init__(message, limit=limit, retry_after_seconds=self.retry_after_seconds)
         self.used = used
-        self.limit = limit
+        self.limit: int = limit
 
 
 class RetainedBytesFull(OverQuota):
@@ -68,6 +75,9 @@ class RetainedBytesFull(OverQuota):
 
 class BacklogFull(OverQuota):
     """As many of the partner's jobs are queued as it may have waiting."""
+
+    # Queued jobs start within seconds.
+    retry_after_seconds: int | None = 5
 
 
 # KEYS: the partner's retained-bytes counter, its queued index. ARGV: the most

@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from postback.errors import Misconfigured
+
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "postback.handlers"
 DEFAULT_TIMEOUT_SECONDS = 600
 
 
-class HandlerError(Exception):
+class HandlerError(Misconfigured):
     """A handler could not be registered or loaded."""
 
 
