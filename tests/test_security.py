@@ -407,3 +407,44 @@ def test_a_retry_after_an_unconfirmed_write_replays_instead_of_duplicating(
     assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
     # Both answers came from real WAITAOF replies: one with the write, one for the replay.
     assert [local for local, _ in calls] == [1, 1]
+
+
+def test_rotate_key_racing_disable_never_leaves_a_working_key(app, admin_headers):
+    """Forty races of rotate-key against DELETE: each ends disabled, with no key that works."""
+    client = app.test_client()
+    for trial in range(40):
+        made = client.post(
+            "/v1/admin/partners", json={"name": f"race{trial}"}, headers=admin_headers
+        )
+        partner_id, keys = made.json["id"], [made.json["api_key"]]
+        barrier = threading.Barrier(2)
+        answers: dict[str, object] = {}
+
+        def rotate(partner_id=partner_id, answers=answers, barrier=barrier):
+            with app.test_client() as own:
+                barrier.wait()
+                answers["rotate"] = own.post(
+                    f"/v1/admin/partners/{partner_id}/rotate-key", headers=admin_headers
+                )
+
+        def disable(partner_id=partner_id, answers=answers, barrier=barrier):
+            with app.test_client() as own:
+                barrier.wait()
+                answers["disable"] = own.delete(
+                    f"/v1/admin/partners/{partner_id}", headers=admin_headers
+                )
+
+        threads = [threading.Thread(target=rotate), threading.Thread(target=disable)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        rotated, disabled = answers["rotate"], answers["disable"]
+        assert disabled.status_code == 204
+        assert rotated.status_code in (200, 409)
+        if rotated.status_code == 200:
+            keys.append(rotated.json["api_key"])
+        listed = client.get("/v1/admin/partners?limit=100", headers=admin_headers).json["items"]
+        assert [p["disabled"] for p in listed if p["id"] == partner_id] == [True]
+        for key in keys:
+            assert client.get("/v1/jobs", headers=bearer(key)).status_code in (401, 403), trial
