@@ -348,7 +348,9 @@ def test_a_name_resolving_to_a_private_address_is_refused(settings, redis_client
         headers=partner["headers"],
     )
     assert reply.status_code == 422
-    assert "private" in reply.json["errors"]["callback_url"][0]
+    (message,) = reply.json["errors"]["callback_url"]
+    assert message == "the host resolves to a private address, which is not allowed"
+    assert "192.168.1.10" not in reply.text
 
 
 def test_https_can_be_required(settings, redis_client, partner):
