@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import redis
 
-from callbacks.secrets import SecretStore
+from callbacks.secrets import SecretState, SecretStore
 from callbacks.signing import generate_secret
 from postback import clock, ids
 from postback.lua import Script
@@ -157,12 +157,37 @@ class PartnerStore:
         return bool(_DISABLE.run(self.redis, [partner_key(partner_id)], args))
 
     def rotate_secret(self, partner_id: str, *, grace_seconds: float) -> dict[str, Any] | None:
-        """A new signing secret; the old one signs beside it for `grace_seconds`."""
+        """A new signing secret; the one it replaces signs beside it for `grace_seconds`, and
+        every older one still in its grace until its own expiry. None if no such partner.
+
+        TooManySecrets (from `callbacks.secrets`) if `MAX_SECRETS` would sign at once.
+        """
         if not self._enabled(partner_id):
             return None
-        secret = self.secrets.rotate(partner_id, grace_seconds=grace_seconds)
+        secret, state = self.secrets.rotate(partner_id, grace_seconds=grace_seconds)
+        # The secret just rotated out is the last to expire (with no grace: it has, now).
+        rotated_out = state.expires_at[-1] if grace_seconds > 0 and state.expires_at else None
         return {
             "id": partner_id,
             "signing_secret": secret,
-            "previous_secret_expires_at": clock.rfc3339(clock.now() + grace_seconds),
+            "previous_secret_expires_at": clock.rfc3339(rotated_out or clock.now()),
+            **_secret_state(state),
         }
+
+    def expire_secrets(self, partner_id: str) -> dict[str, Any] | None:
+        """End the grace of every rotated-out secret now: only the newest signs. None if no
+        such partner."""
+        if not self._enabled(partner_id):
+            return None
+        before, _ = self.secrets.expire(partner_id)
+        state = self.secrets.state(partner_id)
+        return {"id": partner_id, "expired": max(0, before - state.count), **_secret_state(state)}
+
+
+def _secret_state(state: SecretState) -> dict[str, Any]:
+    """`secrets`: how many sign now; `secrets_expire_at`: when the older ones stop, oldest
+    first (the newest has no expiry)."""
+    return {
+        "secrets": state.count,
+        "secrets_expire_at": [clock.rfc3339(at) for at in state.expires_at],
+    }
