@@ -13,6 +13,7 @@ import re
 
 from flask import Flask, Response, g, request
 
+from app import access
 from postback import logs
 
 HEADER = "X-Request-ID"
@@ -32,6 +33,8 @@ def traceparent() -> str | None:
 
 
 def register(app: Flask) -> None:
+    access.register(app)
+
     @app.before_request
     def assign() -> None:
         given = request.headers.get(HEADER, "").strip()

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
-from app import correlation, hangup
+from app import correlation, hangup, links
 from app import idempotency as idem
 from app.auth import count_now, partner_required, partner_submitting
 from app.body import json_body
@@ -32,29 +32,10 @@ from worker import quotas, registry
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-# The base URL for each (scheme, Host, server, script root) seen: werkzeug derives it anew
-# for every request, a few per cent of a submission's CPU. Hosts are the client's to
-# choose, so only the first few are kept.
-_BASE_URLS: dict[tuple[str | None, ...], str] = {}
-_MAX_BASE_URLS = 64
-
-
 def base_url() -> str:
-    """The API's public base URL: POSTBACK_PUBLIC_URL, or the one this request came to."""
-    public = services().settings.public_url
-    if public:
-        return public.rstrip("/")
-    environ = request.environ
-    key = tuple(
-        environ.get(name)
-        for name in ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
-    )
-    found = _BASE_URLS.get(key)
-    if found is None:
-        found = request.url_root.rstrip("/")
-        if len(_BASE_URLS) < _MAX_BASE_URLS:
-            _BASE_URLS[key] = found
-    return found
+    """The API's public base URL (see `app.links`): 400 if it would come from a Host that
+    POSTBACK_ALLOWED_HOSTS does not allow."""
+    return links.base_url(services().settings)
 
 
 def status_url(job_id: str, base: str | None = None) -> str:
@@ -82,6 +63,7 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 @partner_submitting
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     """Accept a job: 202 with its id and status URL; the work happens on a worker."""
+    base = base_url()  # a Host that is not allowed is refused before anything is read or written
     raw = json_body()
     body = load_submission(raw)
     job_input = _validated_input(body["type"], body["input"])
@@ -112,7 +94,6 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         svc.memory.admit()
         svc.backlog.admit()
         response: dict[str, Any] = {}
-        base = base_url()
 
         def keep_response(pipe: Any, job: dict[str, Any]) -> None:
             pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})

@@ -13,6 +13,7 @@ from app.errors import Conflict, NotFound
 from app.partners_store import PartnerDisabled
 from app.schemas import PartnerCreate, PartnerListQuery, load
 from app.services import services
+from callbacks.secrets import TooManySecrets
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/admin/partners")
 
@@ -28,12 +29,19 @@ def create_partner() -> tuple[Response, int]:
 @bp.post("/<partner_id>/rotate-secret")
 @admin_required
 def rotate_secret(partner_id: str) -> Response:
-    """A new signing secret; the old one keeps signing beside it for the grace period."""
+    """A new signing secret; every earlier one keeps signing until its own grace ends."""
     grace_seconds = services().settings.secret_grace_seconds
     store = services().partners
     return jsonify(
         _changed(partner_id, lambda: store.rotate_secret(partner_id, grace_seconds=grace_seconds))
     )
+
+
+@bp.post("/<partner_id>/expire-secrets")
+@admin_required
+def expire_secrets(partner_id: str) -> Response:
+    """End the grace of every rotated-out secret now: only the newest secret signs."""
+    return jsonify(_changed(partner_id, lambda: services().partners.expire_secrets(partner_id)))
 
 
 @bp.post("/<partner_id>/rotate-key")
@@ -66,6 +74,11 @@ def _changed(partner_id: str, change: Callable[[], dict[str, Any] | None]) -> di
         changed = change()
     except PartnerDisabled:
         raise Conflict(f"partner {partner_id} is disabled") from None
+    except TooManySecrets as exc:
+        raise Conflict(
+            f"{exc.count} secrets of partner {partner_id} already sign, the most there may be;"
+            f" expire them first (POST /v1/admin/partners/{partner_id}/expire-secrets)"
+        ) from None
     if changed is None:
         raise NotFound(f"no partner {partner_id}")
     return changed

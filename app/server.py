@@ -59,6 +59,7 @@ def options(settings: Settings, *, host: str, port: int) -> dict[str, Any]:
         "timeout": 60,
         "graceful_timeout": 5,
         "accesslog": None,
+        "logger_class": "app.access.GunicornLogger",
         "loglevel": settings.log_level.lower(),
         "proc_name": "postback-api",
         # One API per data dir may run on a machine; a shared control socket would clash.

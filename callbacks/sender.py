@@ -44,6 +44,7 @@ from callbacks.ssrf import (
     check_syntax,
     forbidden_reason,
     literal_address,
+    literal_refusal,
     normalise_host,
     resolve_name,
     system_resolver,
@@ -271,7 +272,7 @@ def _refusal(url: str, policy: UrlPolicy) -> tuple[str, IPAddress | None] | None
     if literal is not None:
         reason = forbidden_reason(literal, policy)
         if reason is not None:
-            return f"the host is {reason}", literal
+            return literal_refusal(reason), literal
     return None
 
 

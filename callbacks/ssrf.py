@@ -8,11 +8,17 @@ Host notations that a URL parser or libc accept as an IPv4 address (decimal
 `2130706433`, hex `0x7f000001`, octal `0177.0.0.1`, short `127.1`) are read as
 `inet_aton` reads them, never sent to DNS; IPv6 addresses that embed an IPv4
 address (mapped, compatible, NAT64, 6to4, Teredo) are judged by the IPv4 address.
+
+A refusal says why in terms the partner already knows: the category of a
+literal address they wrote, with the address; for a name, only the category of
+what it resolves to, never the address (which would let a partner map internal
+DNS). The resolved address is logged at debug level, for operators.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -22,6 +28,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from callbacks.errors import UnsafeUrl
 from callbacks.model import destination
+
+log = logging.getLogger(__name__)
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -123,7 +131,7 @@ def resolve_and_check(
     if literal is not None:
         reason = forbidden_reason(literal, policy)
         if reason is not None:
-            raise UnsafeUrl(url, f"the host is {reason}", address=literal)
+            raise UnsafeUrl(url, literal_refusal(reason), address=literal)
         return [literal]
     return resolve_name(host, parts.port or DEFAULT_PORTS[parts.scheme], policy, resolver, url=url)
 
@@ -140,10 +148,21 @@ def resolve_name(
     (for `url`, default the host itself). The resolver's order, without duplicates."""
     addresses = _resolve(url or host, host, port, resolver)
     for address in addresses:
-        reason = forbidden_reason(address, policy)
-        if reason is not None:
-            raise UnsafeUrl(url or host, f"the host resolves to {reason}", address=address)
+        judged = _judge(address, policy)
+        if judged is not None:
+            category, detail = judged
+            log.debug("callback host %s refused: it resolves to %s %s", host, category, detail)
+            raise UnsafeUrl(
+                url or host,
+                f"the host resolves to {category}, which is not allowed",
+                address=address,
+            )
     return addresses
+
+
+def literal_refusal(reason: str) -> str:
+    """The refusal of a literal address the partner wrote, `reason` from `forbidden_reason`."""
+    return f"the host is {reason}, which is not allowed"
 
 
 def forbidden_reason(address: IPAddress, policy: UrlPolicy = DEFAULT_URL_POLICY) -> str | None:
@@ -152,19 +171,26 @@ def forbidden_reason(address: IPAddress, policy: UrlPolicy = DEFAULT_URL_POLICY)
     `policy.allow_cidrs` is consulted first, on the address and on the IPv4
     addresses it embeds (all of which must be allowed).
     """
+    judged = _judge(address, policy)
+    return None if judged is None else f"{judged[0]} {judged[1]}"
+
+
+def _judge(address: IPAddress, policy: UrlPolicy) -> tuple[str, str] | None:
+    """None if `address` may be called, else its category and the address in parentheses:
+    ("a loopback address", "(127.0.0.1)")."""
     embedded = _embedded_ipv4(address)
     if policy.allows(address) or (embedded and all(policy.allows(v4) for v4 in embedded)):
         return None
     if isinstance(address, IPv6Address) and address in _V6_BEFORE_EMBEDDED:
-        return f"{_V6_BEFORE_EMBEDDED[address]} ({address})"
+        return _V6_BEFORE_EMBEDDED[address], f"({address})"
     if embedded:
         for v4 in embedded:
             category = _category(v4)
             if category is not None:
-                return f"{category} ({v4}, embedded in {address})"
+                return category, f"({v4}, embedded in {address})"
         return None
     category = _category(address)
-    return None if category is None else f"{category} ({address})"
+    return None if category is None else (category, f"({address})")
 
 
 def _split(url: str, policy: UrlPolicy) -> SplitResult:

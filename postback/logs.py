@@ -9,6 +9,7 @@ out of log records by construction.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import json
@@ -103,6 +104,55 @@ def configure_logging(level: str = "INFO", *, json_lines: bool | None = None) ->
     root = logging.getLogger()
     root.handlers[:] = [handler(sys.stderr, json_lines=json_lines)]
     root.setLevel(level.upper())
+    logging.getLogger("rq.worker").addFilter(_rq_per_job_at_debug)
+    atexit.register(_shut_down)
+
+
+def _shut_down() -> None:
+    """Flush and close every handler at exit, then forget them.
+
+    Left to the end of the interpreter, a handler collected while the modules are torn
+    down calls back into `logging`, which, under gevent (the API processes), prints
+    "Exception ignored in: _removeHandlerRef" and a traceback outside the log format.
+    """
+    logging.shutdown()
+    # The weak references whose callbacks would run then; logging's own exit hook, which
+    # runs after this one, finds nothing left to do.
+    logging._handlerList.clear()  # type: ignore[attr-defined]
+
+
+# RQ's lines about each job (taken, done, how long its result is kept): debug, not info,
+# beside Postback's own record of the job.
+_RQ_PER_JOB = frozenset(
+    {
+        "Worker %s: %s: %s",
+        "Worker %s: %s: %s (%s)",
+        "Successfully completed job %s in %ss on worker %s",
+        "Successfully completed %s job in %ss on worker %s",
+        "Worker %s: job %s result discarded immediately",
+        "Worker %s: job %s result is kept for %s seconds",
+        "Worker %s: job %s result will never expire, clean up result key manually",
+    }
+)
+
+
+def _rq_per_job_at_debug(record: logging.LogRecord) -> bool:
+    """A filter of RQ's worker logger: its per-job info lines become debug lines, shown only
+    if the logger lets debug lines through."""
+    if record.levelno == logging.INFO and isinstance(record.msg, str) and record.msg in _RQ_PER_JOB:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True
+
+
+def format_like_postback(target: logging.Handler) -> None:
+    """Give a handler made elsewhere (gunicorn's) Postback's format and bound context: JSON
+    lines, or the console format if it writes to a terminal."""
+    stream = getattr(target, "stream", None)
+    isatty = getattr(stream, "isatty", None)
+    json_lines = not (callable(isatty) and isatty())
+    target.addFilter(_ContextFilter())
+    target.setFormatter(JsonFormatter() if json_lines else ConsoleFormatter())
 
 
 def handler(stream: Any, *, json_lines: bool = True) -> logging.Handler:

@@ -46,6 +46,9 @@ class Settings:
     metrics_token: str | None = None
     # Base URL used in `status_url` and `Location`; unset: the request's own host.
     public_url: str | None = None
+    # Without `public_url`, the Hosts whose requests may become the base of those links
+    # (`name`, `name:port`, `.domain` for its subdomains too, `*` any); others are a 400.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     handler_modules: tuple[str, ...] = ()
     log_level: str = "INFO"
     api_workers: int = 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import pytest
 from rq import Worker
@@ -84,8 +85,13 @@ def test_submission_is_accepted_with_a_status_url(client, partner):
     assert int(reply.headers["Retry-After"]) >= 1
 
 
-def test_status_urls_follow_the_address_each_request_came_to(client, partner):
-    """Without POSTBACK_PUBLIC_URL, each submission's status URL is on its own Host and scheme."""
+def test_status_urls_follow_the_address_each_request_came_to(app, partner):
+    """Without POSTBACK_PUBLIC_URL, each submission's status URL is on its own (allowed) Host
+    and scheme."""
+    services = app.extensions["postback"]
+    settings = replace(services.settings, allowed_hosts=("api.one.test", "api.two.test:8443"))
+    app.extensions["postback"] = replace(services, settings=settings)
+    client = app.test_client()
     seen = set()
     for base in ("http://api.one.test", "https://api.two.test:8443", "http://api.one.test"):
         reply = client.post(

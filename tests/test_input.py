@@ -448,7 +448,7 @@ def chunked_post(api: Api, path: str, body: bytes, headers: dict[str, str]):
 def raw_submission(partner: dict[str, Any], headers: bytes, body: bytes) -> bytes:
     """POST /v1/jobs as `partner`, byte for byte: more `headers` (each ending in CRLF), `body`."""
     return (
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer " + partner["api_key"].encode() + b"\r\n" + headers + b"\r\n" + body
     )
 

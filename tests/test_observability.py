@@ -181,3 +181,80 @@ def test_no_secret_or_webhook_body_reaches_the_logs(
         "body-secret-7",
     ):
         assert secret not in text
+
+
+# The lines `postback up` prints for the person who started it; everything else is a log line.
+BANNER = ("Postback is up", "  API:", "  Redis:", "  Workers:", "  Admin token", "Press Ctrl-C")
+
+
+def test_a_running_system_logs_only_json_with_one_access_line_per_request(data_dir):
+    """Under `postback up` every log line (gunicorn's, RQ's, Postback's) is JSON; each request
+    has one access line with its method, URL rule, status, duration and request id; RQ's
+    per-job info lines are not written at the default level."""
+    from tests.helpers import bearer
+    from tests.receiver import Receiver
+    from tests.test_cli import postback_up
+
+    with Receiver() as receiver, postback_up(data_dir) as up:
+        partner = up.create_partner("Logged")
+        headers = bearer(partner["api_key"])
+        submitted = up.http.post(
+            f"{up.base}/v1/jobs",
+            json={"type": "echo", "callback_url": receiver.url},
+            headers={**headers, "X-Request-ID": "req-submit"},
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        receiver.wait_for(1, timeout_seconds=30)
+        read = up.http.get(
+            f"{up.base}/v1/jobs/{job_id}?wait=0", headers={**headers, "X-Request-ID": "req-read"}
+        )
+        assert read.status_code == 200
+        planted = up.http.post(
+            f"{up.base}/v1/jobs",
+            json={"type": "echo"},
+            headers={**headers, "Host": "attacker.example", "X-Request-ID": "req-host"},
+        )
+        assert planted.status_code == 400
+        assert planted.json()["type"].endswith("host-not-allowed")
+        log = up.log
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        if line.startswith(BANNER) or line == "Postback stopped.":
+            continue
+        records.append(json.loads(line))  # anything else that is not JSON fails here
+    loggers = {record["logger"] for record in records}
+    assert {"gunicorn.error", "rq.worker", "postback.access"} <= loggers
+    access = {r["request_id"]: r for r in records if r["logger"] == "postback.access"}
+    assert access["req-submit"] | {"duration_ms": 0} == {
+        **access["req-submit"],
+        "method": "POST",
+        "path": "/v1/jobs",
+        "status": 202,
+        "duration_ms": 0,
+    }
+    assert access["req-read"]["path"] == "/v1/jobs/<job_id>"
+    assert access["req-read"]["status"] == 200 and access["req-read"]["duration_ms"] >= 0
+    assert access["req-host"]["status"] == 400
+    paths = {r["path"] for r in records if r["logger"] == "postback.access"}
+    assert not [path for path in paths if path and (job_id in path or "?" in path)]
+    chatter = [
+        r
+        for r in records
+        if r["logger"].startswith("rq.") and r["level"] == "info" and job_id in r["event"]
+    ]
+    assert chatter == []
+
+
+def test_an_access_line_never_holds_the_raw_path(client, partner, json_log):
+    """A request that matched a rule logs the rule; one that matched none logs a null path,
+    never the path or query it was sent to."""
+    client.get("/v1/jobs/job_01ARZ3NDEKTSV4RRFFQ69G5FAV?wait=0", headers=partner["headers"])
+    client.get("/v1/secret-internal-name?token=abc")
+    access = [line for line in json_log() if line["logger"] == "postback.access"]
+    assert [(a["method"], a["path"], a["status"]) for a in access] == [
+        ("GET", "/v1/jobs/<job_id>", 404),
+        ("GET", None, 404),
+    ]
+    assert "secret-internal-name" not in json.dumps(access)

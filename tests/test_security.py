@@ -348,7 +348,9 @@ def test_a_name_resolving_to_a_private_address_is_refused(settings, redis_client
         headers=partner["headers"],
     )
     assert reply.status_code == 422
-    assert "private" in reply.json["errors"]["callback_url"][0]
+    (message,) = reply.json["errors"]["callback_url"]
+    assert message == "the host resolves to a private address, which is not allowed"
+    assert "192.168.1.10" not in reply.text
 
 
 def test_https_can_be_required(settings, redis_client, partner):
@@ -407,3 +409,100 @@ def test_a_retry_after_an_unconfirmed_write_replays_instead_of_duplicating(
     assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
     # Both answers came from real WAITAOF replies: one with the write, one for the replay.
     assert [local for local, _ in calls] == [1, 1]
+
+
+def test_rotate_key_racing_disable_never_leaves_a_working_key(app, admin_headers):
+    """Forty races of rotate-key against DELETE: each ends disabled, with no key that works."""
+    client = app.test_client()
+    for trial in range(40):
+        made = client.post(
+            "/v1/admin/partners", json={"name": f"race{trial}"}, headers=admin_headers
+        )
+        partner_id, keys = made.json["id"], [made.json["api_key"]]
+        barrier = threading.Barrier(2)
+        answers: dict[str, object] = {}
+
+        def rotate(partner_id=partner_id, answers=answers, barrier=barrier):
+            with app.test_client() as own:
+                barrier.wait()
+                answers["rotate"] = own.post(
+                    f"/v1/admin/partners/{partner_id}/rotate-key", headers=admin_headers
+                )
+
+        def disable(partner_id=partner_id, answers=answers, barrier=barrier):
+            with app.test_client() as own:
+                barrier.wait()
+                answers["disable"] = own.delete(
+                    f"/v1/admin/partners/{partner_id}", headers=admin_headers
+                )
+
+        threads = [threading.Thread(target=rotate), threading.Thread(target=disable)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        rotated, disabled = answers["rotate"], answers["disable"]
+        assert disabled.status_code == 204
+        assert rotated.status_code in (200, 409)
+        if rotated.status_code == 200:
+            keys.append(rotated.json["api_key"])
+        listed = client.get("/v1/admin/partners?limit=100", headers=admin_headers).json["items"]
+        assert [p["disabled"] for p in listed if p["id"] == partner_id] == [True]
+        for key in keys:
+            assert client.get("/v1/jobs", headers=bearer(key)).status_code in (401, 403), trial
+
+
+# -- links and the Host header ---------------------------------------------------------
+
+
+def test_a_host_not_allowed_is_400_and_changes_nothing(client, partner, redis_client):
+    """Without POSTBACK_PUBLIC_URL, a submission whose Host is not in POSTBACK_ALLOWED_HOSTS
+    is a 400 host-not-allowed problem naming the setting, and stores nothing."""
+    before = stored_state(redis_client)
+    reply = client.post(
+        "/v1/jobs",
+        json={"type": "echo"},
+        headers={**partner["headers"], "Idempotency-Key": "planted"},
+        base_url="http://attacker.example",
+    )
+    assert reply.status_code == 400 and reply.mimetype == PROBLEM
+    assert reply.json["type"].endswith("host-not-allowed")
+    assert "POSTBACK_ALLOWED_HOSTS" in reply.json["detail"]
+    assert stored_state(redis_client) == before
+    allowed = client.post(
+        "/v1/jobs", json={"type": "echo"}, headers=partner["headers"], base_url="http://[::1]:8080"
+    )
+    assert allowed.status_code == 202
+    assert allowed.json["status_url"] == f"http://[::1]:8080/v1/jobs/{allowed.json['id']}"
+
+
+def test_with_a_public_url_the_host_is_not_used(settings, redis_client, partner):
+    """With POSTBACK_PUBLIC_URL set, status URL and Location come from it, whatever the Host."""
+    client = app_with(settings, redis_client, public_url="https://api.example.com/").test_client()
+    reply = client.post(
+        "/v1/jobs", json={"type": "echo"}, headers=partner["headers"], base_url="http://evil.test"
+    )
+    assert reply.status_code == 202
+    url = f"https://api.example.com/v1/jobs/{reply.json['id']}"
+    assert reply.json["status_url"] == url and reply.headers["Location"] == url
+
+
+def test_allowed_host_patterns(settings, redis_client, partner):
+    """A name matches on any port, `name:port` on that port only, `.domain` the domain and its
+    subdomains, `*` anything; the setting is read from POSTBACK_ALLOWED_HOSTS."""
+    from app.links import host_allowed
+    from postback.settings import Settings
+
+    patterns = Settings.from_env(
+        {"POSTBACK_ALLOWED_HOSTS": "api.test:8443, .example.com,[::1]"}
+    ).allowed_hosts
+    assert patterns == ("api.test:8443", ".example.com", "[::1]")
+    for host in ("api.test:8443", "example.com", "hooks.EXAMPLE.com:80", "[::1]", "[::1]:5000"):
+        assert host_allowed(host, patterns), host
+    for host in ("api.test", "api.test:80", "badexample.com", "evil.test", "x@example.com", ""):
+        assert not host_allowed(host, patterns), host
+    assert host_allowed("anything.test:1", ("*",))
+    client = app_with(settings, redis_client, allowed_hosts=(".example.com",)).test_client()
+    submit = {"json": {"type": "echo"}, "headers": partner["headers"]}
+    assert client.post("/v1/jobs", base_url="https://a.example.com", **submit).status_code == 202
+    assert client.post("/v1/jobs", base_url="http://localhost", **submit).status_code == 400

@@ -136,8 +136,12 @@ def test_each_forbidden_range_is_refused_literal_or_resolved(address, category):
     literal = f"http://[{ip}]/" if ip.version == 6 else f"http://{ip}/"
     refused = refusal(literal)
     assert category in refused.reason and str(ip) in refused.reason
+    assert refused.reason.endswith(", which is not allowed")
     resolved = refusal("http://hooks.example.test/", resolver=answers(address))
     assert resolved.reason.startswith("the host resolves to") and resolved.address == ip
+    assert category in resolved.reason and resolved.reason.endswith(", which is not allowed")
+    for shown in {str(ip), *re.findall(r"[0-9a-f]*[.:][0-9a-f.:]+", forbidden_reason(ip))}:
+        assert shown not in resolved.reason
 
 
 @pytest.mark.parametrize(
@@ -197,7 +201,17 @@ def test_one_private_answer_among_public_ones_refuses_the_url():
     reason = refusal(
         "https://hooks.example.com/in", resolver=answers("93.184.216.34", "10.1.2.3")
     ).reason
-    assert reason == "the host resolves to a private address (10.1.2.3)"
+    assert reason == "the host resolves to a private address, which is not allowed"
+
+
+def test_the_resolved_address_is_logged_at_debug_only(caplog):
+    """The address a refused name resolves to reaches the debug log, for operators, not the
+    refusal."""
+    caplog.set_level("DEBUG", logger="callbacks.ssrf")
+    reason = refusal("https://intranet.example.com/in", resolver=answers("10.0.0.5")).reason
+    assert "10.0.0.5" not in reason
+    (record,) = [r for r in caplog.records if "10.0.0.5" in r.getMessage()]
+    assert record.levelname == "DEBUG" and "intranet.example.com" in record.getMessage()
 
 
 def test_a_name_that_does_not_resolve_is_refused():
@@ -246,7 +260,9 @@ def test_a_sender_refuses_a_forbidden_destination_without_connecting():
             Sender(timeout_seconds=2, user_agent="Postback/test"), (receiver.url, {})
         )
         assert response.status_code is None and not response.ok
-        assert response.error == "unsafe destination: the host is a loopback address (127.0.0.1)"
+        assert response.error == (
+            "unsafe destination: the host is a loopback address (127.0.0.1), which is not allowed"
+        )
         assert receiver.received == []
 
 
@@ -260,7 +276,7 @@ def test_dns_rebinding_after_submission_is_refused_at_delivery():
         sender = Sender(timeout_seconds=2, user_agent="Postback/test", resolver=resolver)
         (response,) = post(sender, (url, {}))
         assert response.error.startswith("unsafe destination")
-        assert "loopback" in response.error
+        assert "loopback" in response.error and "127.0.0.1" not in response.error
         assert receiver.received == []
 
 
