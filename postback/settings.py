@@ -177,7 +177,7 @@ class Settings:
     # Arrays and objects nested in a JSON body, at most (1 to MAX_JSON_DEPTH_CEILING).
     max_json_depth: int = 64
     rate_limit: RateLimit = field(default_factory=lambda: RateLimit(200, "second"))
-    max_backlog: int = field(default=100_000, metadata=_bound(_AT_LEAST_ONE))
+    max_backlog: int = field(default=100_000, metadata=_bound(_NOT_NEGATIVE))
     # Per partner: queued jobs, and the input + result bytes its retained jobs hold.
     partner_max_backlog: int = field(default=10_000, metadata=_bound(_AT_LEAST_ONE))
     partner_max_retained_bytes: int = field(default=1_073_741_824, metadata=_bound(_AT_LEAST_ONE))
@@ -277,7 +277,7 @@ def _check_bound(name: str, value: Any, bound: tuple[int, bool]) -> None:
     if value >= low if inclusive else value > low:
         return
     expected = f"{'at least' if inclusive else 'more than'} {low}"
-    raise SettingsError(name, str(value), expected)
+    raise SettingsError(name, f"{value:g}" if isinstance(value, float) else str(value), expected)
 
 
 def _parse(name: str, raw: str, annotation: Any) -> Any:
