@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,6 @@ from app.services import Services
 from app.shedding import Shedder
 from app.throttle import add_rate_limit_headers
 from callbacks.ssrf import Resolver, system_resolver
-from postback.connection import connect, redis_url
 from postback.logs import configure_logging
 from postback.settings import Settings
 from worker import registry
@@ -27,11 +27,16 @@ REDIS_CONNECTIONS = 64
 def create_app(
     test_config: Mapping[str, Any] | None = None,
     *,
+    settings: Settings | None = None,
     client: redis.Redis | None = None,
     resolver: Resolver = system_resolver,
 ) -> Flask:
-    """Build the app: settings from defaults, then `POSTBACK_*`, then `test_config`."""
-    settings = Settings.from_env(**dict(test_config or {}))
+    """Build the app from `settings` (a process's composition root passes the ones it
+    read at start; without them: defaults, then `POSTBACK_*`), then `test_config`."""
+    if settings is None:
+        settings = Settings.from_env(**dict(test_config or {}))
+    elif test_config:
+        settings = dataclasses.replace(settings, **dict(test_config))
     configure_logging(settings.log_level)
     registry.load(settings.handler_modules)
     flask_app = PostbackFlask(__name__)
@@ -41,12 +46,10 @@ def create_app(
     # body, which has none, is counted as it is read: `app.body.raw_body`).
     flask_app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if client is None:
-        client = connect(
-            redis_url(settings),
-            timeout_seconds=settings.redis_timeout_seconds,
-            max_connections=REDIS_CONNECTIONS,
-        )
-    flask_app.extensions["postback"] = Services.build(settings, client, resolver=resolver)
+        built = Services.connect(settings, max_connections=REDIS_CONNECTIONS, resolver=resolver)
+    else:
+        built = Services.build(settings, client, resolver=resolver)
+    flask_app.extensions["postback"] = built
     errors.register(flask_app)
     correlation.register(flask_app)
     shedding.register(flask_app, Shedder(probe_seconds=2 * settings.redis_timeout_seconds))

@@ -1,4 +1,4 @@
-"""Admin API: dead letters and circuits."""
+"""Admin API: dead letters, circuits, and any partner's job."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from app.schemas import (
     check_callback_url,
     load,
 )
-from app.services import services
+from app.services import Services, services
 from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters
 from callbacks.model import Delivery
-from postback import clock
+from postback import clock, ids
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -136,3 +136,22 @@ def reset_circuit() -> Response:
         partner_id=body["partner_id"],
     )
     return jsonify({"destination": body["destination"], "reset": circuits})
+
+
+def admin_job_view(svc: Services, job_id: str) -> dict[str, Any] | None:
+    """Any partner's job as `GET /v1/jobs/{id}` returns it to that partner, plus its
+    `partner_id`; None if there is no such job."""
+    record = svc.jobs.view(job_id) if ids.is_id("job", job_id) else None
+    if record is None:
+        return None
+    return {**svc.jobs.public(record), "partner_id": record["partner_id"]}
+
+
+@bp.get("/jobs/<job_id>")
+@admin_required
+def get_job(job_id: str) -> Response:
+    """One job of any partner, as its partner sees it, with the partner's id (for support)."""
+    found = admin_job_view(services(), job_id)
+    if found is None:
+        raise NotFound(f"no job {job_id}")
+    return jsonify(found)

@@ -10,7 +10,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from app.errors import ValidationFailed
-from app.services import services
+from app.services import Services, services
 from callbacks.deadletters import Filter
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import checked_destination, resolve_and_check
@@ -46,9 +46,10 @@ def _callback_url() -> fields.String:
     )
 
 
-def check_callback_url(url: str) -> None:
-    """422 unless the URL is safe to call: every address it resolves to is public."""
-    svc = services()
+def check_callback_url(url: str, svc: Services | None = None) -> None:
+    """422 unless the URL is safe to call: every address it resolves to is public
+    (by the rules and the resolver of `svc`, default the current app's)."""
+    svc = svc or services()
     try:
         resolve_and_check(url, svc.url_policy, svc.resolver)
     except UnsafeUrl as exc:

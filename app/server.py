@@ -41,7 +41,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         # Built in each gunicorn worker after the fork: no Redis socket is shared.
         from app import create_app
 
-        return create_app()
+        return create_app(settings=self.settings)
 
 
 def options(settings: Settings, *, host: str, port: int) -> dict[str, Any]:

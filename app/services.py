@@ -1,4 +1,8 @@
-"""What the request handlers share: the settings and the stores, one set per app."""
+"""What the request handlers and the command line share: the settings and the stores.
+
+`Services.connect` is the one factory: the API builds one set per app process
+(`app.create_app`), each `postback` command one set, over one Redis client.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from app.partners_store import PartnerStore
 from app.throttle import Backlog, MemoryHeadroom, RateLimiter
 from app.waits import Waits
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
+from postback.connection import connect, redis_url
 from postback.settings import Settings
 from worker.jobs import JobStore
 from worker.runtime import job_store
@@ -33,15 +38,33 @@ class Services:
     memory: MemoryHeadroom
 
     @classmethod
+    def connect(
+        cls,
+        settings: Settings,
+        *,
+        max_connections: int | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> Services:
+        """The services over a new client of the system's Redis (`REDIS_URL` or the data
+        dir's embedded server), with the configured timeouts."""
+        client = connect(
+            redis_url(settings),
+            timeout_seconds=settings.redis_timeout_seconds,
+            max_connections=max_connections,
+        )
+        return cls.build(settings, client, resolver=resolver)
+
+    @classmethod
     def build(
         cls, settings: Settings, client: redis.Redis, *, resolver: Resolver = system_resolver
     ) -> Services:
+        """The services over `client`."""
         return cls(
             settings,
             client,
             job_store(client, settings),
             PartnerStore(client),
-            RateLimiter(client, settings.rate_limit),
+            RateLimiter(client, str(settings.rate_limit)),
             Backlog(client, settings.max_backlog),
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
             url_policy(settings),

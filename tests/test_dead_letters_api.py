@@ -322,7 +322,7 @@ def test_the_cli_lists_shows_replays_and_purges(
     assert run("dead-letters", "list")["items"] == []
     receiver.reply(Reply(410))
     work()
-    assert run("dead-letters", "purge", "--all") == {"purged": 1}
+    assert run("dead-letters", "purge", "--all", "--yes") == {"purged": 1}
     assert run("circuits", "list") == {"items": [], "next_cursor": None}
     assert main(["dead-letters", "replay"]) == 2
 

@@ -38,11 +38,7 @@ SUPERVISE_EVERY_SECONDS = 0.5
 def retry_policy(settings: Settings) -> RetryPolicy:
     """The delivery retry policy the settings describe."""
     return RetryPolicy(
-        base_seconds=settings.retry_base_seconds,
-        max_seconds=settings.retry_max_seconds,
-        max_attempts=settings.retry_max_attempts,
-        window_seconds=settings.retry_window_seconds,
-        timeout_seconds=settings.delivery_timeout_seconds,
+        **settings.overrides("retry_"), timeout_seconds=settings.delivery_timeout_seconds
     )
 
 
@@ -86,8 +82,7 @@ def breaker(settings: Settings, client: redis.Redis) -> CircuitBreaker:
     return CircuitBreaker(
         client,
         BreakerSettings(
-            threshold=settings.breaker_threshold,
-            cooldown_seconds=settings.breaker_cooldown_seconds,
+            **settings.overrides("breaker_"),
             probe_lease_seconds=settings.delivery_timeout_seconds + 5,
         ),
     )

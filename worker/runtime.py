@@ -29,13 +29,15 @@ def client() -> redis.Redis | None:
 
 
 def settings() -> Settings:
-    """The configured settings (defaults if none were configured)."""
-    return _settings[0] if _settings else Settings()
+    """The configured settings; RuntimeError if `configure` was not called (a worker
+    runs with the settings it was started with, never with silent defaults)."""
+    if not _settings:
+        raise RuntimeError("worker.runtime.configure(settings) was not called in this process")
+    return _settings[0]
 
 
-def job_store(client: redis.Redis, current: Settings | None = None) -> JobStore:
+def job_store(client: redis.Redis, current: Settings) -> JobStore:
     """The job store as the settings describe it."""
-    current = current or settings()
     if _last_store:
         last_client, last_settings, store = _last_store[0]
         if last_client is client and last_settings == current:
