@@ -230,9 +230,9 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     if record["status"] in js.TERMINAL:
         raise Conflict(f"the job has already ended: {record['status']}")
     outcome = services().jobs.request_cancel(job_id)
-    if outcome not in (js.CANCELLED, js.PROCESSING):
-        raise Conflict(f"the job has already ended: {outcome}")
     current = services().jobs.view(job_id) or record
+    if outcome not in (js.CANCELLED, js.PROCESSING):
+        raise Conflict(f"the job has already ended: {current['status']}")
     body = services().jobs.public(current)
     body["cancel_requested"] = outcome == js.PROCESSING
     return jsonify(body), 200 if outcome == js.CANCELLED else 202

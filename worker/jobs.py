@@ -60,6 +60,8 @@ CANCELLED = "cancelled"
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
 TERMINAL = (COMPLETED, FAILED, CANCELLED)
 
+CANCELLED_WHILE_RUNNING = {"code": "cancelled", "message": "cancelled while running"}
+
 EVENT_TYPES = {COMPLETED: "job.completed", FAILED: "job.failed", CANCELLED: "job.cancelled"}
 
 
@@ -90,6 +92,21 @@ redis.call('ZADD', string.format(ARGV[10], partner), 0, ARGV[1])
 redis.call('RPUSH', KEYS[2],
            '{"event":"started","at":' .. cjson.encode(ARGV[5]) .. ',"attempt":' .. attempt .. '}')
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+return snapshot(KEYS[1], KEYS[2])
+"""
+
+
+# A cancel request, decided in Redis (`JobStore.request_cancel`): recorded only on a
+# job that is processing, whose run's end then sees it. KEYS: job, timeline. ARGV:
+# now as RFC 3339, timeline length kept, the processing status. Returns the
+# snapshot after, whatever the status (the caller reads the status from it).
+_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+if redis.call('HGET', KEYS[1], 'status') == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  redis.call('RPUSH', KEYS[2], '{"event":"cancel_requested","at":' .. cjson.encode(ARGV[1]) .. '}')
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+end
 return snapshot(KEYS[1], KEYS[2])
 """
 
@@ -130,6 +147,7 @@ class JobStore:
         self.writer = GroupCommit(client)
         self._queues = {p: Queue(QUEUES[p], connection=client) for p in PRIORITIES}
         self._start = self.guard.transition(_START)
+        self._cancel = self.guard.transition(_CANCEL)
 
     def queue(self, priority: str) -> Queue:
         return self._queues[priority]
@@ -478,30 +496,34 @@ class JobStore:
     def request_cancel(self, job_id: str) -> str | None:
         """Cancel a job: a queued one at once, a running one at its next chance.
 
-        Returns the status after the request: "cancelled" (it will never run),
-        "processing" (its run is told to stop), a terminal status (too late),
-        or None if there is no such job.
+        Returns "cancelled" (it was queued and will never run), "processing"
+        (the request is recorded on the running job, whose end will be
+        `cancelled`), "ended" (it had already ended: too late), or None if there
+        is no such job. Whether a running job takes the request is decided by
+        Redis in one step, so a run that finishes at the same instant either
+        ended first ("ended") or sees the request.
         """
-        record = self.view(job_id)
-        if record is None:
-            return None
-        if record["status"] == QUEUED:
-            finished = self.finish(
+        while True:
+            snapshot = self._cancel(
+                keys=[job_key(job_id), timeline.key(job_id)],
+                args=[clock.rfc3339(clock.now()), timeline.MAX_ENTRIES, PROCESSING],
+            )
+            record = self._from_snapshot(snapshot)
+            if record is None:
+                return None
+            if record["status"] == PROCESSING:
+                return PROCESSING
+            if record["status"] != QUEUED:
+                return "ended"
+            if self.finish(
                 job_id,
                 status=CANCELLED,
                 expect=(QUEUED,),
+                known=record,
                 error={"code": "cancelled", "message": "cancelled before it started"},
-            )
-            if finished:
+            ):
                 return CANCELLED
-            record = self.view(job_id) or record
-        if record["status"] == PROCESSING:
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(job_key(job_id), "cancel_requested", 1)
-                timeline.record(pipe, job_id, "cancel_requested")
-                pipe.execute()
-            return PROCESSING
-        return record["status"]
+            # It started (or ended) meanwhile: decide again.
 
     def set_progress(self, job_id: str, percent: int) -> None:
         self.redis.hset(job_key(job_id), "progress", percent)
@@ -529,23 +551,33 @@ class JobStore:
         that starting a job stays one round trip).
         """
         finished_at = clock.now()
-        fields: dict[str, Any] = {
-            "status": status,
-            "finished_at": repr(finished_at),
-            "run_id": "",
-            "lease_until": "",
-        }
-        if status == COMPLETED:
-            fields["progress"] = 100
-            fields["result"] = json.dumps(result, separators=(",", ":"), allow_nan=False)
-        if error is not None:
-            fields["error"] = json.dumps(error, separators=(",", ":"))
+        # Serialised before the change: a result that is not JSON raises here, changing nothing.
+        stored_result = (
+            json.dumps(result, separators=(",", ":"), allow_nan=False)
+            if status == COMPLETED
+            else None
+        )
 
         def end(record: dict[str, Any], pipe: redis.client.Pipeline) -> bool:
+            nonlocal status, result, error
             if record["status"] not in expect:
                 return False
             if run_id is not None and record["run_id"] != run_id:
                 return False
+            if record["cancel_requested"] and status != CANCELLED:
+                # A cancel request was answered 202 while the job ran: its end is `cancelled`.
+                status, result, error = CANCELLED, None, CANCELLED_WHILE_RUNNING
+            fields: dict[str, Any] = {
+                "status": status,
+                "finished_at": repr(finished_at),
+                "run_id": "",
+                "lease_until": "",
+            }
+            if status == COMPLETED:
+                fields["progress"] = 100
+                fields["result"] = stored_result
+            if error is not None:
+                fields["error"] = json.dumps(error, separators=(",", ":"))
             if record["callback_url"]:
                 fields["event_id"] = ids.new_id("msg")
                 updated = {
