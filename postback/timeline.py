@@ -10,7 +10,7 @@ cancel_requested, cancelled, delivery_attempt, delivered, dead_lettered, replaye
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -55,4 +55,5 @@ def append(
 
 def read(client: redis.Redis, subject: str) -> list[dict[str, Any]]:
     """The timeline of `subject`, oldest first."""
-    return [json.loads(item) for item in client.lrange(key(subject), 0, -1)]
+    entries = cast(list[bytes], client.lrange(key(subject), 0, -1))
+    return [json.loads(item) for item in entries]

@@ -71,7 +71,7 @@ class Heartbeat:
             with self._changed:
                 run = self._run
                 wait = self._due - time.monotonic() if run is not None else None
-                if wait is None or wait > 0:
+                if run is None or wait is None or wait > 0:
                     self._idle = wait is None
                     self._changed.wait(wait)
                     self._idle = False

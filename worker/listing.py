@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from callbacks.outbox import Outbox
@@ -34,7 +36,7 @@ class Listing:
             offset=0,
             num=limit + 1,
         )
-        job_ids = [item.decode() for item in found]
+        job_ids = [item.decode() for item in cast(list[bytes], found)]
         more = len(job_ids) > limit
         job_ids = job_ids[:limit]
         return self.many(job_ids), (job_ids[-1] if more and job_ids else None)

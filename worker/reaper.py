@@ -15,6 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import cast
+
+import redis
 
 from postback import clock
 from postback import metrics as pm
@@ -44,8 +47,7 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
     done = Reaped()
     now = clock.now()
     client = store.redis
-    for raw in client.zrangebyscore(js.LEASES_KEY, "-inf", now, start=0, num=BATCH):
-        job_id = raw.decode()
+    for job_id in _due(client, js.LEASES_KEY, now):
         job = store.view(job_id)
         if job is None or job.status is not JobStatus.PROCESSING:
             client.zrem(js.LEASES_KEY, job_id)
@@ -65,13 +67,10 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
             done.recovered += 1
             pm.counter(client, "postback_jobs_recovered_total")
             log.warning("job %s: lease lapsed (worker lost); queued again", job_id)
-    for raw in client.zrangebyscore(js.RETRY_KEY, "-inf", now, start=0, num=BATCH):
-        if store.enqueue_again(raw.decode()):
+    for job_id in _due(client, js.RETRY_KEY, now):
+        if store.enqueue_again(job_id):
             done.retried += 1
-    for raw in client.zrangebyscore(
-        js.QUEUED_KEY, "-inf", now - LOST_AFTER_SECONDS, start=0, num=BATCH
-    ):
-        job_id = raw.decode()
+    for job_id in _due(client, js.QUEUED_KEY, now - LOST_AFTER_SECONDS):
         queued = store.view(job_id)
         if queued is None or queued.status is not JobStatus.QUEUED:
             client.zrem(js.QUEUED_KEY, job_id)
@@ -83,10 +82,16 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
         if store.enqueue_again(job_id):
             done.requeued_lost += 1
             log.warning("job %s was on no queue; queued again", job_id)
-    for raw in client.zrangebyscore(js.RETENTION_KEY, "-inf", now, start=0, num=BATCH):
-        store.remove(raw.decode())
+    for job_id in _due(client, js.RETENTION_KEY, now):
+        store.remove(job_id)
         done.removed += 1
     return done
+
+
+def _due(client: redis.Redis, schedule: str, before: float) -> list[str]:
+    """Up to BATCH ids of `schedule` (a sorted set) whose time is `before` or earlier."""
+    found = cast(list[bytes], client.zrangebyscore(schedule, "-inf", before, start=0, num=BATCH))
+    return [raw.decode() for raw in found]
 
 
 def _on_a_queue(store: JobStore, job: Job) -> bool:

@@ -12,7 +12,7 @@ waiting out their delay. Changes of state are `worker.transitions`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -65,7 +65,7 @@ class Records:
 
     def get(self, job_id: str) -> Job | None:
         """The stored job, input and result included (see `view`), or None."""
-        raw = self.redis.hgetall(job_key(job_id))
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(job_key(job_id)))
         if not raw:
             return None
         return Job.from_hash({k.decode(): v.decode() for k, v in raw.items()})
@@ -94,7 +94,9 @@ class Records:
 
     def result(self, job_id: str) -> tuple[JobStatus, Any] | None:
         """(status, result) of the job, reading nothing else; None if there is no job."""
-        status, result = self.redis.hmget(job_key(job_id), ["status", "result"])
+        status, result = cast(
+            list[bytes | None], self.redis.hmget(job_key(job_id), ["status", "result"])
+        )
         if status is None:
             return None
         return JobStatus(status.decode()), json.loads(result) if result else None
@@ -106,7 +108,7 @@ class Records:
         return self.links.url(job.base_url, job.id)
 
     def set_progress(self, job_id: str, percent: int) -> None:
-        self.redis.hset(job_key(job_id), "progress", percent)
+        self.redis.hset(job_key(job_id), "progress", str(percent))
 
     def remove(self, job_id: str) -> None:
         """Delete a finished job and everything that belongs to it (retention).

@@ -47,7 +47,7 @@ def run_job(job_id: str) -> None:
     Never raises for a handler's failure: the failure is the job's result.
     """
     settings = runtime.settings()
-    store = runtime.job_store(runtime.client() or get_current_job().connection, settings)
+    store = runtime.job_store(runtime.client() or _rq_connection(), settings)
     run_id = secrets.token_hex(8)
     started = store.start(job_id, run_id=run_id, lease_seconds=settings.job_lease_seconds)
     if started is None:
@@ -61,6 +61,14 @@ def run_job(job_id: str) -> None:
         attempt=job.attempts,
     ):
         _run(store, started, run_id, settings)
+
+
+def _rq_connection() -> redis.Redis:
+    """The connection of the RQ job being run (a worker given no client of its own)."""
+    current = get_current_job()
+    if current is None:
+        raise RuntimeError("run_job runs in an RQ worker, or after runtime.configure")
+    return current.connection
 
 
 def _run(store: JobStore, started: JobSnapshot, run_id: str, settings: Settings) -> None:
