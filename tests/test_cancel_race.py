@@ -73,3 +73,40 @@ def test_a_cancel_racing_a_finish_is_202_only_for_a_job_that_ends_cancelled(
             assert final == "completed"
         answers[reply.status_code, final] += 1
     assert sum(answers.values()) == TRIALS
+
+
+def test_a_retry_asked_for_after_a_cancel_was_accepted_ends_cancelled(
+    client, partner, redis_client, settings
+):
+    """A run that asks for a retry once its cancel request was answered 202 ends cancelled."""
+    store = job_store(redis_client, settings)
+    submitted = client.post("/v1/jobs", json={"type": "echo"}, headers=partner["headers"])
+    job_id = submitted.json["id"]
+    started = store.start(job_id, run_id="r1", lease_seconds=60)
+    reply = client.post(f"/v1/jobs/{job_id}/cancel", headers=partner["headers"])
+    assert reply.status_code == 202 and reply.json["cancel_requested"] is True
+    assert store.requeue(job_id, run_id="r1", delay_seconds=1.0, known=started)
+    job = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).json
+    assert job["status"] == "cancelled" and job["error"]["code"] == "cancelled"
+    assert redis_client.zscore(js.RETRY_KEY, job_id) is None, "no retry is scheduled"
+
+
+def test_a_cancel_after_the_end_is_409_and_records_nothing(client, partner, redis_client, settings):
+    """Cancelling a job that has ended is 409 problem+json and adds nothing to its record."""
+    store = job_store(redis_client, settings)
+    submitted = client.post("/v1/jobs", json={"type": "echo"}, headers=partner["headers"])
+    job_id = submitted.json["id"]
+    started = store.start(job_id, run_id="r1", lease_seconds=60)
+    assert store.finish(job_id, status=js.COMPLETED, result=1, run_id="r1", known=started)
+    before = (
+        redis_client.hgetall(js.job_key(job_id)),
+        redis_client.lrange(f"pb:timeline:{job_id}", 0, -1),
+    )
+    assert store.request_cancel(job_id) is js.Cancel.ENDED
+    reply = client.post(f"/v1/jobs/{job_id}/cancel", headers=partner["headers"])
+    assert reply.status_code == 409 and reply.mimetype == "application/problem+json"
+    after = (
+        redis_client.hgetall(js.job_key(job_id)),
+        redis_client.lrange(f"pb:timeline:{job_id}", 0, -1),
+    )
+    assert after == before
