@@ -23,7 +23,16 @@ from postback.ratewindow import RateCheck
 from worker import quotas
 from worker.deliveries import JobTimeline
 from worker.listing import Listing
-from worker.model import TERMINAL, EventType, Job, JobRead, JobSnapshot, JobStatus, Priority
+from worker.model import (
+    TERMINAL,
+    Cancel,
+    EventType,
+    Job,
+    JobRead,
+    JobSnapshot,
+    JobStatus,
+    Priority,
+)
 from worker.quotas import Quota
 from worker.records import (
     LEASES_KEY,
@@ -40,7 +49,7 @@ from worker.records import (
     partner_index,
 )
 from worker.results import ResultLinks
-from worker.transitions import Cancel, Transitions
+from worker.transitions import Transitions
 from worker.view import public
 
 __all__ = [

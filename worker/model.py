@@ -52,6 +52,17 @@ class EventType(StrEnum):
         return cls(f"job.{status}")
 
 
+class Cancel(StrEnum):
+    """What a cancel request came to."""
+
+    # The job was queued; it is cancelled and will never run.
+    CANCELLED = "cancelled"
+    # The job is running; the request is recorded and its end will be `cancelled`.
+    REQUESTED = "requested"
+    # The job had already ended: too late.
+    ENDED = "ended"
+
+
 # How long a job may run when its hash does not say (records older than the field).
 DEFAULT_TIMEOUT_SECONDS = 600
 

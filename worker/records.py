@@ -19,7 +19,8 @@ import redis
 from callbacks.outbox import Outbox
 from postback import timeline
 from worker import quotas, reads
-from worker.model import Job, JobRead, JobStatus, Priority
+from worker.guard import Snapshot
+from worker.model import Job, JobRead, JobSnapshot, JobStatus, Priority
 from worker.results import ResultLinks
 from worker.view import shows_result_link
 
@@ -50,6 +51,15 @@ def partner_index(partner_id: str, status: str | None = None) -> str:
 
 def timeline_of(entries: list[bytes]) -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(entry) for entry in entries)
+
+
+def snapshot_of(snapshot: Snapshot | None) -> JobSnapshot | None:
+    """A guard's snapshot of a job's hash and timeline, typed."""
+    if snapshot is None:
+        return None
+    return JobSnapshot(
+        Job.from_hash(snapshot.fields), timeline_of(snapshot.timeline), snapshot.version
+    )
 
 
 class Records:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import replace
-from enum import StrEnum
 from typing import Any
 
 import redis
@@ -28,8 +27,8 @@ from postback import clock, ids, timeline
 from postback import metrics as pm
 from worker import quotas
 from worker.enqueue import Enqueuer
-from worker.guard import Guard, Outcome, Snapshot
-from worker.model import Job, JobSnapshot, JobStatus, Priority
+from worker.guard import Guard, Outcome
+from worker.model import Cancel, Job, JobSnapshot, JobStatus, Priority
 from worker.records import (
     LEASES_KEY,
     QUEUED_KEY,
@@ -40,7 +39,7 @@ from worker.records import (
     done_channel,
     job_key,
     partner_index,
-    timeline_of,
+    snapshot_of,
 )
 from worker.view import webhook
 
@@ -85,17 +84,6 @@ return snapshot(KEYS[1], KEYS[2])
 """
 
 Change = Callable[[JobSnapshot, redis.client.Pipeline], bool]
-
-
-class Cancel(StrEnum):
-    """What a cancel request came to."""
-
-    # The job was queued; it is cancelled and will never run.
-    CANCELLED = "cancelled"
-    # The job is running; the request is recorded and its end will be `cancelled`.
-    REQUESTED = "requested"
-    # The job had already ended: too late.
-    ENDED = "ended"
 
 
 class Transitions:
@@ -144,12 +132,12 @@ class Transitions:
             )
             if outcome is Outcome.APPLIED:
                 return seen
-            seen = _from_snapshot(now)
+            seen = snapshot_of(now)
         return None
 
     def snapshot(self, job_id: str) -> JobSnapshot | None:
         """The job with its timeline and version, or None."""
-        return _from_snapshot(self.guard.read(job_key(job_id), timeline.key(job_id)))
+        return snapshot_of(self.guard.read(job_key(job_id), timeline.key(job_id)))
 
     def start(self, job_id: str, *, run_id: str, lease_seconds: float) -> JobSnapshot | None:
         """Queued → processing under a lease held by `run_id`; None if not queued any more.
@@ -157,7 +145,7 @@ class Transitions:
         The snapshot returned can be passed to `finish` as `known`.
         """
         now = clock.now()
-        return _from_snapshot(
+        return snapshot_of(
             self._start(
                 keys=[job_key(job_id), timeline.key(job_id), QUEUED_KEY, LEASES_KEY],
                 args=[
@@ -268,7 +256,7 @@ class Transitions:
         sees the request (REQUESTED) and ends `cancelled`.
         """
         while True:
-            seen = _from_snapshot(
+            seen = snapshot_of(
                 self._cancel(
                     keys=[job_key(job_id), timeline.key(job_id)],
                     args=[clock.rfc3339(clock.now()), timeline.MAX_ENTRIES, JobStatus.PROCESSING],
@@ -412,10 +400,3 @@ def _move(pipe: redis.client.Pipeline, job: Job, status: JobStatus) -> None:
     """Move the job from its status's partner index to `status`'s."""
     pipe.zrem(partner_index(job.partner_id, job.status), job.id)
     pipe.zadd(partner_index(job.partner_id, status), {job.id: 0})
-
-
-def _from_snapshot(snapshot: Snapshot | None) -> JobSnapshot | None:
-    if snapshot is None:
-        return None
-    job = Job.from_hash(snapshot.fields)
-    return JobSnapshot(job, timeline_of(snapshot.timeline), snapshot.version)
