@@ -225,8 +225,10 @@ class JobStore:
         timeline.append(
             pipe,
             job.id,
-            timeline.entry("accepted", at=job.created_at, request_id=request_id or None),
-            timeline.entry("enqueued", at=job.created_at, queue=QUEUES[job.priority]),
+            timeline.entry(
+                timeline.Event.ACCEPTED, at=job.created_at, request_id=request_id or None
+            ),
+            timeline.entry(timeline.Event.ENQUEUED, at=job.created_at, queue=QUEUES[job.priority]),
             new=True,
         )
         self.transitions.enqueue(pipe, job.id, job.priority)

@@ -215,12 +215,12 @@ class Transitions:
             pipe.zadd(QUEUED_KEY, {job_id: due})
             _move(pipe, job, JobStatus.QUEUED)
             if lapsed_before is not None:
-                timeline.record(pipe, job_id, "recovered", attempt=job.attempts)
+                timeline.record(pipe, job_id, timeline.Event.RECOVERED, attempt=job.attempts)
             elif delay_seconds > 0:
                 timeline.record(
                     pipe,
                     job_id,
-                    "retry_scheduled",
+                    timeline.Event.RETRY_SCHEDULED,
                     attempt=job.attempts,
                     delay_seconds=round(delay_seconds, 3),
                 )
@@ -345,7 +345,8 @@ class Transitions:
             fields["result"] = stored_result
         if error is not None:
             fields["error"] = json.dumps(error, separators=(",", ":"))
-        step = "cancelled" if status is JobStatus.CANCELLED else "finished"
+        cancelled = status is JobStatus.CANCELLED
+        step = timeline.Event.CANCELLED if cancelled else timeline.Event.FINISHED
         if job.callback_url:
             fields["event_id"] = ids.new_id("msg")
             ended = replace(
@@ -363,7 +364,7 @@ class Transitions:
             # The timeline the webhook carries ends with this very step.
             steps = (
                 *seen.timeline,
-                {"event": step, "at": clock.rfc3339(finished_at), "status": str(status)},
+                {"event": str(step), "at": clock.rfc3339(finished_at), "status": str(status)},
             )
             message = webhook(ended, timeline=steps, result_url=self.records.result_url(ended))
             self.outbox.add(message, job.callback_url, pipeline=pipe)
