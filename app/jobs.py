@@ -95,14 +95,14 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         svc.backlog.admit()
         response: dict[str, Any] = {}
 
-        def keep_response(pipe: Any, job: dict[str, Any]) -> None:
+        def keep_response(pipe: Any, job: js.Job) -> None:
             pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})
-            url = status_url(job["id"], base)
+            url = status_url(job.id, base)
             response["body"] = {
-                "id": job["id"],
-                "status": job["status"],
+                "id": job.id,
+                "status": str(job.status),
                 "status_url": url,
-                "created_at": clock.rfc3339(job["created_at"]),
+                "created_at": clock.rfc3339(job.created_at),
             }
             response["headers"] = {
                 "Location": url,
@@ -161,12 +161,20 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify(response["body"]), 202, response["headers"]
 
 
-def _own_job(job_id: str) -> dict[str, Any]:
+def _own_job(job_id: str) -> js.Job:
     """The partner's job `job_id`; another partner's job is as missing as one never made."""
-    record = services().jobs.view(job_id) if ids.is_id("job", job_id) else None
-    if record is None or record["partner_id"] != g.partner_id:
+    job = services().jobs.view(job_id) if ids.is_id("job", job_id) else None
+    if job is None or job.partner_id != g.partner_id:
         raise NotFound(f"no job {job_id}")
-    return record
+    return job
+
+
+def _own_read(job_id: str) -> js.JobRead:
+    """As `_own_job`, with the job's timeline and delivery."""
+    found = services().jobs.read(job_id) if ids.is_id("job", job_id) else None
+    if found is None or found.job.partner_id != g.partner_id:
+        raise NotFound(f"no job {job_id}")
+    return found
 
 
 @bp.get("/<job_id>")
@@ -174,13 +182,14 @@ def _own_job(job_id: str) -> dict[str, Any]:
 def get_job(job_id: str) -> Response:
     """One of the partner's jobs; with `?wait=N`, as soon as it ends or after N seconds."""
     query = load(JobQuery, request.args.to_dict())
-    record = _own_job(job_id)
-    if query["wait"] and record["status"] not in js.TERMINAL:
-        record = _wait_for_end(job_id, query["wait"]) or record
-    return jsonify(services().jobs.public(record))
+    found = _own_read(job_id)
+    if query["wait"] and not found.job.status.terminal:
+        _wait_for_end(job_id, query["wait"])
+        found = services().jobs.read(job_id) or found
+    return jsonify(services().jobs.public(found))
 
 
-def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
+def _wait_for_end(job_id: str, seconds: int) -> js.Job | None:
     """The job once it is terminal, or as it is after `seconds` (see `app.waits`)."""
     jobs, waits = services().jobs, services().waits
     with (
@@ -190,8 +199,8 @@ def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
     ):
         deadline = time.monotonic() + seconds
         # Watched first, then read: an end between the two is not missed.
-        record = jobs.view(job_id)
-        while record is not None and record["status"] not in js.TERMINAL:
+        job = jobs.view(job_id)
+        while job is not None and not job.status.terminal:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -199,33 +208,37 @@ def _wait_for_end(job_id: str, seconds: int) -> dict[str, Any] | None:
                 if client.gone():
                     # Nobody reads the answer; the wait's place is given back now.
                     break
-                record = jobs.view(job_id)
-        return record
+                job = jobs.view(job_id)
+        return job
 
 
 @bp.post("/<job_id>/cancel")
 @partner_required
 def cancel_job(job_id: str) -> tuple[Response, int]:
     """Cancel a job: a queued one never runs; a running one is stopped; an ended one is 409."""
-    record = _own_job(job_id)
-    if record["status"] in js.TERMINAL:
-        raise Conflict(f"the job has already ended: {record['status']}")
-    outcome = services().jobs.request_cancel(job_id)
-    if outcome not in (js.CANCELLED, js.PROCESSING):
-        raise Conflict(f"the job has already ended: {outcome}")
-    current = services().jobs.view(job_id) or record
-    body = services().jobs.public(current)
-    body["cancel_requested"] = outcome == js.PROCESSING
-    return jsonify(body), 200 if outcome == js.CANCELLED else 202
+    job = _own_job(job_id)
+    if job.status.terminal:
+        raise Conflict(f"the job has already ended: {job.status}")
+    jobs = services().jobs
+    # Decided in one step in Redis: a job that ends as this arrives is 409, never 202.
+    outcome = jobs.request_cancel(job_id)
+    current = jobs.read(job_id)
+    if outcome is None or current is None:
+        raise NotFound(f"no job {job_id}")
+    if outcome is js.Cancel.ENDED:
+        raise Conflict(f"the job has already ended: {current.job.status}")
+    body = jobs.public(current)
+    body["cancel_requested"] = outcome is js.Cancel.REQUESTED
+    return jsonify(body), 200 if outcome is js.Cancel.CANCELLED else 202
 
 
 @bp.get("/<job_id>/deliveries")
 @partner_required
 def list_deliveries(job_id: str) -> Response:
     """Every HTTP attempt made to deliver the job's webhook, oldest first."""
-    record = _own_job(job_id)
+    job = _own_job(job_id)
     outbox = services().jobs.outbox
-    items = outbox.attempts(record["event_id"]) if record["event_id"] else []
+    items = outbox.attempts(job.event_id) if job.event_id else []
     return jsonify({"items": items})
 
 
@@ -233,13 +246,13 @@ def list_deliveries(job_id: str) -> Response:
 @partner_required
 def redeliver(job_id: str) -> tuple[Response, int]:
     """Send the job's final webhook again, with the same webhook-id and a fresh budget."""
-    record = _own_job(job_id)
-    if not record["event_id"]:
+    job = _own_job(job_id)
+    if not job.event_id:
         raise Conflict(
             "the job has no webhook to redeliver: it has no callback URL or has not ended"
         )
     outbox = services().jobs.outbox
-    delivery = outbox.get(record["event_id"])
+    delivery = outbox.get(job.event_id)
     if delivery is None or not _reopen(delivery):
         raise Conflict("the webhook is still being delivered; wait for it to be delivered or dead")
     now = outbox.get(delivery.id)
@@ -265,8 +278,8 @@ def _reopen(delivery: Delivery) -> bool:
 def list_jobs() -> Response:
     """The partner's jobs, newest first, a page at a time."""
     query = load(JobListQuery, request.args.to_dict())
-    records, next_cursor = services().jobs.page(
+    jobs = services().jobs
+    found, next_cursor = jobs.page(
         g.partner_id, status=query["status"], limit=query["limit"], cursor=query["cursor"]
     )
-    jobs = services().jobs
-    return jsonify({"items": [jobs.public(r) for r in records], "next_cursor": next_cursor})
+    return jsonify({"items": [jobs.public(read) for read in found], "next_cursor": next_cursor})

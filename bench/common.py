@@ -63,7 +63,7 @@ def submit(
     """A job of the bench's partner created straight in the store; its id."""
     return store.create(
         partner_id=OWNER, type=type, input=input, callback_url=callback_url, timeout_seconds=60
-    )["id"]
+    ).id
 
 
 def stop_group(process: subprocess.Popen) -> None:

@@ -76,13 +76,13 @@ def recovery(url: str, *, lease_seconds: float) -> float:
     second = None
     try:
         job_id = submit(store, {"seconds": 1}, type="sleep")
-        while store.get(job_id)["status"] != js.PROCESSING:
+        while store.get(job_id).status != js.PROCESSING:
             time.sleep(0.01)
         second = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
         time.sleep(0.3)  # the job is half done
         os.kill(first.pid, signal.SIGKILL)
         killed = time.monotonic()
-        while store.get(job_id)["status"] != js.COMPLETED:
+        while store.get(job_id).status != js.COMPLETED:
             if time.monotonic() - killed > 120:
                 raise TimeoutError("the job was not recovered in 120 s")
             time.sleep(0.02)
@@ -155,12 +155,12 @@ def worker_rss(url: str, *, jobs: int) -> dict:
     )
     try:
         first = submit(store, {"n": 0})
-        while store.get(first)["status"] != js.COMPLETED:
+        while store.get(first).status != js.COMPLETED:
             time.sleep(0.05)
         before = _rss_kib(process.pid)
         ids = [submit(store, {"n": n}) for n in range(jobs)]
         deadline = time.monotonic() + 600
-        while store.get(ids[-1])["status"] != js.COMPLETED and time.monotonic() < deadline:
+        while store.get(ids[-1]).status != js.COMPLETED and time.monotonic() < deadline:
             time.sleep(0.2)
         return {"jobs": jobs, "rss_kib_after_1": before, "rss_kib_after_all": _rss_kib(process.pid)}
     finally:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -71,9 +72,9 @@ class Script:
         if isinstance(client, Batch):
             return await client.call(self, keys, args)
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await cast(Awaitable[Any], client.evalsha(self.sha, len(keys), *keys, *args))
         except redis.exceptions.NoScriptError:
-            return await client.eval(self.source, len(keys), *keys, *args)
+            return await cast(Awaitable[Any], client.eval(self.source, len(keys), *keys, *args))
 
 
 class Batch:

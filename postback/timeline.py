@@ -3,20 +3,37 @@
 Entries are `{"event", "at", ...details}`, appended in order to a Redis list
 kept to the last `MAX_ENTRIES`. Anyone may record (the API, a worker, the
 delivery dispatcher), inside their own transaction when they pass a pipeline.
-Events: accepted, enqueued, started, finished, retry_scheduled, recovered,
-cancel_requested, cancelled, delivery_attempt, delivered, dead_lettered, replayed.
+The events are `Event`'s, the strings the API's `timeline[].event` carries.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from enum import StrEnum
+from typing import Any, cast
 
 import redis
 
 from postback import clock
 
 MAX_ENTRIES = 100
+
+
+class Event(StrEnum):
+    ACCEPTED = "accepted"
+    ENQUEUED = "enqueued"
+    STARTED = "started"
+    FINISHED = "finished"
+    RETRY_SCHEDULED = "retry_scheduled"
+    # Its worker was lost and it was queued again.
+    RECOVERED = "recovered"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELLED = "cancelled"
+    DELIVERY_ATTEMPT = "delivery_attempt"
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead_lettered"
+    REPLAYED = "replayed"
+    REDELIVERY = "redelivery"
 
 
 def key(subject: str) -> str:
@@ -26,7 +43,7 @@ def key(subject: str) -> str:
 def record(
     target: redis.Redis | redis.client.Pipeline,
     subject: str,
-    event: str,
+    event: Event,
     *,
     at: float | None = None,
     **details: Any,
@@ -35,9 +52,13 @@ def record(
     append(target, subject, entry(event, at=at, **details))
 
 
-def entry(event: str, *, at: float | None = None, **details: Any) -> str:
+def entry(event: Event, *, at: float | None = None, **details: Any) -> str:
     """The stored form of `event` (at `at`, default now), for `append`."""
-    fields = {"event": event, "at": clock.rfc3339(clock.now() if at is None else at), **details}
+    fields = {
+        "event": str(event),
+        "at": clock.rfc3339(clock.now() if at is None else at),
+        **details,
+    }
     return json.dumps(fields, separators=(",", ":"))
 
 
@@ -55,4 +76,5 @@ def append(
 
 def read(client: redis.Redis, subject: str) -> list[dict[str, Any]]:
     """The timeline of `subject`, oldest first."""
-    return [json.loads(item) for item in client.lrange(key(subject), 0, -1)]
+    entries = cast(list[bytes], client.lrange(key(subject), 0, -1))
+    return [json.loads(item) for item in entries]

@@ -18,8 +18,9 @@ from postback.connection import connect, on_behalf_of
 from postback.embedded import free_port
 from postback.groupcommit import GroupCommit
 from postback.lua import Script
+from postback.settings import Settings
 from tests.processes import OwnRedis, own_redis
-from worker.jobs import JobStore
+from worker.runtime import job_store
 
 # Records its call, and returns what it was given.
 ECHO = Script("redis.call('RPUSH', KEYS[1], ARGV[1]) return ARGV[1]")
@@ -171,7 +172,7 @@ def test_a_job_created_in_fsync_durability_waits_on_the_connection_that_wrote_it
 ):
     """JobStore.create's WAITAOF follows its script on the same connection, so its
     confirmation covers the job (on another connection it would cover nothing)."""
-    store = JobStore(redis_client, durability="fsync")
+    store = job_store(redis_client, Settings(durability="fsync"))
     store.create(partner_id="ptn_x", type="echo", input={}, callback_url=None, timeout_seconds=5)
     (wrote, script_names), (waited, wait_names) = exchanges[-2:]
     assert script_names in (["EVALSHA"], ["EVAL"]) and wait_names == ["WAITAOF"]

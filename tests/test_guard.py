@@ -17,7 +17,7 @@ def create(redis_client, settings) -> str:
     store = job_store(redis_client, settings)
     return store.create(
         partner_id="ptn_guard", type="echo", input={}, callback_url=None, timeout_seconds=60
-    )["id"]
+    ).id
 
 
 def test_a_change_from_a_stale_snapshot_is_computed_again(redis_client, settings):
@@ -26,16 +26,16 @@ def test_a_change_from_a_stale_snapshot_is_computed_again(redis_client, settings
     store = job_store(redis_client, settings)
     seen = []
 
-    def change(record, pipe):
-        seen.append(record["progress"])
+    def change(snapshot, pipe):
+        seen.append(snapshot.job.progress)
         if len(seen) == 1:
             redis_client.hset(js.job_key(job_id), "progress", 40)  # a concurrent writer
-        pipe.hset(js.job_key(job_id), "progress", record["progress"] + 1)
+        pipe.hset(js.job_key(job_id), "progress", snapshot.job.progress + 1)
         return True
 
-    assert store._guarded(job_id, change)["progress"] == 40, "the record the change saw"
+    assert store.guarded(job_id, change).job.progress == 40, "the record the change saw"
     assert seen == [0, 40]
-    assert store.get(job_id)["progress"] == 41
+    assert store.get(job_id).progress == 41
 
 
 def test_finishing_from_the_started_record_survives_a_renewal(redis_client, settings):
@@ -46,7 +46,7 @@ def test_finishing_from_the_started_record_survives_a_renewal(redis_client, sett
     assert store.renew(job_id, run_id="r1", lease_seconds=60) is not None
     assert store.finish(job_id, status=js.COMPLETED, result={"ok": 1}, run_id="r1", known=started)
     done = store.get(job_id)
-    assert done["status"] == js.COMPLETED and done["result"] == {"ok": 1}
+    assert done.status is js.COMPLETED and done.result == {"ok": 1}
     assert [entry["event"] for entry in timeline.read(redis_client, job_id)][-1] == "finished"
 
 
@@ -56,11 +56,11 @@ def test_a_declined_or_vanished_job_is_not_written(redis_client, settings):
     store = job_store(redis_client, settings)
     before = redis_client.hgetall(js.job_key(job_id))
 
-    def decline(record, pipe):
+    def decline(snapshot, pipe):
         pipe.hset(js.job_key(job_id), "status", "bogus")
         return False
 
-    assert store._guarded(job_id, decline) is None
+    assert store.guarded(job_id, decline) is None
     assert redis_client.hgetall(js.job_key(job_id)) == before
     guard = Guard(redis_client)
     snapshot = guard.read(js.job_key(job_id), timeline.key(job_id))
@@ -88,16 +88,16 @@ def test_start_writes_what_the_python_side_would(redis_client, settings):
     """`start` (a Lua transition) moves the indexes and writes timeline.record's exact entry."""
     job_id = create(redis_client, settings)
     store = job_store(redis_client, settings)
-    record = store.start(job_id, run_id="r1", lease_seconds=30)
-    assert record["status"] == js.PROCESSING and record["attempts"] == 1
-    assert record["run_id"] == "r1" and record["lease_until"] == record["started_at"] + 30
-    entry = {"event": "started", "at": clock.rfc3339(record["started_at"]), "attempt": 1}
+    record = store.start(job_id, run_id="r1", lease_seconds=30).job
+    assert record.status is js.PROCESSING and record.attempts == 1
+    assert record.run_id == "r1" and record.lease_until == record.started_at + 30
+    entry = {"event": "started", "at": clock.rfc3339(record.started_at), "attempt": 1}
     assert redis_client.lindex(timeline.key(job_id), -1).decode() == json.dumps(
         entry, separators=(",", ":")
     )
     assert redis_client.zscore(js.partner_index("ptn_guard", js.PROCESSING), job_id) == 0
     assert redis_client.zscore(js.partner_index("ptn_guard", js.QUEUED), job_id) is None
-    assert redis_client.zscore(js.LEASES_KEY, job_id) == record["lease_until"]
+    assert redis_client.zscore(js.LEASES_KEY, job_id) == record.lease_until
     assert redis_client.zscore(js.QUEUED_KEY, job_id) is None
     assert store.start(job_id, run_id="r2", lease_seconds=30) is None, "started only once"
 

@@ -19,7 +19,7 @@ def started_run(redis_client, settings) -> Run:
     store = job_store(redis_client, settings)
     job_id = store.create(
         partner_id="ptn_beat", type="sleep", input={}, callback_url=None, timeout_seconds=60
-    )["id"]
+    ).id
     assert store.start(job_id, run_id="r1", lease_seconds=LEASE_SECONDS)
     ctx = JobContext(job_id, {}, lambda pct: None, attempt=1)
     return Run(store, job_id, "r1", LEASE_SECONDS, ctx, interrupt_ident=None)
@@ -53,7 +53,7 @@ def test_a_cancel_request_reaches_the_running_handler(redis_client, settings):
     heartbeat = Heartbeat()
     heartbeat.watch(run)
     try:
-        assert run.store.request_cancel(run.job_id) == js.PROCESSING
+        assert run.store.request_cancel(run.job_id) is js.Cancel.REQUESTED
         eventually(run.ctx.cancelled.is_set, timeout_seconds=5, what="ctx.cancelled is set")
     finally:
         heartbeat.release(run)

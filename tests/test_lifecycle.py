@@ -196,7 +196,7 @@ def test_a_lapsed_lease_is_recovered_and_a_crash_loop_ends_in_worker_lost(
         assert store.start(job_id, run_id=f"run{attempt}", lease_seconds=-1)
         done = reaper.reap(store, settings)
         if attempt < 3:
-            assert done.recovered == 1 and store.get(job_id)["status"] == "queued"
+            assert done.recovered == 1 and store.get(job_id).status == "queued"
     assert done.worker_lost == 1
     job = get(client, partner, job_id)
     assert job["status"] == "failed" and job["error"]["code"] == "worker_lost"

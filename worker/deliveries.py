@@ -23,7 +23,7 @@ class JobTimeline:
         timeline.record(
             writes,
             delivery.message.subject,
-            "delivery_attempt",
+            timeline.Event.DELIVERY_ATTEMPT,
             attempt=attempt.number,
             status_code=attempt.status_code,
             duration_ms=attempt.duration_ms,
@@ -33,7 +33,9 @@ class JobTimeline:
         pm.observe(writes, "postback_delivery_attempt_seconds", attempt.duration_ms / 1000)
 
     def on_delivered(self, writes: redis.client.Pipeline, delivery: Delivery) -> None:
-        timeline.record(writes, delivery.message.subject, "delivered", webhook_id=delivery.id)
+        timeline.record(
+            writes, delivery.message.subject, timeline.Event.DELIVERED, webhook_id=delivery.id
+        )
         lag = clock.now() - delivery.message.created_at
         pm.observe(writes, "postback_delivery_lag_seconds", lag)
 
@@ -43,7 +45,7 @@ class JobTimeline:
         timeline.record(
             writes,
             delivery.message.subject,
-            "dead_lettered",
+            timeline.Event.DEAD_LETTERED,
             webhook_id=delivery.id,
             dead_letter_id=dead_letter_id,
         )
@@ -51,5 +53,5 @@ class JobTimeline:
     def on_reopened(
         self, writes: redis.client.Pipeline, delivery: Delivery, *, replay: bool
     ) -> None:
-        event = "replayed" if replay else "redelivery"
+        event = timeline.Event.REPLAYED if replay else timeline.Event.REDELIVERY
         timeline.record(writes, delivery.message.subject, event, webhook_id=delivery.id)

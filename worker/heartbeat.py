@@ -71,7 +71,7 @@ class Heartbeat:
             with self._changed:
                 run = self._run
                 wait = self._due - time.monotonic() if run is not None else None
-                if wait is None or wait > 0:
+                if run is None or wait is None or wait > 0:
                     self._idle = wait is None
                     self._changed.wait(wait)
                     self._idle = False
@@ -81,7 +81,9 @@ class Heartbeat:
 
     def _renew(self, run: Run) -> None:
         try:
-            record = run.store.renew(run.job_id, run_id=run.run_id, lease_seconds=run.lease_seconds)
+            renewed = run.store.renew(
+                run.job_id, run_id=run.run_id, lease_seconds=run.lease_seconds
+            )
         except Exception as exc:
             # Retried at the next beat; a Redis fault is logged once, not at every beat.
             found = classify(exc, timeout_seconds=timeout_of(run.store.redis))
@@ -94,11 +96,11 @@ class Heartbeat:
         with self._changed:
             if self._run is not run:
                 return
-            if record is None:
+            if renewed is None:
                 # The run lost its lease: nothing more to renew.
                 self._run = None
                 return
-            if record["cancel_requested"] and not run.ctx.cancelled.is_set():
+            if renewed.job.cancel_requested and not run.ctx.cancelled.is_set():
                 run.ctx.cancelled.set()
                 if run.interrupt_ident is not None:
                     # Under the lock: `release` cannot have returned, so this is still its run.

@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import cast
+
+import redis
 
 from postback import clock
 from postback import metrics as pm
 from postback.faults import FaultWatch, classify, pause_seconds
 from postback.settings import Settings
 from worker import jobs as js
-from worker.jobs import JobStore
+from worker.jobs import Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -44,55 +47,57 @@ def reap(store: JobStore, settings: Settings) -> Reaped:
     done = Reaped()
     now = clock.now()
     client = store.redis
-    for raw in client.zrangebyscore(js.LEASES_KEY, "-inf", now, start=0, num=BATCH):
-        job_id = raw.decode()
-        record = store.view(job_id)
-        if record is None or record["status"] != js.PROCESSING:
+    for job_id in _due(client, js.LEASES_KEY, now):
+        job = store.view(job_id)
+        if job is None or job.status is not JobStatus.PROCESSING:
             client.zrem(js.LEASES_KEY, job_id)
             continue
-        if record["attempts"] >= settings.job_max_attempts:
-            message = f"the worker running it was lost {record['attempts']} times"
+        if job.attempts >= settings.job_max_attempts:
+            message = f"the worker running it was lost {job.attempts} times"
             if store.finish(
                 job_id,
-                status=js.FAILED,
-                run_id=record["run_id"],
+                status=JobStatus.FAILED,
+                run_id=job.run_id,
                 error={"code": "worker_lost", "message": message},
             ):
                 done.worker_lost += 1
                 pm.counter(client, "postback_jobs_worker_lost_total")
-                log.warning("job %s failed: worker lost %d times", job_id, record["attempts"])
+                log.warning("job %s failed: worker lost %d times", job_id, job.attempts)
         elif store.requeue(job_id, run_id=None, lapsed_before=now):
             done.recovered += 1
             pm.counter(client, "postback_jobs_recovered_total")
             log.warning("job %s: lease lapsed (worker lost); queued again", job_id)
-    for raw in client.zrangebyscore(js.RETRY_KEY, "-inf", now, start=0, num=BATCH):
-        if store.enqueue_again(raw.decode()):
+    for job_id in _due(client, js.RETRY_KEY, now):
+        if store.enqueue_again(job_id):
             done.retried += 1
-    for raw in client.zrangebyscore(
-        js.QUEUED_KEY, "-inf", now - LOST_AFTER_SECONDS, start=0, num=BATCH
-    ):
-        job_id = raw.decode()
-        record = store.view(job_id)
-        if record is None or record["status"] != js.QUEUED:
+    for job_id in _due(client, js.QUEUED_KEY, now - LOST_AFTER_SECONDS):
+        queued = store.view(job_id)
+        if queued is None or queued.status is not JobStatus.QUEUED:
             client.zrem(js.QUEUED_KEY, job_id)
             continue
-        if _on_a_queue(store, record):
+        if _on_a_queue(store, queued):
             # Waiting its turn: look again later.
             client.zadd(js.QUEUED_KEY, {job_id: now})
             continue
         if store.enqueue_again(job_id):
             done.requeued_lost += 1
             log.warning("job %s was on no queue; queued again", job_id)
-    for raw in client.zrangebyscore(js.RETENTION_KEY, "-inf", now, start=0, num=BATCH):
-        store.remove(raw.decode())
+    for job_id in _due(client, js.RETENTION_KEY, now):
+        store.remove(job_id)
         done.removed += 1
     return done
 
 
-def _on_a_queue(store: JobStore, record: dict) -> bool:
-    if store.redis.zscore(js.RETRY_KEY, record["id"]) is not None:
+def _due(client: redis.Redis, schedule: str, before: float) -> list[str]:
+    """Up to BATCH ids of `schedule` (a sorted set) whose time is `before` or earlier."""
+    found = cast(list[bytes], client.zrangebyscore(schedule, "-inf", before, start=0, num=BATCH))
+    return [raw.decode() for raw in found]
+
+
+def _on_a_queue(store: JobStore, job: Job) -> bool:
+    if store.redis.zscore(js.RETRY_KEY, job.id) is not None:
         return True
-    return store.redis.lpos(store.queue(record["priority"]).key, record["id"]) is not None
+    return store.redis.lpos(store.queue(job.priority).key, job.id) is not None
 
 
 def run(

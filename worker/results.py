@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import cast
 
 import redis
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -24,7 +25,7 @@ class ResultLinks:
         if self._serializer is None:
             # The first process to need a key makes it; every other one reads it.
             self.redis.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
-            key = self.redis.get(SECRET_KEY)
+            key = cast(bytes, self.redis.get(SECRET_KEY))
             self._serializer = URLSafeTimedSerializer(key, salt="postback.result-link")
         return self._serializer
 

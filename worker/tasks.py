@@ -23,12 +23,13 @@ from rq import get_current_job
 from callbacks.policy import RetryPolicy
 from postback import logs
 from postback.faults import FaultWatch, classify, patiently
+from postback.settings import Settings
 from worker import jobs as js
 from worker import registry, runtime
 from worker.context import JobContext
 from worker.errors import JobCancelled, JobTimedOut, RetryableError
 from worker.heartbeat import HEARTBEAT, Run
-from worker.jobs import JobStore
+from worker.jobs import JobSnapshot, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +47,36 @@ def run_job(job_id: str) -> None:
     Never raises for a handler's failure: the failure is the job's result.
     """
     settings = runtime.settings()
-    store = runtime.job_store(runtime.client() or get_current_job().connection, settings)
+    store = runtime.job_store(runtime.client() or _rq_connection(), settings)
     run_id = secrets.token_hex(8)
-    record = store.start(job_id, run_id=run_id, lease_seconds=settings.job_lease_seconds)
-    if record is None:
+    started = store.start(job_id, run_id=run_id, lease_seconds=settings.job_lease_seconds)
+    if started is None:
         log.info("job %s is not queued any more; not running it", job_id)
         return
+    job = started.job
     with logs.bind(
         job_id=job_id,
-        partner_id=record["partner_id"],
-        request_id=record.get("request_id"),
-        attempt=record["attempts"],
+        partner_id=job.partner_id,
+        request_id=job.request_id or None,
+        attempt=job.attempts,
     ):
-        _run(store, record, run_id, settings)
+        _run(store, started, run_id, settings)
 
 
-def _run(store: JobStore, record: dict[str, Any], run_id: str, settings: Any) -> None:
-    job_id = record["id"]
-    spec = registry.get(record["type"])
+def _rq_connection() -> redis.Redis:
+    """The connection of the RQ job being run (a worker given no client of its own)."""
+    current = get_current_job()
+    if current is None:
+        raise RuntimeError("run_job runs in an RQ worker, or after runtime.configure")
+    return current.connection
+
+
+def _run(store: JobStore, started: JobSnapshot, run_id: str, settings: Settings) -> None:
+    job = started.job
+    job_id = job.id
+    spec = registry.get(job.type)
     if spec is None:
-        message = f"no handler for job type {record['type']!r}"
+        message = f"no handler for job type {job.type!r}"
         store.finish(
             job_id,
             status=js.FAILED,
@@ -75,15 +86,15 @@ def _run(store: JobStore, record: dict[str, Any], run_id: str, settings: Any) ->
         return
     ctx = JobContext(
         job_id,
-        record["input"] or {},
+        job.input or {},
         lambda pct: _report_progress(store, job_id, pct, settings),
-        attempt=record["attempts"],
+        attempt=job.attempts,
     )
     interruptible = threading.Event()
-    started = time.monotonic()
+    began = time.monotonic()
     with _heartbeat(store, job_id, run_id, settings.job_lease_seconds, ctx, interruptible):
-        outcome = _run_handler(spec.fn, ctx, record["timeout_seconds"], interruptible)
-    _record(store, record, run_id, outcome, time.monotonic() - started, settings)
+        outcome = _run_handler(spec.fn, ctx, job.timeout_seconds, interruptible)
+    _record(store, started, run_id, outcome, time.monotonic() - began, settings)
 
 
 def _run_handler(
@@ -108,7 +119,7 @@ def _run_handler(
         return "error", exc
 
 
-def _report_progress(store: JobStore, job_id: str, percent: int, settings: Any) -> None:
+def _report_progress(store: JobStore, job_id: str, percent: int, settings: Settings) -> None:
     """Record progress; a Redis fault loses the report, never the job (it is informative)."""
     try:
         store.set_progress(job_id, percent)
@@ -123,19 +134,20 @@ def _report_progress(store: JobStore, job_id: str, percent: int, settings: Any) 
 
 def _record(
     store: JobStore,
-    record: dict[str, Any],
+    started: JobSnapshot,
     run_id: str,
     outcome: tuple[str, Any],
     ran_seconds: float,
-    settings: Any,
+    settings: Settings,
 ) -> None:
-    job_id = record["id"]
+    job = started.job
+    job_id = job.id
     kind, value = outcome
-    # `record` is what `start` returned: finishing from it saves a read.
-    waited = record["started_at"] - record["created_at"] if record["attempts"] == 1 else None
+    # `started` is what `start` returned: finishing from it saves a read.
+    waited = (job.started_at or job.created_at) - job.created_at if job.attempts == 1 else None
     ran: dict[str, Any] = {
         "run_id": run_id,
-        "known": record,
+        "known": started,
         "ran_seconds": ran_seconds,
         "waited_seconds": waited,
     }
@@ -163,14 +175,14 @@ def _record(
             status=js.FAILED,
             error={
                 "code": "timeout",
-                "message": f"the job ran longer than {record['timeout_seconds']} s",
+                "message": f"the job ran longer than {job.timeout_seconds} s",
             },
         )
-    elif kind == "retry" and record["attempts"] < settings.job_max_attempts:
+    elif kind == "retry" and job.attempts < settings.job_max_attempts:
         policy = RetryPolicy(
             base_seconds=settings.job_retry_base_seconds, max_seconds=settings.job_retry_max_seconds
         )
-        delay = policy.delay_seconds(record["attempts"])
+        delay = policy.delay_seconds(job.attempts)
         log.info("job %s: %s; retrying in %.1f s", job_id, value, delay)
         done = _patiently(lambda: store.requeue(job_id, delay_seconds=delay, **ran), settings)
     else:
@@ -179,7 +191,7 @@ def _record(
         log.warning("job %s: this run lost its lease; its outcome is discarded", job_id)
 
 
-def _patiently(write: Callable[[], bool], settings: Any) -> bool:
+def _patiently(write: Callable[[], bool], settings: Settings) -> bool:
     """`write()` (an outcome), tried again through Redis faults for up to
     RECORD_PATIENCE_SECONDS; after that the run's lease decides (the job runs again)."""
     return patiently(
