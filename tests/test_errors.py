@@ -34,7 +34,8 @@ def _import_everything() -> None:
     for package in ("postback", "callbacks", "worker", "app"):
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, prefix=f"{package}."):
-            if info.name not in _SKIPPED:
+            # A `__main__` module runs its command when imported.
+            if info.name not in _SKIPPED and not info.name.endswith(".__main__"):
                 importlib.import_module(info.name)
 
 

@@ -18,6 +18,7 @@ from rq import Queue
 
 from callbacks.outbox import Outbox
 from postback import clock, ids, lua, timeline
+from postback.errors import Unavailable
 from postback.groupcommit import GroupCommit
 from postback.ratewindow import RateCheck
 from worker import quotas
@@ -102,7 +103,7 @@ STATUSES = tuple(JobStatus)
 EVENT_TYPES = {status: EventType.of(status) for status in TERMINAL}
 
 
-class NotDurable(RuntimeError):
+class NotDurable(Unavailable):
     """Redis did not confirm that the new job reached its append-only file in time."""
 
 

@@ -43,14 +43,17 @@ class Refused(Exception):
     @classmethod
     def from_api(cls, error: ApiError) -> Refused:
         """The API's refusal `error`, worded as the API words it (detail, then each field)."""
+        from app.errors import problem_for
+
         fields = [
             f"{name}: {' '.join(_flat(messages))}"
-            for name, messages in (error.errors or {}).items()
+            for name, messages in (getattr(error, "errors", None) or {}).items()
         ]
         text = error.detail
         if fields and not all(part.split(": ", 1)[1] in text for part in fields):
             text = f"{text}: " + "; ".join(fields)
-        return cls(text, status=FAILED if error.status == 404 else REFUSED)
+        problem = problem_for(type(error))
+        return cls(text, status=FAILED if problem and problem.status == 404 else REFUSED)
 
 
 def _flat(messages: Any) -> list[str]:
