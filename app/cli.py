@@ -189,27 +189,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from postback.logs import configure_logging
-    from worker.process import run
+    from worker.entry import work
 
-    configure_logging(settings.log_level)
-    url = redis_url(settings)
-    run(
-        settings,
-        connect(url, timeout_seconds=settings.redis_timeout_seconds),
-        delivery_command=[sys.executable, "-m", "app.cli", "deliver"],
-        queue_client=connect(url, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
-        burst=args.burst,
-    )
-    return 0
+    return work(settings, burst=args.burst)
 
 
 def _deliver(args: argparse.Namespace, settings: Settings) -> int:
-    from postback.logs import configure_logging
-    from worker.process import deliver
+    from worker.entry import deliver
 
-    configure_logging(settings.log_level)
-    return deliver(settings, _client(settings))
+    return deliver(settings)
 
 
 def _client(settings: Settings) -> redis.Redis:
