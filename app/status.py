@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq import Queue, Worker
+from rq import Queue
 from rq.job import Job
 from rq.utils import utcparse
 
@@ -18,6 +18,7 @@ from callbacks.breaker import CircuitBreaker
 from callbacks.keys import DEFAULT_KEYS
 from callbacks.outbox import Outbox
 from postback import clock
+from worker import liveness
 from worker.jobs import LEASES_KEY, QUEUES, RETRY_KEY
 
 # How many open circuits `postback status` lists (it counts them all).
@@ -54,8 +55,8 @@ def queues(client: redis.Redis) -> dict[str, dict[str, Any]]:
 
 
 def workers(client: redis.Redis) -> int:
-    """RQ workers alive (each `postback worker` is one)."""
-    return Worker.count(connection=client)
+    """Workers alive: those whose heartbeat is recent (each `postback worker` is one)."""
+    return liveness.count(client)
 
 
 def jobs_processing(client: redis.Redis) -> int:

@@ -1,19 +1,98 @@
-"""`postback up`: the embedded Redis, the API and the workers, started and stopped together."""
+"""`postback up`: the embedded Redis, the API and the workers, started and stopped together.
+
+One `postback up` per data dir: it holds `<data_dir>/up.lock` (an flock, with its
+pid in the file) for as long as it runs, and a second one refuses to start. It
+is a subreaper: whatever its children start is handed to it if they die, and it
+stops all of it (workers' delivery and scheduler processes included) before it
+stops Redis and exits.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
-from postback.children import Children, die_with_parent
-from postback.embedded import EmbeddedRedis, write_private
+from postback.children import Children, Strays, become_subreaper, die_with_parent, python_command
+from postback.embedded import EmbeddedRedis, make_private, write_private
 from postback.settings import Settings
 
+# Beyond what a worker takes to stop its delivery process (`delivery_timeout_seconds` + 5).
 STOP_SECONDS = 7.0
+STRAYS_EVERY_SECONDS = 2.0
+LOCK_FILE = "up.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another `postback up` holds the data dir; `pid` is its process id (None if unreadable)."""
+
+    def __init__(self, data_dir: Path, pid: int | None) -> None:
+        self.data_dir = data_dir
+        self.pid = pid
+        super().__init__(
+            f"data dir {data_dir} is in use: already running (pid {pid if pid else '?'})"
+        )
+
+
+class DataDirLock:
+    """An exclusive flock on `<data_dir>/up.lock`, held while the object lives; the file says whose.
+
+    The kernel releases it when the process dies, however it dies: a lock is never stale.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        # Not inherited by children (Python's default): the lock dies with this process.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = self._holder()
+            os.close(self.fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise DataDirInUse(data_dir, holder) from None
+            raise
+        os.fchmod(self.fd, 0o600)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _holder(self) -> int | None:
+        # The holder writes its pid just after it takes the lock: wait for it a little.
+        deadline = time.monotonic() + 1.0
+        while True:
+            with contextlib.suppress(ValueError, OSError):
+                return int(os.pread(self.fd, 32, 0).decode().strip())
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)
+        os.close(self.fd)
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port (in use, not an address), or None."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror}"
+    with socket.socket(family, kind, proto) as sock:
+        # As gunicorn binds: a port left in TIME_WAIT is free, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror.lower()}"
+    return None
 
 
 class Supervisor:
@@ -39,7 +118,25 @@ class Supervisor:
         return token, True
 
     def run(self) -> int:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Run until SIGINT/SIGTERM; 1 at once, touching nothing, if data dir or port is in use."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            lock = DataDirLock(self.data_dir)
+        except DataDirInUse as exc:
+            print(f"postback: {exc}", file=sys.stderr)
+            return 1
+        try:
+            problem = port_problem(self.host, self.port)
+            if problem is not None:
+                print(f"postback: {problem}", file=sys.stderr)
+                return 1
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
+        make_private(self.data_dir)
+        become_subreaper()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
         token, generated = self.admin_token()
@@ -58,12 +155,22 @@ class Supervisor:
             "POSTBACK_ADMIN_TOKEN": token,
             "POSTBACK_DATA_DIR": str(self.data_dir),
         }
-        me = [sys.executable, "-m", "app.cli"]
-        # This process has no other threads, so a preexec_fn is safe here.
-        children = Children(env, stop_seconds=STOP_SECONDS, preexec_fn=die_with_parent)
-        children.add("api", [*me, "serve", "--host", self.host, "--port", str(self.port)])
+        # This process has no other threads, so a preexec_fn is safe here. A worker
+        # takes up to the delivery timeout and 5 s to stop its delivery process.
+        children = Children(
+            env,
+            stop_seconds=self.settings.delivery_timeout_seconds + 5 + STOP_SECONDS,
+            preexec_fn=die_with_parent,
+        )
+        api = python_command("app.cli", "serve", "--host", self.host, "--port", str(self.port))
+        children.add("api", api)
         for number in range(1, self.workers + 1):
-            children.add(f"worker-{number}", [*me, "worker"])
+            children.add(f"worker-{number}", python_command("worker"))
+
+        def keep(pid: int) -> bool:
+            return pid in children.pids() or (embedded is not None and embedded.owns(pid))
+
+        strays = Strays(keep, grace_seconds=self.settings.delivery_timeout_seconds + 5)
         children.start()
         print(f"Postback is up (data dir {self.data_dir})", flush=True)
         print(f"  API:      http://{self.host}:{self.port}  (spec at /openapi.yaml)", flush=True)
@@ -72,14 +179,21 @@ class Supervisor:
         if generated:
             print(f"  Admin token (kept in {self.data_dir / 'admin-token'}): {token}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
+        swept_at = time.monotonic()
         try:
             while not self.stopping:
                 children.supervise()
                 if embedded is not None:
                     embedded = self._supervise_redis(embedded, server.port)
+                if time.monotonic() - swept_at >= STRAYS_EVERY_SECONDS:
+                    # What a dead child left behind (a killed worker's children, say).
+                    strays.sweep()
+                    swept_at = time.monotonic()
                 time.sleep(0.2)
         finally:
             children.stop()
+            # Every process started below this one is gone before Redis stops.
+            strays.stop_all()
             if embedded is not None:
                 embedded.stop(wait_seconds=2.5)
             print("Postback stopped.", flush=True)

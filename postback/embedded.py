@@ -4,7 +4,11 @@ One server per data dir. Its state lives under `<data_dir>/redis/`: the config
 (with a generated password, mode 0600), the AOF, the pidfile, the log and
 `server.json`, which tells other processes (`postback worker`) where it listens.
 A server left behind by a crashed `postback up` is found through its pidfile and
-adopted when it answers, stopped when it does not; it is never duplicated.
+adopted when it answers, stopped when it does not; it is never duplicated
+(`postback up` adopts one only when no other `postback up` holds the data dir).
+Everything under `<data_dir>/redis/` is its owner's only: directories 0700, files
+0600 (the AOF holds the signing secrets); the server runs under umask 077, and
+`start` tightens what an older version left looser.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ class EmbeddedRedis:
         if existing is not None:
             return existing
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        make_private(self.dir)
         password = self._password()
         port = self.port or free_port()
         url = f"redis://:{password}@127.0.0.1:{port}/0"
@@ -143,6 +147,8 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            # What the server writes itself (AOF, RDB, log, pidfile) is its owner's only.
+            umask=PRIVATE_UMASK,
         )
         deadline = time.monotonic() + wait_seconds
         while time.monotonic() < deadline:
@@ -189,6 +195,10 @@ class EmbeddedRedis:
             return json.loads(self.statefile.read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+    def owns(self, pid: int) -> bool:
+        """Whether `pid` is this data dir's server (for `postback up`, which stops the rest)."""
+        return self._is_our_process(pid)
 
     def _is_our_process(self, pid: int) -> bool:
         """Whether `pid` is a valkey-server started for this data dir (pids get reused)."""
@@ -249,8 +259,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PRIVATE_UMASK = 0o077
+
+
+def make_private(directory: Path) -> None:
+    """Make `directory` and everything below it its owner's only: 0700 and 0600.
+
+    Symbolic links are left as they are (and not followed).
+    """
+    os.chmod(directory, 0o700)
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by its owner only."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)

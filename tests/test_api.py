@@ -9,6 +9,7 @@ import pytest
 from rq import Worker
 
 from tests.helpers import PROBLEM, stored_state
+from worker import liveness
 from worker.jobs import QUEUE_NAME
 
 
@@ -28,10 +29,12 @@ def test_readyz_needs_a_live_worker(client, redis_client):
     assert reply.status_code == 503 and reply.mimetype == PROBLEM
     worker = Worker([QUEUE_NAME], connection=redis_client)
     worker.register_birth()
+    liveness.beat(redis_client, worker.name)
     try:
         assert client.get("/readyz").status_code == 200
     finally:
         worker.register_death()
+        liveness.gone(redis_client, worker.name)
 
 
 def test_admin_creates_a_partner_with_a_key_and_a_whsec_secret(client, admin_headers, redis_client):

@@ -24,6 +24,7 @@ from app import create_app
 from postback.settings import Settings
 from tests.helpers import PROBLEM, bearer
 from tests.processes import POSTBACK, OwnRedis, cli_env, eventually, own_redis
+from worker import liveness
 from worker.jobs import QUEUE_NAME
 
 TIMEOUT_SECONDS = 1.0
@@ -87,6 +88,7 @@ def registered_worker(url: str) -> Worker:
     """An RQ worker registered on `url` (it runs nothing), so that /readyz can be ready."""
     worker = Worker([QUEUE_NAME], connection=redis.Redis.from_url(url))
     worker.register_birth()
+    liveness.beat(worker.connection, worker.name)
     return worker
 
 

@@ -28,8 +28,8 @@ def child_processes(worker_pid: int, *, named: bytes = b"") -> list[int]:
 
 
 def delivery_processes(worker_pid: int) -> list[int]:
-    """Live `postback deliver` processes whose parent is `worker_pid`."""
-    return child_processes(worker_pid, named=b"deliver")
+    """Live delivery processes whose parent is `worker_pid`."""
+    return child_processes(worker_pid, named=b"worker.deliver")
 
 
 def submit(client, partner, receiver, number: int) -> None:
@@ -68,9 +68,8 @@ def test_a_sigkilled_worker_leaves_no_child_behind(redis_url, redis_client):
         (delivery,) = eventually(
             lambda: delivery_processes(worker.pid), timeout_seconds=20, what="a delivery process"
         )
-        # RQ forks the scheduler from the worker, so it runs the worker's own command line.
         (scheduler,) = eventually(
-            lambda: child_processes(worker.pid, named=b"app.cli worker"),
+            lambda: child_processes(worker.pid, named=b"worker.scheduler"),
             timeout_seconds=20,
             what="a scheduler process",
         )

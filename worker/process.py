@@ -1,4 +1,4 @@
-"""A worker: an RQ worker (with the scheduler) in this process, a delivery process beside it."""
+"""A worker: an RQ worker in this process, a delivery process and a scheduler process beside it."""
 
 from __future__ import annotations
 
@@ -18,20 +18,19 @@ from callbacks.secrets import SecretStore
 from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
-from postback.children import Children, die_with_parent, orphaned
+from postback.children import Children, forks_die_with_parent, python_command
 from postback.connection import async_twin
 from postback.faults import FaultWatch, patiently
 from postback.resources import raise_file_limit
 from postback.settings import Settings
-from worker import reaper, registry, runtime
+from worker import liveness, reaper, registry, runtime
 from worker.deliveries import JobTimeline
+from worker.entry import PARENT_PID_ENV
 from worker.jobs import PRIORITIES, QUEUES
 from worker.patient import PatientWorker
 
 log = logging.getLogger(__name__)
 
-# Tells a delivery process which worker started it.
-PARENT_PID_ENV = "POSTBACK_WORKER_PID"
 SUPERVISE_EVERY_SECONDS = 0.5
 
 
@@ -92,33 +91,41 @@ def run(
     settings: Settings,
     client: redis.Redis,
     *,
-    delivery_command: list[str],
+    redis_url: str,
     queue_client: redis.Redis | None = None,
     burst: bool = False,
 ) -> None:
-    """Work jobs until SIGTERM/SIGINT (or, with `burst`, until idle), with a delivery process.
+    """Work jobs until SIGTERM/SIGINT (or, with `burst`, until idle), with its child processes.
 
     Jobs run in this process (RQ's SimpleWorker: no fork per job); webhooks are
-    delivered by `delivery_command`, a child process kept running beside it
-    (restarted if it dies, stopped when this process stops, and by the kernel
-    if this process is killed), so the two never wait on one interpreter lock.
+    delivered by a delivery process and RQ's scheduled jobs moved by a scheduler
+    process (`worker.scheduler`), children kept running beside it (restarted if
+    they die, stopped when this process stops, and by the kernel if this process
+    is killed), so that none waits on another's interpreter lock and none holds
+    a copy of this process's connections. `redis_url` is the server they talk to.
     `queue_client` is the connection RQ blocks on while it waits for jobs and
     keeps its own records with (default: `client`); the job store, the lease
-    renewals and the reaper use `client`. Redis faults are waited out, not fatal.
+    renewals, the heartbeat and the reaper use `client`. Redis faults are waited
+    out, not fatal.
     """
     registry.load(settings.handler_modules)
     runtime.configure(settings, client=client)
-    # RQ forks its scheduler from this thread; a SIGKILLed worker must not leave it behind.
-    os.register_at_fork(after_in_child=die_with_parent)
+    # Whatever this process forks (a handler's multiprocessing, say) dies with it too.
+    forks_die_with_parent()
     stop = threading.Event()
-    deliveries = Children(
-        {**os.environ, PARENT_PID_ENV: str(os.getpid())},
+    children = Children(
+        {**os.environ, "REDIS_URL": redis_url, PARENT_PID_ENV: str(os.getpid())},
         stop_seconds=settings.delivery_timeout_seconds + 5,
     )
-    deliveries.add("delivery process", delivery_command)
-    deliveries.start()
+    children.add("delivery process", python_command("worker.deliver"))
+    if not burst:
+        # In a burst, RQ moves the scheduled jobs once, in this process, and forks nothing.
+        children.add("scheduler", python_command("worker.scheduler"))
+    # Started from this thread, and restarted from one that lives as long as the
+    # process: the kernel's death signal follows the thread that started a child.
+    children.start()
     supervising = threading.Thread(
-        target=_supervise, args=(deliveries, stop), name="deliveries", daemon=True
+        target=_supervise, args=(children, stop), name="children", daemon=True
     )
     reaping = threading.Thread(
         target=reaper.run,
@@ -128,6 +135,7 @@ def run(
     )
     supervising.start()
     reaping.start()
+    beating: threading.Thread | None = None
     try:
         queue_client = queue_client or client
         # RQ's worker talks to Redis as it is made: wait for a Redis that answers.
@@ -141,28 +149,29 @@ def run(
             connection=queue_client,
             timeout_seconds=settings.redis_timeout_seconds,
         )
-        worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        beating = threading.Thread(
+            target=liveness.run, args=(client, worker.name, stop), name="liveness", daemon=True
+        )
+        beating.start()
+        worker.work(burst=burst, with_scheduler=burst, logging_level=settings.log_level)
     finally:
         stop.set()
         supervising.join()
-        deliveries.stop()
+        children.stop()
+        if beating is not None:
+            beating.join(timeout=settings.redis_timeout_seconds * 2)
 
 
-def _supervise(deliveries: Children, stop: threading.Event) -> None:
+def _supervise(children: Children, stop: threading.Event) -> None:
     while not stop.wait(SUPERVISE_EVERY_SECONDS):
-        deliveries.supervise()
+        children.supervise()
 
 
 def deliver(settings: Settings, client: redis.Redis) -> int:
     """Deliver webhooks until SIGTERM/SIGINT; attempts in flight finish first. Returns an exit code.
 
-    Started by a worker (`PARENT_PID_ENV` set), it stops when that worker dies.
+    Started by a worker, it stops when that worker dies (`worker.entry.deliver`).
     """
-    parent = os.environ.get(PARENT_PID_ENV)
-    if parent:
-        die_with_parent()
-        if orphaned(int(parent)):
-            return 0
     # The signals are taken by sigwait in this thread, not by a handler, which
     # could interrupt the dispatcher's own wait on `stop` and deadlock on its lock.
     stopping = {signal.SIGTERM, signal.SIGINT}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from app.cli.common import data_dir_option
@@ -64,30 +63,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from postback.logs import configure_logging
-    from worker.process import run
+    from worker.entry import work
 
-    configure_logging(settings.log_level)
-    url = redis_url(settings)
-    run(
-        settings,
-        connect(url, timeout_seconds=settings.redis_timeout_seconds),
-        delivery_command=[
-            *(sys.executable, "-m", "app.cli", "deliver"),
-            *("--data-dir", str(settings.data_dir)),
-        ],
-        queue_client=connect(url, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
-        burst=args.burst,
-    )
-    return 0
+    return work(settings, burst=args.burst)
 
 
 def _deliver(args: argparse.Namespace, settings: Settings) -> int:
-    from postback.logs import configure_logging
-    from worker.process import deliver
+    from worker.entry import deliver
 
-    configure_logging(settings.log_level)
-    return deliver(settings, client(settings))
+    return deliver(settings)
 
 
 def client(settings: Settings) -> Any:
