@@ -141,10 +141,10 @@ def reset_circuit() -> Response:
 def admin_job_view(svc: Services, job_id: str) -> dict[str, Any] | None:
     """Any partner's job as `GET /v1/jobs/{id}` returns it to that partner, plus its
     `partner_id`; None if there is no such job."""
-    record = svc.jobs.view(job_id) if ids.is_id("job", job_id) else None
-    if record is None:
+    found = svc.jobs.read(job_id) if ids.is_id("job", job_id) else None
+    if found is None:
         return None
-    return {**svc.jobs.public(record), "partner_id": record["partner_id"]}
+    return {**svc.jobs.public(found), "partner_id": found.job.partner_id}
 
 
 @bp.get("/jobs/<job_id>")
