@@ -188,6 +188,9 @@ class DeadLetterFilter(Schema):
 
 
 class DeadLetterQuery(DeadLetterFilter, Page):
+    class Meta:
+        unknown = RAISE
+
     cursor_prefix = "dlq"
 
 

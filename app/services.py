@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from flask import current_app
+from redis import Redis
 
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
@@ -25,7 +25,7 @@ from worker.runtime import job_store
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    redis: redis.Redis
+    redis: Redis
     jobs: JobStore
     partners: PartnerStore
     rate_limiter: RateLimiter
@@ -56,7 +56,7 @@ class Services:
 
     @classmethod
     def build(
-        cls, settings: Settings, client: redis.Redis, *, resolver: Resolver = system_resolver
+        cls, settings: Settings, client: Redis, *, resolver: Resolver = system_resolver
     ) -> Services:
         """The services over `client`."""
         return cls(

@@ -7,7 +7,7 @@ prints); the smaller readers are shared with the scrape-time gauges of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Queue
@@ -47,7 +47,7 @@ def queues(client: redis.Redis) -> dict[str, dict[str, Any]]:
         age = None
         head = queue.get_job_ids(0, 1)
         if head:
-            enqueued_at = client.hget(Job.key_for(head[0]), "enqueued_at")
+            enqueued_at = cast("bytes | None", client.hget(Job.key_for(head[0]), "enqueued_at"))
             if enqueued_at:
                 age = max(0.0, now - utcparse(enqueued_at.decode()).timestamp())
         found[name] = {"depth": queue.count, "oldest_age_seconds": age}
@@ -61,12 +61,12 @@ def workers(client: redis.Redis) -> int:
 
 def jobs_processing(client: redis.Redis) -> int:
     """Jobs running now, under a lease."""
-    return client.zcard(LEASES_KEY)
+    return cast(int, client.zcard(LEASES_KEY))
 
 
 def job_retries_scheduled(client: redis.Redis) -> int:
     """Jobs waiting out a retry delay before they go back on a queue."""
-    return client.zcard(RETRY_KEY)
+    return cast(int, client.zcard(RETRY_KEY))
 
 
 def deliveries(client: redis.Redis) -> dict[str, int]:
@@ -79,7 +79,7 @@ def deliveries(client: redis.Redis) -> dict[str, int]:
 
 def dead_letters(client: redis.Redis) -> int:
     """Dead letters stored (the list of them all)."""
-    return client.zcard(DEFAULT_KEYS.dead_indexes("", "")[0])
+    return cast(int, client.zcard(DEFAULT_KEYS.dead_indexes("", "")[0]))
 
 
 def open_circuit_count(client: redis.Redis) -> int:
@@ -94,7 +94,9 @@ def open_circuits(client: redis.Redis) -> list[dict[str, Any]]:
 
 def redis_info(client: redis.Redis) -> dict[str, Any]:
     """Server version, memory used and append-only file health."""
-    info = client.info("server") | client.info("memory") | client.info("persistence")
+    info: dict[str, Any] = {}
+    for section in ("server", "memory", "persistence"):
+        info |= cast("dict[str, Any]", client.info(section))
     return {
         "version": info.get("redis_version"),
         "valkey_version": info.get("valkey_version"),

@@ -91,7 +91,7 @@ def port_problem(host: str, port: int) -> str | None:
         try:
             sock.bind(address)
         except OSError as exc:
-            return f"cannot listen on {host}:{port}: {exc.strerror.lower()}"
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}"
     return None
 
 

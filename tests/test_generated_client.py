@@ -203,6 +203,13 @@ def test_every_operation_works_through_the_generated_client(
         assert secret.status_code == 200
         assert secret.parsed.signing_secret.startswith("whsec_")
         assert secret.parsed.signing_secret != gone.signing_secret
+        expired = drive.call("expirePartnerSecrets", ADMIN_TOKEN, gone.id)
+        assert expired.status_code == 200
+        assert (expired.parsed.id, expired.parsed.expired, expired.parsed.secrets) == (
+            gone.id,
+            1,
+            1,
+        )
         assert drive.call("disablePartner", ADMIN_TOKEN, gone.id).status_code == 204
         refused = drive.call("listJobs", key.parsed.api_key)
         assert refused.status_code == 401
@@ -229,6 +236,13 @@ def test_every_operation_works_through_the_generated_client(
         echo = wait_for_end(drive, acme.api_key, accepted.id)
         assert echo.status == models.JobStatus.COMPLETED
         assert echo.result == {"hello": "world"}
+        seen = drive.call("getAdminJob", ADMIN_TOKEN, accepted.id)
+        assert seen.status_code == 200
+        assert isinstance(seen.parsed, models.AdminJob)
+        assert (seen.parsed.id, seen.parsed.partner_id) == (accepted.id, acme.id)
+        assert seen.parsed.status == models.JobStatus.COMPLETED
+        nobody = drive.call("getAdminJob", ADMIN_TOKEN, "job_" + "0" * 26)
+        assert nobody.status_code == 404
         event = drive.event(good.wait_for(1, SETTLE_SECONDS)[0], acme.signing_secret)
         assert event.type_ == models.JobEventType.JOB_COMPLETED
         assert (event.data.id, event.data.result) == (accepted.id, {"hello": "world"})

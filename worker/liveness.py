@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import cast
 
 import redis
 
@@ -50,7 +51,7 @@ def gone(client: redis.Redis, name: str) -> None:
 
 def count(client: redis.Redis) -> int:
     """How many workers sent a heartbeat within the last `TTL_SECONDS`."""
-    return int(client.eval(_COUNT, 1, ALIVE_KEY, TTL_SECONDS))
+    return int(cast(str, client.eval(_COUNT, 1, ALIVE_KEY, TTL_SECONDS)))
 
 
 def run(client: redis.Redis, name: str, stop: threading.Event) -> None:

@@ -24,7 +24,7 @@ Exceptions (under `postback.errors.LimitExceeded`)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -206,4 +206,4 @@ def forget(pipe: redis.client.Pipeline, job_key: str) -> None:
 
 def retained_bytes(client: redis.Redis, partner_id: str) -> int:
     """The input and result bytes the partner's stored jobs hold."""
-    return int(client.get(retained_key(partner_id)) or 0)
+    return int(cast("bytes | None", client.get(retained_key(partner_id))) or 0)
