@@ -9,7 +9,8 @@ detail says nothing, its traceback logged. The API's own kinds live here:
 
     InvalidInput            422  with `errors`: field → messages
     ├── Malformed           400
-    │   └── UnsupportedMediaType 415
+    │   ├── UnsupportedMediaType 415
+    │   └── HostNotAllowed       400
     Unauthorized            401  with WWW-Authenticate: Bearer
     Forbidden               403
     NotFound                404
@@ -98,6 +99,10 @@ class UnsupportedMediaType(Malformed):
     """A body that is not declared as the media type the endpoint reads."""
 
 
+class HostNotAllowed(Malformed):
+    """A request whose Host is not in `POSTBACK_ALLOWED_HOSTS` (and no public URL is set)."""
+
+
 class LinkExpired(Expired):
     """A signed result link past its expiry."""
 
@@ -172,6 +177,7 @@ INTERNAL = Problem(500, "Internal Server Error", "internal", detail="an unexpect
 PROBLEMS: dict[type[Exception], Problem] = {
     InvalidInput: Problem(422, "Validation failed", "validation-failed", members=_field_errors),
     Malformed: Problem(400, "Malformed request", "malformed-request", members=_field_errors),
+    HostNotAllowed: Problem(400, "Host not allowed", "host-not-allowed"),
     UnsupportedMediaType: Problem(415, "Unsupported media type", "unsupported-media-type"),
     Unauthorized: Problem(401, "Unauthorized", "unauthorized", headers=_bearer_challenge),
     Forbidden: Problem(403, "Forbidden", "forbidden"),

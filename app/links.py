@@ -19,15 +19,8 @@ from collections.abc import Sequence
 
 from flask import request
 
-from app.errors import MalformedRequest
+from app.errors import HostNotAllowed
 from postback.settings import Settings
-
-
-class HostNotAllowed(MalformedRequest):
-    """The request's Host is not in `POSTBACK_ALLOWED_HOSTS` (and no public URL is set)."""
-
-    slug = "host-not-allowed"
-
 
 # A host name or a bracketed IPv6 address, then an optional port.
 _HOST = re.compile(r"(?P<name>[a-z0-9.-]+|\[[a-f0-9:.]+\])(?::(?P<port>[0-9]{1,5}))?")

@@ -8,6 +8,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 
+import itsdangerous
 import pytest
 
 from app import create_app
@@ -146,15 +147,20 @@ def test_large_results_are_served_by_a_signed_link(settings, redis_client, partn
     assert client.get("/" + path[:-3] + "abc").status_code == 404
 
 
-def test_an_expired_result_link_is_410(settings, redis_client, partner, work):
+def test_an_expired_result_link_is_410(settings, redis_client, partner, work, monkeypatch):
     """Past POSTBACK_RESULT_URL_TTL_SECONDS the link answers 410 Gone."""
     client = create_app(
-        asdict(replace(settings, inline_result_bytes=100, result_url_ttl_seconds=-1)),
+        asdict(replace(settings, inline_result_bytes=100, result_url_ttl_seconds=1)),
         client=redis_client,
     ).test_client()
     job_id = submit(client, partner, type="test.big", input={"bytes": 500})
     work()
     path = get(client, partner, job_id)["result_url"].split("://", 1)[1].split("/", 1)[1]
+    # The link is read two seconds later than it was made: past its one-second life.
+    made = itsdangerous.TimestampSigner.get_timestamp
+    monkeypatch.setattr(
+        itsdangerous.TimestampSigner, "get_timestamp", lambda signer: made(signer) + 2
+    )
     reply = client.get("/" + path)
     assert reply.status_code == 410 and reply.mimetype == "application/problem+json"
 

@@ -10,6 +10,7 @@ their host names resolve to nothing here.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app import create_app
 from postback.settings import Settings
+from worker import liveness, runtime
 from worker.jobs import QUEUE_NAME
 from worker.process import dispatcher, queues
 
@@ -60,9 +62,18 @@ def fuzzed_app(fuzz_settings: Settings, redis_client: redis.Redis) -> Iterator[F
     """The app, with a worker registered (it runs nothing) so that /readyz answers 200."""
     worker = Worker([QUEUE_NAME], connection=redis_client)
     worker.register_birth()
+    # Its liveness heartbeat, kept up for as long as the fuzzing lasts.
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=liveness.run, args=(redis_client, worker.name, stop), daemon=True
+    )
+    beat.start()
     yield create_app(
         dataclasses.asdict(fuzz_settings), client=redis_client, resolver=resolves_nothing
     )
+    stop.set()
+    beat.join()
+    liveness.gone(redis_client, worker.name)
     worker.register_death()
 
 
@@ -102,6 +113,7 @@ def partner_headers(
     submitted = client.post("/v1/jobs", json=doomed, headers=headers)
     cancelled = client.post(f"/v1/jobs/{submitted.json['id']}/cancel", headers=headers)
     assert (cancelled.status_code, cancelled.json["status"]) == (200, "cancelled")
+    runtime.configure(fuzz_settings)
     SimpleWorker(queues(redis_client), connection=redis_client).work(burst=True)
     completed = client.get("/v1/jobs?status=completed", headers=headers).json["items"]
     links = [job["result_url"] for job in completed if "result_url" in job]
