@@ -4,8 +4,10 @@ The first request with a key records a "processing" marker (SET NX), so
 concurrent duplicates cannot both create a job: they get 409 until the first
 one's response is stored, then that response. The response is stored in the
 same transaction that creates the job, so a crash cannot leave a job without
-its record. A key reused with a different body is a 422. Keys are scoped per
-partner and forgotten after `POSTBACK_IDEMPOTENCY_TTL_SECONDS`.
+its record; a submission that waited for its job (`Prefer: wait`) replaces it
+with the answer it gave in the end, so a replay answers what the first got. A
+key reused with a different body is a 422. Keys are scoped per partner and
+forgotten after `POSTBACK_IDEMPOTENCY_TTL_SECONDS`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,18 @@ class Stored:
     headers: dict[str, str]
 
 
+def _done(print_: str, stored: Stored) -> str:
+    """The record of a request answered with `stored`."""
+    record = {
+        "state": "done",
+        "fingerprint": print_,
+        "status": stored.status,
+        "body": stored.body,
+        "headers": stored.headers,
+    }
+    return json.dumps(record)
+
+
 class Idempotency:
     def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
         self.redis = client
@@ -101,14 +115,14 @@ class Idempotency:
         self, pipe: redis.client.Pipeline, partner_id: str, key: str, print_: str, stored: Stored
     ) -> None:
         """Keep the response, inside the transaction that made it."""
-        record = {
-            "state": "done",
-            "fingerprint": print_,
-            "status": stored.status,
-            "body": stored.body,
-            "headers": stored.headers,
-        }
-        pipe.set(self._key(partner_id, key), json.dumps(record), ex=self.ttl_seconds)
+        pipe.set(self._key(partner_id, key), _done(print_, stored), ex=self.ttl_seconds)
+
+    def replace(self, partner_id: str, key: str, print_: str, stored: Stored) -> None:
+        """Keep `stored` instead of the response `finish` kept, for the rest of the key's
+        time: the request was answered otherwise in the end (a `Prefer: wait` that saw
+        its job end). Nothing is kept if the key has been forgotten meanwhile."""
+        name = self._key(partner_id, key)
+        self.redis.set(name, _done(print_, stored), xx=True, keepttl=True)
 
     def abandon(self, partner_id: str, key: str) -> None:
         """Release the key of a request that failed before doing anything."""

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
-from app import correlation, hangup, links
+from app import correlation, hangup, links, prefer
 from app import idempotency as idem
 from app.auth import count_now, partner_required, partner_submitting
 from app.body import json_body
 from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
 from app.schemas import (
+    MAX_WAIT_SECONDS,
     JobListQuery,
     JobQuery,
     check_callback_url,
@@ -25,9 +28,12 @@ from callbacks.deadletters import DeadLetters
 from callbacks.model import PENDING_DELIVERY, Delivery
 from postback import clock, ids
 from postback import metrics as pm
+from postback.errors import LimitExceeded
 from postback.ratewindow import KeyChanged, RateLimited
 from worker import jobs as js
 from worker import quotas, registry
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -62,8 +68,14 @@ def _validated_input(job_type: str, data: dict[str, Any]) -> dict[str, Any]:
 @bp.post("")
 @partner_submitting
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    """Accept a job: 202 with its id and status URL; the work happens on a worker."""
+    """Accept a job: 202 with its id and status URL; the work happens on a worker.
+
+    With `Prefer: wait=N` (see `app.prefer`), 200 with the job if it ends within N seconds.
+    """
     base = base_url()  # a Host that is not allowed is refused before anything is read or written
+    asked = prefer.for_submission(
+        request.headers.getlist(prefer.HEADER), max_wait_seconds=MAX_WAIT_SECONDS
+    )
     raw = json_body()
     body = load_submission(raw)
     job_input = _validated_input(body["type"], body["input"])
@@ -108,6 +120,8 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
                 "Location": url,
                 "Retry-After": str(svc.settings.poll_after_seconds),
             }
+            if asked.respond_async:
+                response["headers"][prefer.APPLIED_HEADER] = prefer.RESPOND_ASYNC
             if key is not None:
                 svc.idempotency.finish(
                     pipe,
@@ -158,7 +172,41 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     # 503 here replays this response instead of making a second job.
     if unconfirmed is not None:
         raise unconfirmed
-    return jsonify(response["body"]), 202, response["headers"]
+    answer = idem.Stored(202, response["body"], response["headers"])
+    if asked.wait_seconds is not None:
+        answer = _prefer_wait(answer, asked.wait_seconds, key, print_)
+    return jsonify(answer.body), answer.status, answer.headers
+
+
+def _prefer_wait(accepted: idem.Stored, seconds: int, key: str | None, print_: str) -> idem.Stored:
+    """The answer to a submission made with `Prefer: wait=seconds`, once its job exists.
+
+    200 with the job if it ends within `seconds`, else `accepted` saying the wait was
+    applied; kept for the `Idempotency-Key` instead of `accepted`. The job exists
+    whatever happens here, so a wait the partner has no place for (it holds all its
+    `POSTBACK_PARTNER_MAX_WAITS`) or a Redis fault while waiting drops the preference,
+    not the request: `accepted` as it was stored.
+    """
+    svc = services()
+    job_id = accepted.body["id"]
+    applied = {prefer.APPLIED_HEADER: f"{prefer.WAIT}={seconds}"}
+    try:
+        job = _wait_for_end(job_id, seconds)
+        found = svc.jobs.read(job_id) if job is not None and job.status.terminal else None
+        if found is None:
+            answer = idem.Stored(202, accepted.body, {**accepted.headers, **applied})
+        else:
+            # The job itself, as at its URL: Content-Location names it (RFC 9110 §8.7).
+            headers = {"Content-Location": accepted.headers["Location"], **applied}
+            answer = idem.Stored(200, svc.jobs.public(found), headers)
+        if key is not None:
+            svc.idempotency.replace(g.partner_id, key, print_, answer)
+    except LimitExceeded:
+        return accepted
+    except redis.RedisError as exc:
+        log.warning("job %s: answered 202 without waiting: %s", job_id, type(exc).__name__)
+        return accepted
+    return answer
 
 
 def _own_job(job_id: str) -> js.Job:

@@ -143,11 +143,15 @@ def _plain_submission(data: Any) -> dict[str, Any] | None:
     }
 
 
+# The longest a request waits for a job's end (`?wait=`, `Prefer: wait`).
+MAX_WAIT_SECONDS = 30
+
+
 class JobQuery(Schema):
     class Meta:
         unknown = RAISE
 
-    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=30))
+    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS))
 
 
 class JobListQuery(Page):

@@ -236,6 +236,19 @@ def test_every_operation_works_through_the_generated_client(
         echo = wait_for_end(drive, acme.api_key, accepted.id)
         assert echo.status == models.JobStatus.COMPLETED
         assert echo.result == {"hello": "world"}
+        waited = drive.call(
+            "submitJob",
+            acme.api_key,
+            body=models.JobSubmission(
+                type_="echo", input_=models.JobSubmissionInput.from_dict({"quick": True})
+            ),
+            prefer="wait=20",
+        )
+        assert waited.status_code == 200, waited.content
+        assert isinstance(waited.parsed, models.Job)
+        assert waited.parsed.status == models.JobStatus.COMPLETED
+        assert waited.parsed.result == {"quick": True}
+        assert waited.headers["preference-applied"] == "wait=20"
         seen = drive.call("getAdminJob", ADMIN_TOKEN, accepted.id)
         assert seen.status_code == 200
         assert isinstance(seen.parsed, models.AdminJob)
@@ -364,7 +377,8 @@ def test_every_operation_works_through_the_generated_client(
         # -- listing jobs, a page at a time -----------------------------------------------
         jobs = page_through(drive, "listJobs", acme.api_key, limit=2)
         assert len(jobs) == len({job.id for job in jobs})
-        assert {job.id for job in jobs} == {accepted.id, big, running, queued, *doomed}
+        made = {accepted.id, waited.parsed.id, big, running, queued, *doomed}
+        assert {job.id for job in jobs} == made
         only = drive.call("listJobs", acme.api_key, status=models.JobStatus.CANCELLED)
         assert {job.id for job in only.parsed.items} == {running, queued}
 
