@@ -5,7 +5,7 @@ gives each class its status, problem type (`urn:postback:problem:<slug>`),
 title, headers and extension members, and an error is answered by the entry
 of the nearest class in its MRO. An error no entry covers is a 500 whose
 detail says nothing, its traceback logged. The API's own kinds live here:
-`UnsupportedMediaType` (415) and `LinkExpired` (410).
+`UnsupportedMediaType` (415), `LinkExpired` (410) and `NotCompleted` (409).
 
     InvalidInput            422  with `errors`: field → messages
     ├── Malformed           400
@@ -17,6 +17,7 @@ detail says nothing, its traceback logged. The API's own kinds live here:
     ├── Expired             410
     │   └── LinkExpired     410  "Link expired"
     Conflict                409
+    └── NotCompleted        409  "Job not completed", with `job_status`
     LimitExceeded           429  with Retry-After
     ├── RateLimited         429  and the RateLimit-* headers
     └── OverQuota           429  "Quota exceeded"
@@ -70,6 +71,7 @@ __all__ = [
     "Forbidden",
     "LinkExpired",
     "MalformedRequest",
+    "NotCompleted",
     "NotFound",
     "Problem",
     "Unauthorized",
@@ -105,6 +107,13 @@ class HostNotAllowed(Malformed):
 
 class LinkExpired(Expired):
     """A signed result link past its expiry."""
+
+
+class NotCompleted(Conflict):
+    """A job's result asked for before the job completed; `state` is the job's status."""
+
+    def __init__(self, detail: str, /, *, state: str) -> None:
+        super().__init__(detail, state=state)
 
 
 def _no_headers(exc: Any) -> dict[str, str]:
@@ -158,6 +167,11 @@ def _field_errors(exc: InvalidInput) -> dict[str, Any]:
     return {"errors": exc.errors} if exc.errors else {}
 
 
+def _job_status(exc: NotCompleted) -> dict[str, Any]:
+    # Not `status`: RFC 9457 gives that member to the HTTP status code.
+    return {"job_status": exc.state}
+
+
 def _cause(exc: RedisFault) -> dict[str, Any]:
     return {"cause": exc.cause}
 
@@ -185,6 +199,7 @@ PROBLEMS: dict[type[Exception], Problem] = {
     Expired: Problem(410, "Gone", "gone"),
     LinkExpired: Problem(410, "Link expired", "link-expired"),
     Conflict: Problem(409, "Conflict", "conflict"),
+    NotCompleted: Problem(409, "Job not completed", "job-not-completed", members=_job_status),
     LimitExceeded: Problem(429, "Too many requests", "rate-limited", headers=_retry_after),
     RateLimited: Problem(429, "Too many requests", "rate-limited", headers=_rate_limit),
     # A partner's own doing, so a 429, telling it about its own jobs only.

@@ -1,4 +1,4 @@
-"""Partner API: submit jobs, read them, list them."""
+"""Partner API: submit jobs, read them and their results, list them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from app import correlation, hangup, links, prefer
 from app import idempotency as idem
 from app.auth import count_now, partner_required, partner_submitting
 from app.body import json_body
-from app.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from app.errors import Conflict, NotCompleted, NotFound, Unauthorized, ValidationFailed
 from app.schemas import (
     MAX_WAIT_SECONDS,
     JobListQuery,
@@ -258,6 +258,30 @@ def _wait_for_end(job_id: str, seconds: int) -> js.Job | None:
                     break
                 job = jobs.view(job_id)
         return job
+
+
+@bp.get("/<job_id>/result")
+@partner_required
+def get_job_result(job_id: str) -> Response:
+    """A completed job's result: the JSON itself, or a 303 to its signed link when it is
+    too large to show inline; 409 naming the job's status before it completed."""
+    job = _own_job(job_id)
+    if job.status is not js.COMPLETED:
+        raise NotCompleted(_not_completed(job.status), state=str(job.status))
+    url = services().jobs.result_url(job)
+    if url is not None:
+        moved = Response(status=303, headers={"Location": url})
+        del moved.headers["Content-Type"]  # no body, so no type
+        return moved
+    return jsonify(job.result)
+
+
+def _not_completed(status: js.JobStatus) -> str:
+    if status is js.FAILED:
+        return "the job failed: it has no result"
+    if status is js.CANCELLED:
+        return "the job was cancelled: it has no result"
+    return f"the job has not completed yet: it is {status}"
 
 
 @bp.post("/<job_id>/cancel")

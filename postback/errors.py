@@ -24,7 +24,8 @@ Exceptions::
     │   └── Expired                     it was there; its time is up
     │       └── LinkExpired             app.errors: a signed result link past its expiry
     ├── Conflict                        state: what the thing is in, that forbids the change
-    │   └── PartnerDisabled             app.partners_store: partner_id
+    │   ├── PartnerDisabled             app.partners_store: partner_id
+    │   └── NotCompleted                app.errors: a job's result before the job completed
     ├── LimitExceeded                   limit, retry_after_seconds
     │   ├── RateLimited                 postback.ratewindow: reset (seconds, as Redis gave it)
     │   └── OverQuota                   worker.quotas: used

@@ -236,6 +236,8 @@ def test_every_operation_works_through_the_generated_client(
         echo = wait_for_end(drive, acme.api_key, accepted.id)
         assert echo.status == models.JobStatus.COMPLETED
         assert echo.result == {"hello": "world"}
+        result = drive.call("getJobResult", acme.api_key, accepted.id)
+        assert (result.status_code, result.parsed) == (200, {"hello": "world"})
         waited = drive.call(
             "submitJob",
             acme.api_key,
@@ -281,6 +283,11 @@ def test_every_operation_works_through_the_generated_client(
         large = wait_for_end(drive, acme.api_key, big)
         assert large.status == models.JobStatus.COMPLETED
         assert isinstance(large.result_url, str)
+        moved = drive.call("getJobResult", acme.api_key, big)
+        assert moved.status_code == 303
+        # A link signed afresh: the same result, whatever its timestamp.
+        blob = {"blob": "x" * INLINE_RESULT_BYTES * 2}
+        assert httpx.get(moved.headers["location"]).json() == blob
         token = urlsplit(large.result_url).path.rsplit("/", 1)[-1]
         result = drive.call("getResult", None, token)
         assert result.status_code == 200
@@ -293,6 +300,10 @@ def test_every_operation_works_through_the_generated_client(
             timeout_seconds=SETTLE_SECONDS,
             what="the sleep job runs",
         )
+        early = drive.call("getJobResult", acme.api_key, running)
+        assert early.status_code == 409
+        assert isinstance(early.parsed, models.JobNotCompletedProblem)
+        assert early.parsed.job_status == models.JobStatus.PROCESSING
         # The only worker is busy: this one waits in its queue.
         queued = submit(drive, acme.api_key, "echo", {})
         cancelled = drive.call("cancelJob", acme.api_key, queued)

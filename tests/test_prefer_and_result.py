@@ -1,16 +1,18 @@
-"""`Prefer: wait` and `respond-async` on submission."""
+"""`Prefer: wait` and `respond-async` on submission, and `GET /v1/jobs/{id}/result`."""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import asdict, replace
+from urllib.parse import urlsplit
 
 import pytest
 
 from app import create_app
 from app.prefer import for_submission, parse
 from app.services import services
+from tests.helpers import PROBLEM
 
 # Generous: bounds a wait for something that takes well under a second.
 SETTLE_SECONDS = 25
@@ -49,6 +51,10 @@ def job_ids(client, partner):
 
 def get_job(client, partner, job_id):
     return client.get(f"/v1/jobs/{job_id}", headers=partner["headers"])
+
+
+def get_result(client, partner, job_id):
+    return client.get(f"/v1/jobs/{job_id}/result", headers=partner["headers"])
 
 
 # -- parsing Prefer ----------------------------------------------------------------------
@@ -168,3 +174,74 @@ def test_an_idempotent_replay_keeps_the_202_a_wait_answered(client, partner, wor
     assert again.headers["Preference-Applied"] == "wait=1"
     assert again.headers["Idempotent-Replayed"] == "true"
     assert job_ids(client, partner) == [first.json["id"]]
+
+
+# -- GET /v1/jobs/{id}/result ------------------------------------------------------------
+
+
+def test_a_completed_jobs_result_is_the_body(client, partner, work):
+    """A completed job's result is answered 200 as JSON, as the handler returned it."""
+    job_id = submit(client, partner, input={"hello": "world"}).json["id"]
+    work(deliveries=False)
+    reply = get_result(client, partner, job_id)
+    assert reply.status_code == 200
+    assert reply.json == {"hello": "world"}
+
+
+def test_a_large_result_is_a_303_to_its_signed_link(settings, redis_client, partner, work):
+    """A result over the inline bound is a 303 to the signed result_url, which serves it."""
+    client = create_app(
+        asdict(replace(settings, inline_result_bytes=100)), client=redis_client
+    ).test_client()
+    job_id = submit(client, partner, type="test.big", input={"bytes": 500}).json["id"]
+    work(deliveries=False)
+    reply = get_result(client, partner, job_id)
+    assert reply.status_code == 303
+    assert reply.data == b""
+    link = urlsplit(reply.headers["Location"])
+    assert link.path.startswith("/v1/results/")
+    followed = client.get(link.path)  # no API key: the link is the credential
+    assert followed.status_code == 200
+    assert followed.json == {"blob": "x" * 500}
+
+
+def _not_completed(reply, status):
+    assert reply.status_code == 409
+    assert reply.mimetype == PROBLEM
+    problem = reply.json
+    assert problem["type"] == "urn:postback:problem:job-not-completed"
+    assert (problem["status"], problem["job_status"]) == (409, status)
+
+
+def test_a_queued_jobs_result_is_409_naming_its_status(client, partner):
+    """Before the job has run, /result is a 409 problem with job_status `queued`."""
+    job_id = submit(client, partner).json["id"]
+    _not_completed(get_result(client, partner, job_id), "queued")
+
+
+def test_a_failed_jobs_result_is_409_naming_its_status(client, partner, work):
+    """A failed job has no result: 409 with job_status `failed`."""
+    job_id = submit(client, partner, type="test.fail").json["id"]
+    work(deliveries=False)
+    reply = get_result(client, partner, job_id)
+    _not_completed(reply, "failed")
+    assert "failed" in reply.json["detail"]
+
+
+def test_a_cancelled_jobs_result_is_409_naming_its_status(client, partner):
+    """A cancelled job has no result: 409 with job_status `cancelled`."""
+    job_id = submit(client, partner).json["id"]
+    assert client.post(f"/v1/jobs/{job_id}/cancel", headers=partner["headers"]).status_code == 200
+    _not_completed(get_result(client, partner, job_id), "cancelled")
+
+
+def test_another_partners_result_is_404(client, partner, admin_headers, work):
+    """Another partner's job, an unknown id and a malformed id are 404, as for GET the job."""
+    job_id = submit(client, partner).json["id"]
+    work(deliveries=False)
+    made = client.post("/v1/admin/partners", json={"name": "Other"}, headers=admin_headers)
+    other = {"headers": {"Authorization": f"Bearer {made.json['api_key']}"}}
+    for reader, wanted in ((other, job_id), (partner, "job_" + "0" * 26), (partner, "nope")):
+        reply = get_result(client, reader, wanted)
+        assert (reply.status_code, reply.mimetype) == (404, PROBLEM)
+    assert get_result(client, partner, job_id).status_code == 200
