@@ -55,12 +55,14 @@ def create_app(
     shedding.register(flask_app, Shedder(probe_seconds=2 * settings.redis_timeout_seconds))
     flask_app.after_request(add_rate_limit_headers)
 
-    from app import admin, health, jobs, metrics, partners, results
+    from app import admin, events, health, jobs, metrics, partners, results, streams
 
     flask_app.register_blueprint(health.bp)
     flask_app.register_blueprint(health.docs)
     flask_app.register_blueprint(partners.bp)
     flask_app.register_blueprint(jobs.bp)
+    flask_app.register_blueprint(streams.bp)
+    flask_app.register_blueprint(events.bp)
     flask_app.register_blueprint(admin.bp)
     flask_app.register_blueprint(results.bp)
     flask_app.register_blueprint(metrics.bp)

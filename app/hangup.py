@@ -19,13 +19,19 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
+
+
+class Wakeable(Protocol):
+    """What a hang-up wakes: a `threading.Event`, an `app.hub.Watch`."""
+
+    def set(self) -> None: ...
 
 
 class Hangup:
     """The watch on one request's connection; `gone()` after it was woken."""
 
-    def __init__(self, sock: Any, woken: threading.Event) -> None:
+    def __init__(self, sock: Any, woken: Wakeable) -> None:
         self._sock = sock
         self._woken = woken
         self._watcher: Any = None
@@ -71,7 +77,7 @@ class _Never(Hangup):
 
 
 @contextlib.contextmanager
-def watch(environ: dict[str, Any], woken: threading.Event) -> Iterator[Hangup]:
+def watch(environ: dict[str, Any], woken: Wakeable) -> Iterator[Hangup]:
     """Watch the request's connection while inside; a hang-up sets `woken`."""
     sock = environ.get("gunicorn.socket")
     if sock is None or not _under_gevent():

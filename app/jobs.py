@@ -310,7 +310,7 @@ def list_deliveries(job_id: str) -> Response:
     """Every HTTP attempt made to deliver the job's webhook, oldest first."""
     job = _own_job(job_id)
     outbox = services().jobs.outbox
-    items = outbox.attempts(job.event_id) if job.event_id else []
+    items = outbox.attempts(job.event_id) if job.callback_url and job.event_id else []
     return jsonify({"items": items})
 
 
@@ -319,7 +319,7 @@ def list_deliveries(job_id: str) -> Response:
 def redeliver(job_id: str) -> tuple[Response, int]:
     """Send the job's final webhook again, with the same webhook-id and a fresh budget."""
     job = _own_job(job_id)
-    if not job.event_id:
+    if not job.callback_url or not job.event_id:
         raise Conflict(
             "the job has no webhook to redeliver: it has no callback URL or has not ended"
         )

@@ -15,6 +15,7 @@ from callbacks.deadletters import Filter
 from callbacks.errors import UnsafeUrl
 from callbacks.ssrf import checked_destination, resolve_and_check
 from postback import ids
+from worker import feed
 from worker import jobs as js
 
 
@@ -157,6 +158,23 @@ class JobQuery(Schema):
 class JobListQuery(Page):
     cursor_prefix = "job"
     status = fields.String(load_default=None, validate=validate.OneOf(js.STATUSES))
+
+
+class FeedQuery(Schema):
+    """`GET /v1/events`: where to start, how many, how long to wait, and whether to sign."""
+
+    class Meta:
+        unknown = RAISE
+
+    after = fields.String(
+        load_default=None,
+        validate=validate.Regexp(
+            feed.CURSOR, error="must be a cursor from this feed, like 1765000000000-0"
+        ),
+    )
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+    wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS))
+    signed = fields.Boolean(load_default=False)
 
 
 class DestinationField(fields.String):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from flask import current_app
 from redis import Redis
 
+from app.hub import Hub
 from app.idempotency import Idempotency
 from app.partners_store import PartnerStore
 from app.throttle import Backlog, MemoryHeadroom, RateLimiter
@@ -33,6 +34,8 @@ class Services:
     idempotency: Idempotency
     url_policy: UrlPolicy
     waits: Waits
+    # The process's one subscription, shared by every request that waits (`app.hub`).
+    hub: Hub
     # Resolves callback host names (tests substitute their own DNS).
     resolver: Resolver
     memory: MemoryHeadroom
@@ -59,6 +62,7 @@ class Services:
         cls, settings: Settings, client: Redis, *, resolver: Resolver = system_resolver
     ) -> Services:
         """The services over `client`."""
+        hub = Hub(client)
         return cls(
             settings,
             client,
@@ -68,7 +72,8 @@ class Services:
             Backlog(client, settings.max_backlog),
             Idempotency(client, ttl_seconds=settings.idempotency_ttl_seconds),
             url_policy(settings),
-            Waits(client, max_per_partner=settings.partner_max_waits),
+            Waits(client, max_per_partner=settings.partner_max_waits, hub=hub),
+            hub,
             resolver,
             MemoryHeadroom(client),
         )

@@ -44,6 +44,16 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         # spent on these objects (tens of thousands), and set the API's p99.
         gc.freeze()
 
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # Out of the signal handler: waits and streams end now, within the graceful timeout.
+        gevent.spawn(self._stop_waits)
+
+    def _stop_waits(self) -> None:
+        services = getattr(self.wsgi, "extensions", {}).get("postback")
+        if services is not None:
+            services.hub.stop()
+
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         self.connection.served = 0
         super().handle(listener, client, addr)

@@ -4,6 +4,11 @@ Entries are `{"event", "at", ...details}`, appended in order to a Redis list
 kept to the last `MAX_ENTRIES`. Anyone may record (the API, a worker, the
 delivery dispatcher), inside their own transaction when they pass a pipeline.
 The events are `Event`'s, the strings the API's `timeline[].event` carries.
+
+Beside the list, a counter of every entry ever appended (`count_key`) numbers
+the entries: the n-th entry of a job keeps its number `n` when older entries
+are trimmed, which is what a job's event stream gives as message ids. Each
+append is also published on the job's `channel`, as is each progress report.
 """
 
 from __future__ import annotations
@@ -40,6 +45,21 @@ def key(subject: str) -> str:
     return f"pb:timeline:{subject}"
 
 
+def count_key(subject: str) -> str:
+    """How many entries the timeline of `subject` has had, trimmed ones included."""
+    return f"pb:timeline:{subject}:n"
+
+
+def channel(subject: str) -> str:
+    """Published to when the job `subject` records an entry or reports progress."""
+    return f"pb:job:{subject}:events"
+
+
+# What is published on `channel`: a new entry, or new progress.
+NEWS_ENTRY = "entry"
+NEWS_PROGRESS = "progress"
+
+
 def record(
     target: redis.Redis | redis.client.Pipeline,
     subject: str,
@@ -69,9 +89,24 @@ def append(
     `new` for the first entries of a new job's timeline (fewer than `MAX_ENTRIES`)."""
     if not subject or not entries:
         return
+    if not isinstance(target, redis.client.Pipeline):
+        with target.pipeline(transaction=True) as pipe:
+            append(pipe, subject, *entries, new=new)
+            pipe.execute()
+        return
     target.rpush(key(subject), *entries)
+    target.incrby(count_key(subject), len(entries))
     if not new or len(entries) > MAX_ENTRIES:
         target.ltrim(key(subject), -MAX_ENTRIES, -1)
+    target.publish(channel(subject), NEWS_ENTRY)
+
+
+def numbered(entries: list[bytes], count: bytes | int | None) -> list[tuple[int, dict[str, Any]]]:
+    """The entries of one read of the list and of its `count_key`, each with its number
+    (from 1). A timeline older than its counter counts from its first retained entry."""
+    total = max(int(count or 0), len(entries))
+    first = total - len(entries) + 1
+    return [(first + index, json.loads(item)) for index, item in enumerate(entries)]
 
 
 def read(client: redis.Redis, subject: str) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 from app import create_app, throttle
 from tests.helpers import PROBLEM
 from worker import jobs as js
-from worker import quotas, reaper
+from worker import feed, quotas, reaper
 from worker.runtime import job_store
 
 MAX_BACKLOG = 3
@@ -75,15 +75,16 @@ def test_a_submission_past_the_retained_bytes_quota_is_429_and_stores_nothing(
 def test_retained_bytes_count_results_and_go_down_when_retention_removes_jobs(
     client, partner, redis_client, settings, work
 ):
-    """A stored result adds its bytes, and removing the job at the end of its retention
-    subtracts exactly what it held, once, down to zero."""
+    """A stored result and the feed's copy of the webhook add their bytes, and removing the
+    job at the end of its retention subtracts exactly what it held, once, down to zero."""
     job_id = submit(client, partner, input={"blob": "y" * 500}).json["id"]
     input_bytes = retained(redis_client, partner)
     assert input_bytes == len('{"blob":"' + "y" * 500 + '"}')
     work(deliveries=False)
     assert redis_client.hget(js.job_key(job_id), "status") == b"completed"
-    # echo's result is its input: the same bytes again.
-    assert retained(redis_client, partner) == 2 * input_bytes
+    # echo's result is its input: the same bytes again; the webhook in the feed counts too.
+    (event,) = feed.page(redis_client, partner["id"], after=None, limit=10)
+    assert retained(redis_client, partner) == 2 * input_bytes + len(event.body)
     store = job_store(redis_client, settings)
     redis_client.zadd(js.RETENTION_KEY, {job_id: 0})
     assert reaper.reap(store, settings).removed == 1

@@ -154,6 +154,7 @@ class JobStore:
         self.get = records.get
         self.view = records.view
         self.read = records.read
+        self.history = records.history
         self.result = records.result
         self.result_url = records.result_url
         self.set_progress = records.set_progress

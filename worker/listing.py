@@ -54,7 +54,7 @@ class Listing:
             fields = reads.parse(reply)
             if fields is not None:
                 found.append((Job.from_hash(fields), entries))
-        event_ids = [job.event_id for job, _ in found if job.event_id]
+        event_ids = [job.event_id for job, _ in found if job.callback_url and job.event_id]
         deliveries = dict(zip(event_ids, self.outbox.get_many(event_ids), strict=True))
         return [
             JobRead(job, timeline_of(entries), deliveries.get(job.event_id or ""))

@@ -184,6 +184,15 @@ class JobRead:
 
 
 @dataclass(frozen=True)
+class JobHistory:
+    """A job with its timeline entries, each with its number (`timeline.numbered`), as one
+    read saw them: what a job's event stream sends from."""
+
+    job: Job
+    entries: tuple[tuple[int, dict[str, Any]], ...]
+
+
+@dataclass(frozen=True)
 class JobSnapshot:
     """A job, its timeline and their version (see `worker.guard`), as one read saw them.
 

@@ -20,7 +20,7 @@ from callbacks.outbox import Outbox
 from postback import timeline
 from worker import quotas, reads
 from worker.guard import Snapshot
-from worker.model import Job, JobRead, JobSnapshot, JobStatus, Priority
+from worker.model import Job, JobHistory, JobRead, JobSnapshot, JobStatus, Priority
 from worker.results import ResultLinks
 from worker.view import shows_result_link
 
@@ -99,8 +99,20 @@ class Records:
         if fields is None:
             return None
         job = Job.from_hash(fields)
-        delivery = self.outbox.get(job.event_id) if job.event_id else None
+        delivery = self.outbox.get(job.event_id) if job.callback_url and job.event_id else None
         return JobRead(job, timeline_of(entries), delivery)
+
+    def history(self, job_id: str) -> JobHistory | None:
+        """The job as `view` reads it with its numbered timeline, in one atomic read."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            reads.read_view(pipe, job_key(job_id), inline_result_bytes=self.inline_result_bytes)
+            pipe.get(timeline.count_key(job_id))
+            pipe.lrange(timeline.key(job_id), 0, -1)
+            reply, count, entries = pipe.execute()
+        fields = reads.parse(reply)
+        if fields is None:
+            return None
+        return JobHistory(Job.from_hash(fields), tuple(timeline.numbered(entries, count)))
 
     def result(self, job_id: str) -> tuple[JobStatus, Any] | None:
         """(status, result) of the job, reading nothing else; None if there is no job."""
@@ -118,7 +130,10 @@ class Records:
         return self.links.url(job.base_url, job.id)
 
     def set_progress(self, job_id: str, percent: int) -> None:
-        self.redis.hset(job_key(job_id), "progress", str(percent))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(job_key(job_id), "progress", str(percent))
+            pipe.publish(timeline.channel(job_id), timeline.NEWS_PROGRESS)
+            pipe.execute()
 
     def remove(self, job_id: str) -> None:
         """Delete a finished job and everything that belongs to it (retention).
@@ -131,10 +146,12 @@ class Records:
             pipe.zrem(RETENTION_KEY, job_id)
             if job is not None:
                 quotas.forget(pipe, job_key(job_id))
-                pipe.delete(timeline.key(job_id))
+                pipe.delete(timeline.key(job_id), timeline.count_key(job_id))
                 pipe.zrem(partner_index(job.partner_id), job_id)
                 pipe.zrem(partner_index(job.partner_id, job.status), job_id)
-                delivery = self.outbox.get(job.event_id) if job.event_id else None
+                delivery = (
+                    self.outbox.get(job.event_id) if job.callback_url and job.event_id else None
+                )
                 if delivery is not None and not delivery.dead_letter_id:
                     self.outbox.forget(delivery.id, delivery.owner, pipeline=pipe)
             pipe.execute()

@@ -25,7 +25,7 @@ from rq import Queue
 from callbacks.outbox import Outbox
 from postback import clock, ids, timeline
 from postback import metrics as pm
-from worker import quotas
+from worker import feed, quotas
 from worker.enqueue import Enqueuer
 from worker.guard import Guard, Outcome
 from worker.model import Cancel, Job, JobSnapshot, JobStatus, Priority
@@ -49,10 +49,11 @@ CANCELLED_BEFORE_START = {"code": "cancelled", "message": "cancelled before it s
 CANCELLED_WHILE_RUNNING = {"code": "cancelled", "message": "cancelled while running"}
 
 # Queued → processing, decided in Redis (one round trip; `Transitions.start`).
-# KEYS: job, timeline, queued schedule, leases. ARGV: job id, now, run id, lease
-# until, now as RFC 3339, timeline length kept, the two statuses, the two
-# statuses' partner indexes (%s for the partner id). The timeline entry is the
-# one `timeline.record(..., "started", attempt=n)` writes (a test compares them).
+# KEYS: job, timeline, queued schedule, leases, timeline count. ARGV: job id, now,
+# run id, lease until, now as RFC 3339, timeline length kept, the two statuses, the
+# two statuses' partner indexes (%s for the partner id), the job's channel. The
+# timeline entry is the one `timeline.record(..., "started", attempt=n)` writes (a
+# test compares them), counted and published as `timeline.append` does.
 _START = """
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[7] then return {} end
 local partner = redis.call('HGET', KEYS[1], 'partner_id')
@@ -65,20 +66,25 @@ redis.call('ZREM', string.format(ARGV[9], partner), ARGV[1])
 redis.call('ZADD', string.format(ARGV[10], partner), 0, ARGV[1])
 redis.call('RPUSH', KEYS[2],
            '{"event":"started","at":' .. cjson.encode(ARGV[5]) .. ',"attempt":' .. attempt .. '}')
+redis.call('INCR', KEYS[5])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+redis.call('PUBLISH', ARGV[11], ARGV[12])
 return snapshot(KEYS[1], KEYS[2])
 """
 
 # A cancel request, decided in Redis (`Transitions.request_cancel`): recorded only
-# on a job that is processing, whose run's end then sees it. KEYS: job, timeline.
-# ARGV: now as RFC 3339, timeline length kept, the processing status. Returns the
-# snapshot after, whatever the status (the caller reads the status from it).
+# on a job that is processing, whose run's end then sees it. KEYS: job, timeline,
+# timeline count. ARGV: now as RFC 3339, timeline length kept, the processing
+# status, the job's channel, what is published. Returns the snapshot after,
+# whatever the status (the caller reads the status from it).
 _CANCEL = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 if redis.call('HGET', KEYS[1], 'status') == ARGV[3] then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   redis.call('RPUSH', KEYS[2], '{"event":"cancel_requested","at":' .. cjson.encode(ARGV[1]) .. '}')
+  redis.call('INCR', KEYS[3])
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
 end
 return snapshot(KEYS[1], KEYS[2])
 """
@@ -147,7 +153,13 @@ class Transitions:
         now = clock.now()
         return snapshot_of(
             self._start(
-                keys=[job_key(job_id), timeline.key(job_id), QUEUED_KEY, LEASES_KEY],
+                keys=[
+                    job_key(job_id),
+                    timeline.key(job_id),
+                    QUEUED_KEY,
+                    LEASES_KEY,
+                    timeline.count_key(job_id),
+                ],
                 args=[
                     job_id,
                     repr(now),
@@ -159,6 +171,8 @@ class Transitions:
                     JobStatus.PROCESSING,
                     partner_index("%s", JobStatus.QUEUED),
                     partner_index("%s", JobStatus.PROCESSING),
+                    timeline.channel(job_id),
+                    timeline.NEWS_ENTRY,
                 ],
             )
         )
@@ -258,8 +272,14 @@ class Transitions:
         while True:
             seen = snapshot_of(
                 self._cancel(
-                    keys=[job_key(job_id), timeline.key(job_id)],
-                    args=[clock.rfc3339(clock.now()), timeline.MAX_ENTRIES, JobStatus.PROCESSING],
+                    keys=[job_key(job_id), timeline.key(job_id), timeline.count_key(job_id)],
+                    args=[
+                        clock.rfc3339(clock.now()),
+                        timeline.MAX_ENTRIES,
+                        JobStatus.PROCESSING,
+                        timeline.channel(job_id),
+                        timeline.NEWS_ENTRY,
+                    ],
                 )
             )
             if seen is None:
@@ -347,31 +367,35 @@ class Transitions:
             fields["error"] = json.dumps(error, separators=(",", ":"))
         cancelled = status is JobStatus.CANCELLED
         step = timeline.Event.CANCELLED if cancelled else timeline.Event.FINISHED
+        # Every end has its webhook event: sent to the callback URL if there is one, and in
+        # the partner's feed (`worker.feed`) either way.
+        fields["event_id"] = ids.new_id("msg")
+        ended = replace(
+            job,
+            status=status,
+            finished_at=finished_at,
+            run_id=None,
+            lease_until=None,
+            progress=100 if stored_result is not None else job.progress,
+            result=json.loads(stored_result) if stored_result is not None else None,
+            result_bytes=len(stored_result or ""),
+            error=error,
+            event_id=fields["event_id"],
+        )
+        # The timeline the webhook carries ends with this very step.
+        steps = (
+            *seen.timeline,
+            {"event": str(step), "at": clock.rfc3339(finished_at), "status": str(status)},
+        )
+        message = webhook(ended, timeline=steps, result_url=self.records.result_url(ended))
         if job.callback_url:
-            fields["event_id"] = ids.new_id("msg")
-            ended = replace(
-                job,
-                status=status,
-                finished_at=finished_at,
-                run_id=None,
-                lease_until=None,
-                progress=100 if stored_result is not None else job.progress,
-                result=json.loads(stored_result) if stored_result is not None else None,
-                result_bytes=len(stored_result or ""),
-                error=error,
-                event_id=fields["event_id"],
-            )
-            # The timeline the webhook carries ends with this very step.
-            steps = (
-                *seen.timeline,
-                {"event": str(step), "at": clock.rfc3339(finished_at), "status": str(status)},
-            )
-            message = webhook(ended, timeline=steps, result_url=self.records.result_url(ended))
             self.outbox.add(message, job.callback_url, pipeline=pipe)
+        feed.append(pipe, message, now=finished_at, retention_seconds=self.retention_seconds)
         key = job_key(job.id)
         pipe.hset(key, mapping=fields)
-        if stored_result is not None:
-            quotas.count_result(pipe, key, job.partner_id, len(stored_result))
+        # The feed's copy of the webhook counts against the partner's storage like a result.
+        retained = len(stored_result or "") + len(message.body)
+        quotas.count_result(pipe, key, job.partner_id, retained)
         pipe.hdel(key, "cancel_requested")
         pipe.zrem(LEASES_KEY, job.id)
         pipe.zrem(QUEUED_KEY, job.id)
