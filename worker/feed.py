@@ -63,7 +63,7 @@ def append(
         "job_id": message.subject,
         "body": message.body,
     }
-    pipe.xadd(name, fields, minid=str(oldest_ms), approximate=True)  # type: ignore[arg-type]
+    pipe.xadd(name, fields, minid=str(oldest_ms), approximate=False)  # type: ignore[arg-type]
     pipe.expire(name, max(1, math.ceil(retention_seconds)))
     pipe.publish(channel(message.owner), "new")
 
