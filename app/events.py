@@ -92,7 +92,7 @@ def _items(
 
 def _stream(svc: Services, query: dict[str, Any]) -> Response:
     after = sse.last_event_id() or query["after"]
-    if after is not None and not feed.CURSOR.match(after):
+    if after is not None and not feed.is_cursor(after):
         raise Malformed(
             "Last-Event-ID is not a cursor of this feed",
             errors={"Last-Event-ID": ["must be an id this stream sent, like 1765000000000-0"]},

@@ -160,6 +160,11 @@ class JobListQuery(Page):
     status = fields.String(load_default=None, validate=validate.OneOf(js.STATUSES))
 
 
+def _feed_cursor(text: str) -> None:
+    if not feed.is_cursor(text):
+        raise ValidationError("must be a cursor from this feed, like 1765000000000-0")
+
+
 class FeedQuery(Schema):
     """`GET /v1/events`: where to start, how many, how long to wait, and whether to sign."""
 
@@ -168,9 +173,7 @@ class FeedQuery(Schema):
 
     after = fields.String(
         load_default=None,
-        validate=validate.Regexp(
-            feed.CURSOR, error="must be a cursor from this feed, like 1765000000000-0"
-        ),
+        validate=_feed_cursor,
     )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
     wait = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS))

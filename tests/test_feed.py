@@ -130,11 +130,16 @@ def test_the_feed_is_the_partners_own_and_checks_its_parameters(
     other = client.post("/v1/admin/partners", json={"name": "Other"}, headers=admin_headers).json
     stranger = {"Authorization": f"Bearer {other['api_key']}"}
     assert client.get("/v1/events", headers=stranger).json["items"] == []
-    for query in ("?limit=0", "?limit=501", "?wait=31", "?after=abc", "?after=1-2-3", "?x=1"):
+    too_big = f"{2**64}-0"
+    bad = ("?limit=0", "?limit=501", "?wait=31", "?after=abc", "?after=1-2-3", "?x=1")
+    for query in (*bad, f"?after={too_big}"):
         reply = client.get(f"/v1/events{query}", headers=partner["headers"])
         assert reply.status_code == 422, query
         assert reply.mimetype == "application/problem+json"
     assert client.get("/v1/events").status_code == 401
+    # The greatest cursor there can be: nothing after it, and no error.
+    last = events(client, partner, f"?after={feed.LAST_CURSOR}")
+    assert last == {"items": [], "next_cursor": feed.LAST_CURSOR}
 
 
 def test_events_older_than_the_retention_are_trimmed(redis_client):

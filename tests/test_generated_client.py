@@ -277,6 +277,17 @@ def test_every_operation_works_through_the_generated_client(
         assert second.headers["webhook-id"] == first.headers["webhook-id"]
         assert again.parsed.webhook_id == first.headers["webhook-id"]
         assert drive.event(second, acme.signing_secret).data.id == accepted.id
+        # The job has ended and its webhook is delivered: its stream replays and ends.
+        followed = drive.call("streamJobEvents", acme.api_key, accepted.id)
+        assert followed.status_code == 200
+        assert b"event: end\n" in followed.content
+        feed = drive.call("listEvents", acme.api_key, signed=True)
+        assert feed.status_code == 200
+        assert isinstance(feed.parsed, models.FeedPage)
+        (item,) = [i for i in feed.parsed.items if i.data.id == accepted.id]
+        assert item.webhook_id == first.headers["webhook-id"]
+        assert item.type_ == models.FeedEventType.JOB_COMPLETED
+        assert item.webhook.headers.webhook_id == item.webhook_id
 
         # -- a large result, by its link --------------------------------------------------
         big = submit(drive, acme.api_key, "test.big", {"bytes": INLINE_RESULT_BYTES * 2})

@@ -9,8 +9,8 @@ import pytest
 
 from app import create_app, throttle
 from tests.helpers import PROBLEM
-from worker import jobs as js
 from worker import feed, quotas, reaper
+from worker import jobs as js
 from worker.runtime import job_store
 
 MAX_BACKLOG = 3

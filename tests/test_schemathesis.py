@@ -68,9 +68,13 @@ def fuzzed_app(fuzz_settings: Settings, redis_client: redis.Redis) -> Iterator[F
         target=liveness.run, args=(redis_client, worker.name, stop), daemon=True
     )
     beat.start()
-    yield create_app(
+    app = create_app(
         dataclasses.asdict(fuzz_settings), client=redis_client, resolver=resolves_nothing
     )
+    # Waits and streams answer at once, as in a server that is stopping: a fuzzed feed
+    # cursor past every event would otherwise wait out its `wait`, and a stream never end.
+    app.extensions["postback"].hub.stop()
+    yield app
     stop.set()
     beat.join()
     liveness.gone(redis_client, worker.name)

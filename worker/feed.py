@@ -22,8 +22,17 @@ import redis
 
 from callbacks.model import Message
 
-# A cursor: a stream entry id.
+# A cursor: a stream entry id, two unsigned 64-bit numbers (`is_cursor`).
 CURSOR = re.compile(r"\A\d{1,20}-\d{1,20}\Z")
+_MAX_PART = 2**64 - 1
+LAST_CURSOR = f"{_MAX_PART}-{_MAX_PART}"
+
+
+def is_cursor(text: str) -> bool:
+    """Whether `text` is a cursor of a feed: `<ms>-<seq>`, each below 2**64."""
+    if not CURSOR.match(text):
+        return False
+    return all(int(part) <= _MAX_PART for part in text.split("-"))
 
 
 def key(partner_id: str) -> str:
@@ -70,6 +79,8 @@ def append(
 
 def page(client: redis.Redis, partner_id: str, *, after: str | None, limit: int) -> list[FeedEvent]:
     """Up to `limit` events after the cursor `after` (from the oldest kept without one)."""
+    if after == LAST_CURSOR:
+        return []  # nothing can come after it (and Redis refuses the range)
     start = f"({after}" if after else "-"
     entries = cast(list[Any], client.xrange(key(partner_id), start, "+", count=limit))
     return [_event(entry_id, fields) for entry_id, fields in entries]
