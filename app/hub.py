@@ -76,6 +76,8 @@ class Watch:
         While a channel is not subscribed the wait is at most
         `FALLBACK_POLL_SECONDS`, and its end counts as a wake.
         """
+        if self._hub.stopping:
+            return True
         live = self.live
         if not live:
             seconds = min(seconds, FALLBACK_POLL_SECONDS)
