@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
 import redis
 
 from app.hub import Hub
-from tests.processes import eventually, own_redis
+from tests.processes import eventually, own_redis, wait_gone
 
 SETTLE_SECONDS = 20.0
 
@@ -55,11 +57,13 @@ def test_watches_poll_while_redis_is_down_and_hear_again_after_it_restarts(tmp_p
         hub = Hub(client)
         with hub.watch("pb:test:job") as watch:
             assert watch.live
-            server.restart()
+            os.kill(server.running.pid, signal.SIGKILL)
+            wait_gone([server.running.pid], SETTLE_SECONDS)
             eventually(lambda: not watch.live, timeout_seconds=SETTLE_SECONDS, what="not live")
             started = time.monotonic()
             assert watch.sleep(30)  # a poll's end counts as a wake
             assert time.monotonic() - started < 25
+            server.running = server.embedded.start()  # on the same port, from the same files
             eventually(lambda: watch.live, timeout_seconds=SETTLE_SECONDS, what="live again")
             # Woken once on resubscription (a change meanwhile was not heard): look again.
             watch.sleep(0)
