@@ -81,8 +81,13 @@ class Watch:
         live = self.live
         if not live:
             seconds = min(seconds, FALLBACK_POLL_SECONDS)
-        woken = self._event.wait(max(0.0, seconds))
-        self._event.clear()
+        self._event.wait(max(0.0, seconds))
+        # The flag, not wait()'s answer: a wait that timed out answers False even when
+        # the event was set before the waiter ran again, and clearing it then would lose
+        # that wake. Cleared only when seen set: a set after this look stays for the next.
+        woken = self._event.is_set()
+        if woken:
+            self._event.clear()
         return woken or not live or self._hub.stopping
 
 

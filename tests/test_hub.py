@@ -72,6 +72,24 @@ def test_watches_poll_while_redis_is_down_and_hear_again_after_it_restarts(tmp_p
         client.close()
 
 
+class _SetAsItTimesOut(threading.Event):
+    """An event whose wait times out just as it is set: the wait answers False, the flag
+    is set (gevent's and the threading module's waits both answer so)."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.set()
+        return False
+
+
+def test_a_wake_that_comes_as_a_sleep_times_out_is_not_lost(redis_client):
+    """A change heard as a sleep times out (a stream's keep-alive or lease renewal falls due)
+    counts as a wake: the sleep says to look again, it is not cleared away unseen."""
+    hub = Hub(redis_client)
+    with hub.watch("pb:test:late") as watch:
+        watch._event = _SetAsItTimesOut()
+        assert watch.sleep(0.01)
+
+
 def test_stop_wakes_every_watch_for_good(redis_client):
     """`stop` (the server is going down) wakes every watch, and later sleeps end at once."""
     hub = Hub(redis_client)
