@@ -128,6 +128,8 @@ def _run(
             if now - written >= KEEPALIVE_SECONDS:
                 yield comment("keep-alive")
                 written = now
+                # And a look without news: a source removed meanwhile (retention) ends here.
+                break
             if now - renewed >= PLACE_RENEW_SECONDS:
                 place.renew(PLACE_LEASE_SECONDS)
                 renewed = now

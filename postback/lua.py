@@ -26,9 +26,18 @@ import redis.asyncio
 
 from postback import connection
 
+# The first line of a script that writes more than once. A script that declares flags
+# (here none) is refused whole while Redis is over its maxmemory. Without it Redis refuses
+# each write that may grow memory until the script has made any write at all (one that
+# frees memory, an EXPIRE), and lets every later one through: part of the script applied.
+ALL_OR_NOTHING = "#!lua\n"
+
 # ARGV from `first` on: each write as its argument count, then its arguments.
 # As in MULTI/EXEC, a failing write does not stop the others; the first error is returned.
-WRITES = """
+# It opens its script (`ALL_OR_NOTHING`): scripts start with it.
+WRITES = (
+    ALL_OR_NOTHING
+    + """
 local function apply_writes(first)
   local i, failed = first, nil
   while i <= #ARGV do
@@ -40,6 +49,7 @@ local function apply_writes(first)
   return failed
 end
 """
+)
 
 
 class Script:

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from postback import clock, timeline
+from tests.processes import own_redis
 from worker import jobs as js
 from worker.guard import Guard, Outcome
 from worker.runtime import job_store
@@ -112,3 +113,26 @@ def test_a_failing_write_raises_after_the_others_are_made(redis_client):
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         guard.write(writes)
     assert redis_client.hget("pb:test:after", "b") == b"2"
+
+
+def test_writes_are_applied_all_or_nothing_when_redis_is_out_of_memory(tmp_path):
+    """Over maxmemory a script of writes is refused whole: a write that frees memory (an
+    EXPIRE) does not let the writes after it through, so nothing of it is applied."""
+    with own_redis(tmp_path / "redis") as server:
+        client = server.client()
+        client.set("pb:test:kept", "1")
+        guard = Guard(client)
+        writes = guard.recorder()
+        writes.expire("pb:test:kept", 3600)
+        writes.hset("pb:test:record", "status", "completed")
+        writes.rpush("pb:test:list", "entry")
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)
+        try:
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                guard.write(writes)
+        finally:
+            client.config_set("maxmemory", 0)
+        assert client.ttl("pb:test:kept") == -1
+        assert not client.exists("pb:test:record", "pb:test:list")
+        client.close()

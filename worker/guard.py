@@ -52,8 +52,8 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 # ARGV: the expected version, then the writes.
 # Returns {0} if the record is gone, {1, snapshot} if it changed, {2} if applied.
 _APPLY = (
-    _VERSION
-    + lua.WRITES
+    lua.WRITES
+    + _VERSION
     + """
 local current = snapshot(KEYS[1], KEYS[2])
 if not current then return {0} end
@@ -96,7 +96,7 @@ class Guard:
         KEYS[2])` after its writes, or `{}` to decline. Called with `keys` and
         `args`, it returns that snapshot, or None.
         """
-        script = self.redis.register_script(_VERSION + body)
+        script = self.redis.register_script(lua.ALL_OR_NOTHING + _VERSION + body)
         return lambda *, keys, args: _snapshot(script(keys=keys, args=args))
 
     def read(self, key: str, timeline_key: str) -> Snapshot | None:
