@@ -46,6 +46,13 @@ def _act_as(partner_id: str) -> None:
     logs.add(partner_id=partner_id)
 
 
+def still_valid() -> Callable[[], bool]:
+    """For a long answer (a stream): whether the request's partner key still names the
+    partner it named, the partner enabled; a rotated key or a disabled partner ends it."""
+    token, partner_id, partners = _bearer(), g.partner_id, services().partners
+    return lambda: partners.authenticate(token) == partner_id
+
+
 def partner_required(view: Callable[..., Any]) -> Callable[..., Any]:
     """Only a partner's API key passes; `g.partner_id` names the partner."""
 

@@ -20,6 +20,7 @@ import redis
 from flask import Response, request
 
 from app import hangup
+from app.auth import still_valid
 from app.hub import Hub, Watch
 from app.waits import Place, Waits
 
@@ -92,10 +93,11 @@ def stream(
     places = contextlib.ExitStack()
     place = places.enter_context(waits.hold(partner_id, PLACE_LEASE_SECONDS))
     environ = request.environ
+    allowed = still_valid()
 
     def body() -> Iterator[bytes]:
         with places, hub.watch(*channels) as watch, hangup.watch(environ, watch) as client:
-            yield from _run(step, watch, client, place, hub, pace or Pace())
+            yield from _run(step, watch, client, place, hub, pace or Pace(), allowed)
 
     response = Response(body(), mimetype=MEDIA_TYPE)
     response.headers["Cache-Control"] = "no-cache"
@@ -106,7 +108,13 @@ def stream(
 
 
 def _run(
-    step: Step, watch: Watch, client: hangup.Hangup, place: Place, hub: Hub, pace: Pace
+    step: Step,
+    watch: Watch,
+    client: hangup.Hangup,
+    place: Place,
+    hub: Hub,
+    pace: Pace,
+    allowed: Callable[[], bool],
 ) -> Iterable[bytes]:
     yield retry()
     written = renewed = time.monotonic()
@@ -126,6 +134,12 @@ def _run(
         while True:
             now = time.monotonic()
             if now - written >= KEEPALIVE_SECONDS:
+                # The key may have been rotated or the partner disabled since the stream began.
+                try:
+                    if not allowed():
+                        return
+                except redis.RedisError:
+                    return
                 yield comment("keep-alive")
                 written = now
                 # And a look without news: a source removed meanwhile (retention) ends here.

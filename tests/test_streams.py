@@ -238,3 +238,26 @@ def test_progress_is_published_on_the_jobs_channel(redis_client, settings, clien
         pubsub.close()
     assert heard == [timeline.NEWS_PROGRESS.encode(), timeline.NEWS_ENTRY.encode()]
     assert redis_client.hget(js.job_key(job_id), "progress") == b"40"
+
+
+def test_a_stream_ends_when_its_key_is_rotated(client, partner, admin_headers, monkeypatch):
+    """A stream whose API key is rotated away (or whose partner is disabled) ends at its
+    next keep-alive instead of going on for the old key."""
+    from app import sse
+
+    monkeypatch.setattr(sse, "KEEPALIVE_SECONDS", 0.2)
+    job_id = client.post(
+        "/v1/jobs", json={"type": "echo", "input": {}}, headers=partner["headers"]
+    ).json["id"]
+    reply = client.get(f"/v1/jobs/{job_id}/events", headers=partner["headers"], buffered=False)
+    chunks = iter(reply.response)
+    opened = b""
+    while b"event: enqueued" not in opened:
+        opened += next(chunks)
+    assert next(chunks) == b": keep-alive\n\n"  # the key still works: the stream goes on
+    rotated = client.post(f"/v1/admin/partners/{partner['id']}/rotate-key", headers=admin_headers)
+    assert rotated.status_code == 200
+    # Bounded: a stream that went on would send a keep-alive every 0.2 s.
+    rest = [chunk for _, chunk in zip(range(20), chunks, strict=False)]
+    assert rest == []
+    reply.close()
