@@ -11,7 +11,16 @@ import json
 import time
 from pathlib import Path
 
-from bench import accept, dead_letters, delivery, io_model, lifecycle, longpoll, pipeline
+from bench import (
+    accept,
+    dead_letters,
+    delivery,
+    io_model,
+    lifecycle,
+    longpoll,
+    pipeline,
+    streams,
+)
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -21,6 +30,7 @@ def run(quick: bool) -> dict:
     sections = {
         "accept": (accept.main, accept.report),
         "longpoll": (lambda q: longpoll.main(q, 200 if q else 2000), longpoll.report),
+        "streams": (lambda q: streams.main(streams.QUICK if q else streams.FULL), streams.report),
         "pipeline": (pipeline.main, pipeline.report),
         "delivery": (delivery.main, delivery.report),
         "io_model": (io_model.main, io_model.report),

@@ -156,6 +156,29 @@ def test_the_long_poll_benchmark_holds_its_waits_while_submitting(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_stream_benchmark_hears_every_change_and_leaves_nothing_held(tmp_path):
+    """A quick P9 run hears every change on its streams, and the API lets go of them after."""
+    from bench import streams
+
+    results = streams.main(streams.QUICK, data_parent=str(tmp_path))
+    many = results["many"]
+    assert many["streams"] == streams.QUICK.streams
+    for kind in ("progress", "burst", "cancelled", "end"):
+        assert many[kind]["lost"] == 0
+        assert many[kind]["p99_ms"] > 0
+    assert many["refused"] == many["errors"] == many["not_ended"] == 0
+    assert many["cancel_failures"] == 0 and many["stalled"] is None
+    for kind in ("progress", "cancelled"):
+        assert results["baseline"][kind]["lost"] == 0
+        assert results["ratio_p99"][kind] > 0
+    polls = results["long_polls"]
+    assert polls["cancelled"]["lost"] == 0 and polls["not_ended"] == 0
+    assert results["released"]["channels"] == results["released"]["waits"] == 0
+    assert many["rss_open_mib"] > 0
+    assert "P9" in streams.report(results)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_pipeline_benchmark_runs_and_reports(tmp_path):
     """A quick pipeline benchmark delivers every job's webhook, with 1 and 2 workers."""
     from bench import pipeline
@@ -178,7 +201,16 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     import sys
 
     from bench import __main__ as harness
-    from bench import accept, dead_letters, delivery, io_model, lifecycle, longpoll, pipeline
+    from bench import (
+        accept,
+        dead_letters,
+        delivery,
+        io_model,
+        lifecycle,
+        longpoll,
+        pipeline,
+        streams,
+    )
 
     calls = []
     for module in (accept, pipeline, delivery, io_model, lifecycle):
@@ -188,6 +220,8 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
         longpoll, "main", lambda quick, waits: calls.append((longpoll, waits)) or {}
     )
     monkeypatch.setattr(longpoll, "report", lambda results: "ok")
+    monkeypatch.setattr(streams, "main", lambda shape: calls.append((streams, shape)) or {})
+    monkeypatch.setattr(streams, "report", lambda results: "ok")
     monkeypatch.setattr(
         dead_letters,
         "main",
@@ -207,6 +241,7 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     assert [module for module, _ in calls] == [
         accept,
         longpoll,
+        streams,
         pipeline,
         delivery,
         io_model,
@@ -215,6 +250,7 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     ]
     assert (accept, True) in calls and (delivery, True) in calls and (io_model, True) in calls
     assert (dead_letters, 1000) in calls and (longpoll, 200) in calls
+    assert (streams, streams.QUICK) in calls
     written = (tmp_path / "results.json").read_text()
     assert '"quick": true' in written and "dead_letters" in written
 
