@@ -23,6 +23,7 @@ from app import hangup
 from app.auth import still_valid
 from app.hub import Hub, Watch
 from app.waits import Place, Waits
+from postback.connection import current_tenant, on_behalf_of
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,17 @@ def stream(
     place = places.enter_context(waits.hold(partner_id, PLACE_LEASE_SECONDS))
     environ = request.environ
     allowed = still_valid()
+    # The body runs after the view has returned: its Redis reads take their turn as the
+    # partner's, as the view's did (`postback.connection.on_behalf_of`).
+    tenant = current_tenant()
 
     def body() -> Iterator[bytes]:
-        with places, hub.watch(*channels) as watch, hangup.watch(environ, watch) as client:
+        with (
+            on_behalf_of(tenant),
+            places,
+            hub.watch(*channels) as watch,
+            hangup.watch(environ, watch) as client,
+        ):
             yield from _run(step, watch, client, place, hub, pace or Pace(), allowed)
 
     response = Response(body(), mimetype=MEDIA_TYPE)

@@ -261,3 +261,30 @@ def test_a_stream_ends_when_its_key_is_rotated(client, partner, admin_headers, m
     rest = [chunk for _, chunk in zip(range(20), chunks, strict=False)]
     assert rest == []
     reply.close()
+
+
+def test_a_streams_reads_wait_for_redis_as_its_partners_do(app, client, partner, work):
+    """The stream's reads after the view has returned take their turn for a Redis
+    connection as the partner's (the fair queue's tenant), as the view's own reads do."""
+    from app.partners_store import hash_api_key
+    from postback.connection import current_tenant
+
+    job_id = client.post(
+        "/v1/jobs", json={"type": "echo", "input": {}}, headers=partner["headers"]
+    ).json["id"]
+    work()
+    jobs = app.extensions["postback"].jobs
+    tenants = []
+    history = jobs.history
+
+    def recording(job: str):
+        tenants.append(current_tenant())
+        return history(job)
+
+    jobs.history = recording
+    try:
+        text = client.get(f"/v1/jobs/{job_id}/events", headers=partner["headers"]).get_data()
+    finally:
+        jobs.history = history
+    assert b"event: end" in text
+    assert tenants and set(tenants) == {hash_api_key(partner["api_key"])}
