@@ -9,6 +9,10 @@ adopted when it answers, stopped when it does not; it is never duplicated
 Everything under `<data_dir>/redis/` is its owner's only: directories 0700, files
 0600 (the AOF holds the signing secrets); the server runs under umask 077, and
 `start` tightens what an older version left looser.
+
+The same class runs each member of an HA set (`postback.ha`): named, its files
+are under `<data_dir>/redis/<name>/`, its config and password are the set's, and
+a Sentinel runs with `--sentinel` and no data.
 """
 
 from __future__ import annotations
@@ -60,12 +64,26 @@ class EmbeddedRedis:
     """Start, find, adopt and stop the server that belongs to one data dir."""
 
     def __init__(
-        self, data_dir: Path, *, port: int = 0, maxmemory: str = DEFAULT_MAXMEMORY
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        maxmemory: str = DEFAULT_MAXMEMORY,
+        name: str | None = None,
+        password: str | None = None,
+        sentinel: bool = False,
     ) -> None:
+        """The data dir's server; with `name`, the member of its HA set of that name.
+
+        A `password` given is the one in the config written beforehand (an HA set's);
+        otherwise one is generated. A `sentinel` keeps no data and no AOF.
+        """
         self.data_dir = Path(data_dir).resolve()
         self.maxmemory = maxmemory
-        self.dir = self.data_dir / "redis"
+        self.dir = self.data_dir / "redis" if name is None else self.data_dir / "redis" / name
         self.port = port
+        self.password = password
+        self.sentinel = sentinel
         self.pidfile = self.dir / "valkey.pid"
         self.statefile = self.dir / "server.json"
         self.logfile = self.dir / "valkey.log"
@@ -89,13 +107,17 @@ class EmbeddedRedis:
         state = self._read_state()
         if state and state.get("pid") == pid and _answers(state["url"], wait_seconds=3.0):
             return RunningServer(pid=pid, port=state["port"], url=state["url"], adopted=True)
-        self._terminate(pid)
+        _terminate([pid], wait_seconds=8.0)
         return None
 
     def alive(self) -> bool:
         """Whether the process in this data dir's pidfile lives (no PING: cheap)."""
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        """The pid of this server's live process (pidfile, no PING), or None."""
         pid = self._read_pid()
-        return pid is not None and _alive(pid)
+        return pid if pid is not None and _alive(pid) and self._is_our_process(pid) else None
 
     def url(self) -> str | None:
         """URL of the running server of this data dir, if any (for `postback worker`)."""
@@ -111,24 +133,24 @@ class EmbeddedRedis:
             return existing
         self.dir.mkdir(parents=True, exist_ok=True)
         make_private(self.dir)
-        password = self._password()
+        password = self.password or self._password()
         port = self.port or free_port()
         url = f"redis://:{password}@127.0.0.1:{port}/0"
+        if self.sentinel:
+            kind = ["--sentinel"]
+        else:
+            kind = ["--appendonly", "yes", "--maxmemory", self.maxmemory]
+            kind += ["--maxmemory-policy", "noeviction"]
         command = [
             server_binary(),
             str(self.conffile),
+            *kind,
             "--dir",
             str(self.dir),
             "--bind",
             "127.0.0.1",
             "--port",
             str(port),
-            "--appendonly",
-            "yes",
-            "--maxmemory",
-            self.maxmemory,
-            "--maxmemory-policy",
-            "noeviction",
             "--pidfile",
             str(self.pidfile),
             "--logfile",
@@ -166,11 +188,7 @@ class EmbeddedRedis:
 
     def stop(self, *, wait_seconds: float = 8.0) -> None:
         """Stop the server of this data dir (SIGTERM: it flushes its AOF and exits)."""
-        pid = self._read_pid()
-        if pid is not None and self._is_our_process(pid):
-            self._terminate(pid, wait_seconds=wait_seconds)
-        with contextlib.suppress(FileNotFoundError):
-            self.statefile.unlink()
+        stop_servers([self], wait_seconds=wait_seconds)
 
     # -- internals -----------------------------------------------------------
 
@@ -209,12 +227,28 @@ class EmbeddedRedis:
         args = [part.decode(errors="replace") for part in cmdline]
         return bool(args) and "valkey-server" in args[0] and str(self.dir) in args
 
-    def _terminate(self, pid: int, *, wait_seconds: float = 8.0) -> None:
+
+def stop_servers(servers: list[EmbeddedRedis], *, wait_seconds: float = 8.0) -> None:
+    """Stop `servers` together: SIGTERM to each, SIGKILL to those alive after `wait_seconds`."""
+    pids = []
+    for server in servers:
+        pid = server._read_pid()
+        if pid is not None and server._is_our_process(pid):
+            pids.append(pid)
+    _terminate(pids, wait_seconds=wait_seconds)
+    for server in servers:
+        with contextlib.suppress(FileNotFoundError):
+            server.statefile.unlink()
+
+
+def _terminate(pids: list[int], *, wait_seconds: float) -> None:
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + wait_seconds
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

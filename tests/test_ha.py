@@ -1,0 +1,158 @@
+"""The HA set on one machine: a primary, replicas and three Sentinels (real processes), its
+failover, its members coming back, and `postback up --replicas` with `postback status`."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from postback.embedded import EmbeddedRedis, EmbeddedRedisError
+from postback.ha import DOWN_AFTER_MILLISECONDS, QUORUM, SERVICE, HaSet
+from postback.ha_view import Role
+from tests.ha import ha_set, kill, member, sentinel
+from tests.processes import eventually, valkey_pids
+
+
+def data_client(ha: HaSet, port: int) -> redis.Redis:
+    return redis.Redis(port=port, password=ha.data_password, socket_timeout=5)
+
+
+def test_the_set_starts_with_a_primary_its_replicas_and_three_sentinels(data_dir: Path) -> None:
+    """A started set has one primary, two replicas following it with their links up and
+    three Sentinels naming it; a write on the primary reaches both replicas."""
+    with ha_set(data_dir, replicas=2) as ha:
+        members = ha.members()
+        assert [(m.name, m.role) for m in members] == [
+            ("primary", Role.PRIMARY),
+            ("replica-1", Role.REPLICA),
+            ("replica-2", Role.REPLICA),
+            ("sentinel-1", Role.SENTINEL),
+            ("sentinel-2", Role.SENTINEL),
+            ("sentinel-3", Role.SENTINEL),
+        ]
+        assert all(m.up and m.pid for m in members)
+        assert len({m.port for m in members}) == 6
+        primary = ("127.0.0.1", members[0].port)
+        assert all(m.primary == primary for m in members[1:])
+        assert all(m.link_up for m in members if m.role == Role.REPLICA)
+        assert sorted(valkey_pids(data_dir)) == sorted(m.pid for m in members if m.pid)
+        assert sentinel(ha).discover_master(SERVICE) == primary
+
+        sentinel(ha).master_for(SERVICE).set("greeting", "hello")
+        for replica in members[1:3]:
+            client = data_client(ha, replica.port)
+            eventually(
+                lambda client=client: client.get("greeting") == b"hello",
+                timeout_seconds=10,
+                what=f"the write on {replica.name}",
+            )
+            assert client.config_get("appendonly")["appendonly"] == "yes"
+            client.close()
+
+
+def test_the_sentinels_watch_the_service_with_the_documented_settings(data_dir: Path) -> None:
+    """Each Sentinel watches `postback` with quorum 2 and DOWN_AFTER_MILLISECONDS, behind its
+    own password; `ha.json` and every file of the set are its owner's only."""
+    with ha_set(data_dir, replicas=1) as ha:
+        for address in ha.sentinels():
+            client = redis.Redis(*address, password=ha.sentinel_password, socket_timeout=5)
+            master = client.sentinel_master(SERVICE)
+            assert master["quorum"] == QUORUM
+            assert master["down-after-milliseconds"] == DOWN_AFTER_MILLISECONDS
+            client.close()
+            # No retries: redis-py would otherwise retry the auth error as a connection error.
+            wrong = redis.Redis(*address, password=ha.data_password, retry=Retry(NoBackoff(), 0))
+            with pytest.raises(redis.AuthenticationError):
+                wrong.ping()
+            wrong.close()
+        state = json.loads((data_dir / "redis" / "ha.json").read_text())
+        assert state["service"] == SERVICE
+        assert [(m["name"], m["role"]) for m in state["members"]][:2] == [
+            ("primary", "primary"),
+            ("replica-1", "replica"),
+        ]
+        assert {m["pid"] for m in state["members"]} == {m.pid for m in ha.members()}
+        for path in (data_dir / "redis").rglob("*"):
+            mode = stat.S_IMODE(path.stat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_a_killed_primary_is_replaced_and_comes_back_as_a_replica(data_dir: Path) -> None:
+    """SIGKILL the primary: the Sentinels promote a replica, which has the acknowledged write;
+    `restart_dead` starts the old primary again and it rejoins as the new primary's replica."""
+    with ha_set(data_dir, replicas=2) as ha:
+        clients = sentinel(ha)
+        former = clients.discover_master(SERVICE)
+        primary = clients.master_for(SERVICE)
+        primary.set("kept", "yes")
+        assert primary.execute_command("WAIT", 2, 5000) == 2
+        primary.close()
+        kill(ha, "primary")
+
+        def promoted() -> tuple[str, int] | None:
+            try:
+                found = clients.discover_master(SERVICE)
+            except redis.sentinel.MasterNotFoundError:
+                return None
+            return found if found != former else None
+
+        new = eventually(promoted, timeout_seconds=30, what="a replica promoted")
+        assert new in [("127.0.0.1", m.port) for m in ha.members() if m.name.startswith("replica")]
+        assert clients.master_for(SERVICE).get("kept") == b"yes"
+        failover = ha.last_failover()
+        assert failover is not None and (failover.former, failover.promoted) == (former, new)
+
+        assert ha.dead() == ["primary"]
+        assert ha.restart_dead() == ["primary"]
+        back = eventually(
+            lambda: (m := member(ha, "primary")).role == Role.REPLICA and m.link_up and m,
+            timeout_seconds=45,
+            what="the old primary a replica of the new one",
+        )
+        assert back.primary == new
+        assert ha.primary() == new
+        client = data_client(ha, back.port)
+        assert client.get("kept") == b"yes"
+        client.close()
+
+
+def test_dead_sentinels_and_replicas_are_restarted_and_the_set_is_adopted(data_dir: Path) -> None:
+    """`restart_dead` starts a killed Sentinel and replica again; a second start adopts
+    every member, and a start with another replica count is refused."""
+    with ha_set(data_dir, replicas=2) as ha:
+        pids = {m.name: m.pid for m in ha.members()}
+        kill(ha, "sentinel-2")
+        kill(ha, "replica-2")
+        assert ha.dead() == ["replica-2", "sentinel-2"]
+        assert ha.restart_dead() == ["replica-2", "sentinel-2"]
+        eventually(
+            lambda: member(ha, "replica-2").link_up and ha.primary() is not None,
+            timeout_seconds=30,
+            what="the replica linked and the Sentinels agreed",
+        )
+        again = {m.name: m.pid for m in HaSet(data_dir, replicas=2).start()}
+        assert again == {m.name: m.pid for m in ha.members()}
+        assert again["primary"] == pids["primary"] and again["replica-2"] != pids["replica-2"]
+        with pytest.raises(EmbeddedRedisError, match="start it with --replicas 2"):
+            HaSet(data_dir, replicas=3).start()
+
+
+def test_a_new_set_starts_from_the_single_servers_data(data_dir: Path) -> None:
+    """The first set of a data dir that ran the single server starts with its data, on
+    the primary and the replicas."""
+    single = EmbeddedRedis(data_dir)
+    client = redis.Redis.from_url(single.start().url)
+    client.set("from-before", "1")
+    client.close()
+    single.stop()
+    with ha_set(data_dir, replicas=1) as ha:
+        for found in ha.members()[:2]:
+            client = data_client(ha, found.port)
+            assert client.get("from-before") == b"1", found.name
+            client.close()
