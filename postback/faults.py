@@ -16,7 +16,7 @@ redis-py raises, for the conditions named here::
     └── ResponseError
         ├── ReadOnlyError        READONLY (a replica, e.g. after a failover)
         ├── OutOfMemoryError     OOM (maxmemory reached under noeviction)
-        └── (plain)              MISCONF, BUSY, MASTERDOWN: by the error code
+        └── (plain)              MISCONF, BUSY, MASTERDOWN, NOREPLICAS: by the error code
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Cause(StrEnum):
     MISCONF = "misconf"
     READONLY = "readonly"
     MASTERDOWN = "masterdown"
+    NOREPLICAS = "noreplicas"
     OOM = "oom"
     # Not the server's: this process had no connection free (every one busy) in time.
     OVERLOADED = "overloaded"
@@ -79,6 +80,10 @@ _DETAILS: dict[Cause, tuple[str, int]] = {
         "the job store is a replica that lost its primary (MASTERDOWN)",
         _SOON_SECONDS,
     ),
+    Cause.NOREPLICAS: (
+        "the job store refuses writes: too few of its replicas are in reach (NOREPLICAS)",
+        _SOON_SECONDS,
+    ),
     Cause.OOM: ("the job store is out of memory (OOM)", _LATER_SECONDS),
     Cause.OVERLOADED: (
         "too many requests at once: no connection to the job store was free in time",
@@ -92,6 +97,7 @@ _CODES = {
     "MISCONF": Cause.MISCONF,
     "BUSY": Cause.BUSY,
     "MASTERDOWN": Cause.MASTERDOWN,
+    "NOREPLICAS": Cause.NOREPLICAS,
     "READONLY": Cause.READONLY,
     "OOM": Cause.OOM,
     "LOADING": Cause.LOADING,

@@ -25,6 +25,7 @@ def reply(text: str) -> redis.RedisError:
         (reply("READONLY You can't write against a read only replica."), Cause.READONLY),
         (reply("OOM command not allowed when used memory > 'maxmemory'."), Cause.OOM),
         (reply("MASTERDOWN Link with MASTER is down"), Cause.MASTERDOWN),
+        (reply("NOREPLICAS Not enough good replicas to write."), Cause.NOREPLICAS),
         (reply("NOAUTH Authentication required."), Cause.AUTH),
         (reply("WRONGPASS invalid username-password pair"), Cause.AUTH),
         (redis.ConnectionError("Error 111 connecting. Connection refused."), Cause.UNREACHABLE),
