@@ -21,7 +21,15 @@ goes out in the next group, not behind the flood.
 With `fsync_wait_ms`, the pipeline's replies are followed, on the same
 connection, by one WAITAOF for the whole group: WAITAOF waits for the writes
 of the connection it is sent on, so it proves nothing on another one, and one
-wait after N writes confirms all N. The turn passes as soon as the scripts
+wait after N writes confirms all N (on the primary's disk, and on those of as
+many replicas as the call that asks for most `replicas`).
+
+A replica reports what it has fsynced when the primary asks (each time a
+WAITAOF starts to wait) or once a second; asked with the write itself, it
+answers before its fsync. So a wait for replicas waits for the local fsync
+first, then asks again with a short WAITAOF until they confirm or the
+wait's time is out: a confirmation in milliseconds rather than at the
+replica's next report, up to a second later. The turn passes as soon as the scripts
 have answered, so the next group is written while this one waits for the disk.
 
 A call that finds Redis frozen or gone fails with the group it was sent in, and
@@ -47,6 +55,9 @@ from postback.lua import Script
 # its first call, however large (submissions are bounded by the API's body limit).
 MAX_CALLS = 128
 MAX_BYTES = 1_048_576
+# How long each WAITAOF that asks the replicas again waits: a server ends a blocked
+# command's wait at its clock's tick (10 a second by default), not sooner.
+REPLICAS_ASKED_EVERY_MS = 100
 
 
 class _Call:
@@ -57,6 +68,7 @@ class _Call:
         "fsync",
         "fsync_wait_ms",
         "keys",
+        "replicas",
         "reply",
         "script",
         "size",
@@ -64,13 +76,19 @@ class _Call:
     )
 
     def __init__(
-        self, script: Script, keys: list[str], args: list[Any], fsync_wait_ms: int | None
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        fsync_wait_ms: int | None,
+        replicas: int,
     ) -> None:
         self.script = script
         self.keys = keys
         self.args = args
         self.size = _size(args)
         self.fsync_wait_ms = fsync_wait_ms
+        self.replicas = replicas
         self.reply: Any = None
         self.fsync: Any = None
         self.error: BaseException | None = None
@@ -81,6 +99,20 @@ class _Call:
     def command(self, *, whole: bool = False) -> tuple[Any, ...]:
         script = ("EVAL", self.script.source) if whole else ("EVALSHA", self.script.sha)
         return (*script, len(self.keys), *self.keys, *self.args)
+
+
+def _wait_aof(conn: redis.connection.AbstractConnection, replicas: int, wait_ms: int) -> Any:
+    """WAITAOF's reply (or its error reply) once the writes made on `conn` are fsynced
+    locally and on `replicas` replicas, or once `wait_ms` have passed (see the module)."""
+    deadline = time.monotonic() + wait_ms / 1000
+    (reply,) = connection.exchange(conn, [("WAITAOF", 1, 0, wait_ms)])
+    while not isinstance(reply, Exception) and reply[0] >= 1 and reply[1] < replicas:
+        left_ms = round((deadline - time.monotonic()) * 1000)
+        if left_ms < 1:
+            break
+        step_ms = min(REPLICAS_ASKED_EVERY_MS, left_ms)
+        (reply,) = connection.exchange(conn, [("WAITAOF", 1, replicas, step_ms)])
+    return reply
 
 
 def _size(args: list[Any]) -> int:
@@ -118,14 +150,16 @@ class GroupCommit:
         args: list[Any],
         *,
         fsync_wait_ms: int | None = None,
+        replicas: int = 0,
     ) -> tuple[Any, Any]:
         """(the script's reply, WAITAOF's reply) for one call of `script`.
 
         Raises what the script raised (an error reply, a timeout, a lost connection).
         Without `fsync_wait_ms` the second is None; with it, WAITAOF's reply after
-        the write, or the exception WAITAOF raised, for the caller to judge.
+        the write (waiting for the local fsync and those of at least `replicas`
+        replicas), or the exception WAITAOF raised, for the caller to judge.
         """
-        call = _Call(script, keys, args, fsync_wait_ms)
+        call = _Call(script, keys, args, fsync_wait_ms, replicas)
         with self._lock:
             self._lines.setdefault(connection.current_tenant(), collections.deque()).append(call)
             first = not self._busy
@@ -236,12 +270,14 @@ class GroupCommit:
 
     def _wait_for_disk(self, conn: redis.connection.AbstractConnection, group: list[_Call]) -> None:
         """One WAITAOF for the calls of `group` that wrote and asked for it, on `conn`."""
-        waits = [c.fsync_wait_ms for c in group if c.fsync_wait_ms is not None and not c.error]
-        if not waits:
+        asking = [c for c in group if c.fsync_wait_ms is not None and not c.error]
+        if not asking:
             return
+        wait_ms = max(c.fsync_wait_ms or 0 for c in asking)
+        replicas = max(c.replicas for c in asking)
         fsync: Any
         try:
-            (fsync,) = connection.exchange(conn, [("WAITAOF", 1, 0, max(waits))])
+            fsync = _wait_aof(conn, replicas, wait_ms)
         except (redis.TimeoutError, redis.ConnectionError) as exc:
             fsync = exc
         for call in group:

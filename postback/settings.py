@@ -37,6 +37,9 @@ PREFIX = "POSTBACK_"
 MAX_JSON_DEPTH_CEILING = 256
 # How long importing the handler modules may take when they are checked at start.
 HANDLER_CHECK_TIMEOUT_SECONDS = 60.0
+# The most replicas `replicated` durability may wait for: more than any Sentinel set
+# holds, few enough that a typo (100 for 10) is refused at start, not a 503 per job.
+MAX_DURABILITY_REPLICAS = 16
 
 
 class SettingsError(Misconfigured, ValueError):
@@ -50,10 +53,12 @@ class SettingsError(Misconfigured, ValueError):
 
 
 class Durability(StrEnum):
-    """When a submission is acknowledged: after Redis's AOF is fsynced, or at once."""
+    """When a submission is acknowledged: after Redis's AOF is fsynced (on the primary,
+    or on the primary and `durability_replicas` replicas), or at once."""
 
     FSYNC = "fsync"
     EVERYSEC = "everysec"
+    REPLICATED = "replicated"
 
 
 class LogLevel(StrEnum):
@@ -169,6 +174,9 @@ class Settings:
     callback_require_https: bool = False
     # Job lifecycle.
     durability: Durability = Durability.FSYNC
+    # In `replicated` durability, the replicas that must have fsynced a job before its 202
+    # (1 to MAX_DURABILITY_REPLICAS).
+    durability_replicas: int = 1
     job_max_attempts: int = field(default=3, metadata=_bound(_AT_LEAST_ONE))
     job_lease_seconds: float = field(default=10.0, metadata=_bound(_POSITIVE))
     job_max_timeout_seconds: int = field(default=86_400, metadata=_bound(_AT_LEAST_ONE))
@@ -212,6 +220,12 @@ class Settings:
                 self.env_name("max_json_depth"),
                 str(self.max_json_depth),
                 f"an integer from 1 to {MAX_JSON_DEPTH_CEILING}",
+            )
+        if not 1 <= self.durability_replicas <= MAX_DURABILITY_REPLICAS:
+            raise SettingsError(
+                self.env_name("durability_replicas"),
+                str(self.durability_replicas),
+                f"an integer from 1 to {MAX_DURABILITY_REPLICAS}",
             )
         for f in dataclasses.fields(self):
             if "bound" in f.metadata:

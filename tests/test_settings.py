@@ -27,8 +27,11 @@ from worker.process import breaker, retry_policy
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("POSTBACK_DURABILITY", "FSYNC", "one of fsync, everysec"),
-        ("POSTBACK_DURABILITY", "always", "one of fsync, everysec"),
+        ("POSTBACK_DURABILITY", "FSYNC", "one of fsync, everysec, replicated"),
+        ("POSTBACK_DURABILITY", "always", "one of fsync, everysec, replicated"),
+        ("POSTBACK_DURABILITY_REPLICAS", "0", "an integer from 1 to 16"),
+        ("POSTBACK_DURABILITY_REPLICAS", "17", "an integer from 1 to 16"),
+        ("POSTBACK_DURABILITY_REPLICAS", "two", "an integer"),
         ("POSTBACK_RATE_LIMIT", "abc", "a rate such as 200/second"),
         ("POSTBACK_RATE_LIMIT", "0/second", "a rate such as 200/second"),
         ("POSTBACK_LOG_LEVEL", "verbose", "one of DEBUG, INFO"),
@@ -71,6 +74,12 @@ def test_choices_and_rates_are_typed_values():
     assert str(read.rate_limit) == "10/2 minutes"
     assert str(Settings().rate_limit) == "200/second"
     assert Settings().durability is Durability.FSYNC
+    replicated = Settings.from_env(
+        {"POSTBACK_DURABILITY": "replicated", "POSTBACK_DURABILITY_REPLICAS": "2"}
+    )
+    assert replicated.durability is Durability.REPLICATED
+    assert replicated.durability_replicas == 2
+    assert Settings().durability_replicas == 1
 
 
 def test_values_given_in_code_are_checked_too():

@@ -67,6 +67,7 @@ __all__ = [
     "QUEUED_KEY",
     "QUEUES",
     "QUEUE_NAME",
+    "REPLICATED_WAIT_SECONDS",
     "RETENTION_KEY",
     "RETRY_KEY",
     "RUN_JOB",
@@ -89,6 +90,10 @@ __all__ = [
 
 # How long WAITAOF waits for the local AOF fsync (no replicas) at most, unless told less.
 FSYNC_WAIT_SECONDS = 5.0
+# How long it waits for the replicas' fsyncs too (`replicated` durability) at most: less,
+# so that the 503 of replicas that do not confirm leaves within 5 s of the request, its
+# other round trips (and its wait for a pooled connection) included.
+REPLICATED_WAIT_SECONDS = 3.0
 
 # Written before a WAITAOF that must cover writes made on other connections.
 DURABILITY_KEY = "pb:durability:mark"
@@ -104,7 +109,8 @@ EVENT_TYPES = {status: EventType.of(status) for status in TERMINAL}
 
 
 class NotDurable(Unavailable):
-    """Redis did not confirm that the new job reached its append-only file in time."""
+    """Redis did not confirm that the new job reached its append-only file in time (in
+    `replicated` durability: its own and those of enough replicas)."""
 
 
 class JobStore:
@@ -122,6 +128,7 @@ class JobStore:
         client: redis.Redis,
         *,
         durability: str,
+        durability_replicas: int,
         retention_seconds: float,
         inline_result_bytes: int,
         result_url_ttl_seconds: int,
@@ -131,6 +138,8 @@ class JobStore:
         self.redis = client
         self.quota = quota
         self.durability = durability
+        # The replicas whose AOF must hold a write before it is confirmed (0: the primary's only).
+        self.replicas = durability_replicas if durability == "replicated" else 0
         self.fsync_wait_seconds = fsync_wait_seconds
         self.inline_result_bytes = inline_result_bytes
         self.outbox = Outbox(client, observer=JobTimeline())
@@ -199,8 +208,9 @@ class JobStore:
         having stored nothing, if the partner is at one of its bounds (`quota`).
         With `rate`, the request is counted against the partner's rate limit in the
         same script (see `quotas.admit_and_write`). In `fsync` durability, returns
-        once Redis confirms the job is in its append-only file, or raises NotDurable
-        with the job stored.
+        once Redis confirms the job is in its append-only file, in `replicated` once it
+        is in the primary's and in those of `durability_replicas` replicas, or raises
+        NotDurable with the job stored.
         """
         job = Job(
             id=ids.new_id("job"),
@@ -245,41 +255,52 @@ class JobStore:
             quota=self.quota,
             rate=rate,
             fsync_wait_ms=self._fsync_wait_ms(),
+            replicas=self.replicas,
         )
         if fsync is not None:
             self._check_durable(fsync)
         return job
 
     def _fsync_wait_ms(self) -> int | None:
-        if self.durability != "fsync":
+        if self.durability not in ("fsync", "replicated"):
             return None
         return max(1, round(self.fsync_wait_seconds * 1000))
 
     def confirm_durable(self) -> None:
         """In `fsync` durability, return only once every write made so far is in the AOF
-        (for a job stored earlier, e.g. before an idempotent replay of its answer).
+        (for a job stored earlier, e.g. before an idempotent replay of its answer); in
+        `replicated`, once it is in the AOF of the primary and of `durability_replicas`
+        replicas.
 
         WAITAOF waits for the writes of the connection it is sent on, so one write is
-        made before it on the same connection: the file is written in order, and once
-        that write is fsynced every earlier one is. Raises NotDurable if Redis cannot
-        confirm it within `fsync_wait_seconds`.
+        made before it on the same connection: the file (and the replication stream) is
+        written in order, and once that write is fsynced every earlier one is. Raises
+        NotDurable if Redis cannot confirm it within `fsync_wait_seconds`.
         """
         wait_ms = self._fsync_wait_ms()
         if wait_ms is None:
             return
         try:
             _, fsync = self.writer.run(
-                _DURABILITY_MARK, [DURABILITY_KEY], [], fsync_wait_ms=wait_ms
+                _DURABILITY_MARK,
+                [DURABILITY_KEY],
+                [],
+                fsync_wait_ms=wait_ms,
+                replicas=self.replicas,
             )
         except (redis.ResponseError, redis.TimeoutError, redis.ConnectionError) as exc:
             fsync = exc
         self._check_durable(fsync)
 
-    @staticmethod
-    def _check_durable(reply: Any) -> None:
-        """Raise NotDurable unless WAITAOF's `reply` says the local AOF was fsynced."""
+    def _check_durable(self, reply: Any) -> None:
+        """Raise NotDurable unless WAITAOF's `reply` says the local AOF was fsynced, and
+        those of `self.replicas` replicas."""
         if isinstance(reply, Exception):
             raise NotDurable(f"WAITAOF failed: {type(reply).__name__}") from reply
-        local, _ = reply
+        local, replicas = reply
         if local < 1:
             raise NotDurable("the append-only file was not fsynced in time")
+        if replicas < self.replicas:
+            raise NotDurable(
+                f"{replicas} of the {self.replicas} replicas required fsynced it in time"
+            )

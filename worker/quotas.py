@@ -143,19 +143,25 @@ def admit_and_write(
     quota: Quota,
     rate: RateCheck | None = None,
     fsync_wait_ms: int | None = None,
+    replicas: int = 0,
 ) -> Any:
     """Apply `writes` (a new job's), counting `new_bytes`, if the partner is within `quota`.
 
     Raises RetainedBytesFull or BacklogFull, having written nothing. With `rate`, the
     request is first counted against the partner's rate limit in the same script:
     KeyChanged or RateLimited then also write nothing, and `rate` holds the answer.
-    Once written, returns WAITAOF's reply with `fsync_wait_ms` (`GroupCommit.run`), else None.
+    Once written, returns WAITAOF's reply with `fsync_wait_ms` (`GroupCommit.run`, waiting
+    for `replicas` replicas too), else None.
     """
     args: list[object] = [quota.max_retained_bytes, new_bytes, quota.max_backlog]
     keys = [retained_key(partner_id), queued_index]
     if rate is None:
         reply, fsync = writer.run(
-            _ADMIT, keys, [*args, *lua.flat_writes(writes)], fsync_wait_ms=fsync_wait_ms
+            _ADMIT,
+            keys,
+            [*args, *lua.flat_writes(writes)],
+            fsync_wait_ms=fsync_wait_ms,
+            replicas=replicas,
         )
     else:
         reply, fsync = writer.run(
@@ -163,6 +169,7 @@ def admit_and_write(
             [*keys, rate.index_key],
             [*args, *rate.args(), *lua.flat_writes(writes)],
             fsync_wait_ms=fsync_wait_ms,
+            replicas=replicas,
         )
         if reply[0] == 3:
             raise KeyChanged()

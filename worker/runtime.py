@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from postback.settings import Settings
-from worker.jobs import FSYNC_WAIT_SECONDS, JobStore
+from postback.settings import Durability, Settings
+from worker.jobs import FSYNC_WAIT_SECONDS, REPLICATED_WAIT_SECONDS, JobStore
 from worker.quotas import Quota
 
 _settings: list[Settings] = []
@@ -45,6 +45,7 @@ def job_store(client: redis.Redis, current: Settings) -> JobStore:
     store = JobStore(
         client,
         durability=current.durability,
+        durability_replicas=current.durability_replicas,
         retention_seconds=current.job_retention_seconds,
         inline_result_bytes=current.inline_result_bytes,
         result_url_ttl_seconds=current.result_url_ttl_seconds,
@@ -53,7 +54,12 @@ def job_store(client: redis.Redis, current: Settings) -> JobStore:
             max_backlog=current.partner_max_backlog,
         ),
         # The server's own "not fsynced" answer comes before the client's timeout.
-        fsync_wait_seconds=min(FSYNC_WAIT_SECONDS, current.redis_timeout_seconds * 0.75),
+        fsync_wait_seconds=min(
+            REPLICATED_WAIT_SECONDS
+            if current.durability is Durability.REPLICATED
+            else FSYNC_WAIT_SECONDS,
+            current.redis_timeout_seconds * 0.75,
+        ),
     )
     _last_store[:] = [(client, current, store)]
     return store
