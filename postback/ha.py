@@ -63,6 +63,9 @@ QUORUM = 2
 DOWN_AFTER_MILLISECONDS = 1500
 # How long a failover may take before another Sentinel tries again (twice this).
 FAILOVER_TIMEOUT_MILLISECONDS = 10_000
+# A dead primary is left for the Sentinels to replace, and restarted (as a replica)
+# once they have; or after this long if they could not (no replica to promote).
+UNREPLACED_PRIMARY_SECONDS = (DOWN_AFTER_MILLISECONDS + FAILOVER_TIMEOUT_MILLISECONDS) / 1000
 STATE_FILE = "ha.json"
 
 _DATA_CONFIG = """\
@@ -112,6 +115,8 @@ class HaSet:
         self.service = service
         self.maxmemory = maxmemory
         self._state: dict[str, Any] = _read(self.statefile) or self._new_state()
+        # When `restart_dead` first found each member dead (monotonic seconds).
+        self._dead_since: dict[str, float] = {}
 
     @classmethod
     def find(cls, data_dir: Path) -> HaSet | None:
@@ -172,18 +177,37 @@ class HaSet:
         if self.statefile.exists():
             self._record()
 
+    def running(self) -> bool:
+        """Whether any of its Sentinels runs, so that a client can ask where the primary is."""
+        return any(self._server(n).alive() for n in self.names() if self._is_sentinel(n))
+
     def dead(self) -> list[str]:
         """The members whose process is not running (pidfiles only: cheap)."""
         return [name for name in self.names() if not self._server(name).alive()]
 
-    def restart_dead(self, *, wait_seconds: float = 15.0) -> list[str]:
+    def restart_dead(
+        self,
+        *,
+        unreplaced_primary_seconds: float = UNREPLACED_PRIMARY_SECONDS,
+        wait_seconds: float = 15.0,
+    ) -> list[str]:
         """Start again, each with its own config, the members whose process died; their names.
 
-        A former primary comes back as a primary and the Sentinels make it a replica.
-        Every dead member is tried; if any fails, `EmbeddedRedisError` names them all.
+        A dead member the Sentinels still name primary waits for them to promote a
+        replica (restarted at once, it would be the primary again, and no failover
+        would ever be seen), or for `unreplaced_primary_seconds` if they cannot. A
+        former primary comes back as a primary and the Sentinels make it a replica.
+        Every member due is tried; if any fails, `EmbeddedRedisError` names them all.
         """
+        now = time.monotonic()
+        dead = self.dead()
+        self._dead_since = {name: self._dead_since.get(name, now) for name in dead}
+        named = self.primary() if any(not self._is_sentinel(n) for n in dead) else None
         restarted, failed = [], []
-        for name in self.dead():
+        for name in dead:
+            replacing = named == (HOST, self._spec(name)["port"])
+            if replacing and now - self._dead_since[name] < unreplaced_primary_seconds:
+                continue
             try:
                 self._server(name).start(wait_seconds=wait_seconds)
             except EmbeddedRedisError as exc:

@@ -109,7 +109,9 @@ def test_a_killed_primary_is_replaced_and_comes_back_as_a_replica(data_dir: Path
         assert failover is not None and (failover.former, failover.promoted) == (former, new)
 
         assert ha.dead() == ["primary"]
-        assert ha.restart_dead() == ["primary"]
+        # Restarted once most Sentinels name the new primary (they switch within moments).
+        restarted = eventually(ha.restart_dead, timeout_seconds=30, what="the old primary back")
+        assert restarted == ["primary"]
         back = eventually(
             lambda: (m := member(ha, "primary")).role == Role.REPLICA and m.link_up and m,
             timeout_seconds=45,
@@ -120,6 +122,27 @@ def test_a_killed_primary_is_replaced_and_comes_back_as_a_replica(data_dir: Path
         client = data_client(ha, back.port)
         assert client.get("kept") == b"yes"
         client.close()
+
+
+def test_a_dead_primary_is_left_to_the_sentinels_until_they_cannot_replace_it(
+    data_dir: Path,
+) -> None:
+    """A dead primary the Sentinels still name is not restarted (they are to replace it);
+    when they cannot (no replica may be promoted), it is, after the grace, as the primary."""
+    with ha_set(data_dir, replicas=1) as ha:
+        replica = data_client(ha, member(ha, "replica-1").port)
+        replica.config_set("replica-priority", 0)  # never promoted
+        replica.close()
+        primary = ("127.0.0.1", member(ha, "primary").port)
+        kill(ha, "primary")
+        assert ha.restart_dead() == []
+        assert ha.dead() == ["primary"] and ha.primary() == primary
+        assert ha.restart_dead(unreplaced_primary_seconds=0) == ["primary"]
+        eventually(
+            lambda: member(ha, "replica-1").link_up and ha.primary() == primary,
+            timeout_seconds=30,
+            what="the restarted primary followed again",
+        )
 
 
 def test_dead_sentinels_and_replicas_are_restarted_and_the_set_is_adopted(data_dir: Path) -> None:
