@@ -92,7 +92,8 @@ return out
 
 # ARGV: lease until, key prefix, then (id, owner, token) for each held delivery.
 # Extends the lease of each delivery whose claim is still that token; returns the others' ids.
-RENEW = lua.Script("""
+RENEW = lua.Script(
+    """
 local lost = {}
 for i = 3, #ARGV, 3 do
   local id, owner, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -103,12 +104,15 @@ for i = 3, #ARGV, 3 do
   end
 end
 return lost
-""")
+""",
+    repeatable=True,
+)
 
 # KEYS[1] owners' due set. ARGV: key prefix, then (id, owner, token, due at) for each.
 # Gives claimed deliveries back unattempted (nothing counted, nothing logged), each due
 # at its time, if the claim is still that token.
-RELEASE = lua.Script("""
+RELEASE = lua.Script(
+    """
 for i = 2, #ARGV, 4 do
   local id, owner, token, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local dkey = ARGV[1] .. 'dlv:' .. id
@@ -119,7 +123,9 @@ for i = 2, #ARGV, 4 do
   end
 end
 return 1
-""")
+""",
+    repeatable=True,
+)
 
 # KEYS: delivery, owner's due set, owners' due set, attempt log, dead link, 4 dead indexes.
 # ARGV: 1 id, 2 token, 3 new status, 4 due again at (or ""), 5 now, 6 attempt JSON (or ""),
@@ -158,7 +164,8 @@ end
 local failed = apply_writes(11)
 if failed then return failed end
 return 1
-"""
+""",
+    repeatable=True,
 )
 
 

@@ -42,7 +42,8 @@ from postback import clock, lua
 __all__ = ["Claimed", "NoObserver", "Observer", "Outbox", "Settlement", "destination"]
 
 # KEYS[1] owners' due set. ARGV: now, key prefix. Returns {scheduled, due now}.
-_COUNTS = lua.Script("""
+_COUNTS = lua.Script(
+    """
 local scheduled, due = 0, 0
 for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local key = ARGV[2] .. 'due:' .. owner
@@ -50,7 +51,9 @@ for _, owner in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   due = due + redis.call('ZCOUNT', key, '-inf', ARGV[1])
 end
 return {scheduled, due}
-""")
+""",
+    repeatable=True,
+)
 
 # What `get_heads` reads of a delivery and of its message.
 _HEAD_FIELDS = ["message", "url", "status", "dead_letter_id"]

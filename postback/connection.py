@@ -2,7 +2,8 @@
 
 Every client gets `POSTBACK_REDIS_TIMEOUT_SECONDS` as its connect timeout and as
 its command timeout, and retries a command once only on a broken connection (a
-server that restarted), never on a timeout: a frozen or lost server costs one
+server that restarted), and then only what is safe to send again
+(`postback.resend`), never on a timeout: a frozen or lost server costs one
 timeout, not several. The one exception is the client RQ blocks on while it waits
 for jobs (`blocking=True`), whose reads must outlast that wait.
 """
@@ -17,16 +18,15 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import hiredis
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from postback.embedded import EmbeddedRedis
 from postback.errors import Misconfigured
+from postback.resend import AsyncOneRetry, AsyncResendRule, OneRetry, ReplyLost, ResendRule
 from postback.settings import Settings
 
 # A dead connection shows on a connection idle this long before it is used again.
@@ -135,7 +135,8 @@ def call(client: redis.Redis, *args: Any) -> Any:
     (instrumentation, wrappers); this costs the pool's checkout, the command and its
     reply. Failures are as there: the same exceptions, a connection that failed closed
     (redis-py's connection closes itself on a timeout), and one retry on a broken
-    connection, never on a timeout.
+    connection when the command is safe to send again (`postback.resend`), never on
+    a timeout.
     """
     if client.connection is not None:  # a single-connection client
         return client.execute_command(*args)
@@ -144,9 +145,9 @@ def call(client: redis.Redis, *args: Any) -> Any:
             try:
                 connection.send_command(*args)
                 return connection.read_response()
-            except redis.ConnectionError:
+            except redis.ConnectionError as exc:
                 connection.disconnect()
-                if attempt == 2:
+                if attempt == 2 or isinstance(exc, ReplyLost):
                     raise
     raise AssertionError("unreachable")
 
@@ -194,6 +195,25 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
+class TcpConnection(ResendRule, redis.Connection):
+    """A TCP connection under Postback's resend rule."""
+
+
+class TlsConnection(ResendRule, redis.SSLConnection):
+    """A TLS connection (`rediss://`) under Postback's resend rule."""
+
+
+class UnixConnection(ResendRule, redis.UnixDomainSocketConnection):
+    """A Unix socket connection (`unix://`) under Postback's resend rule."""
+
+
+_URL_CONNECTIONS: dict[str, type] = {
+    "redis": TcpConnection,
+    "rediss": TlsConnection,
+    "unix": UnixConnection,
+}
+
+
 def connect(
     url: str,
     *,
@@ -218,7 +238,8 @@ def connect(
         "socket_keepalive": True,
         "socket_keepalive_options": KEEPALIVE_OPTIONS,
         "health_check_interval": HEALTH_CHECK_SECONDS,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "retry": OneRetry(),
+        "connection_class": _URL_CONNECTIONS[urlsplit(url).scheme],
     }
     if max_connections is None:
         return redis.Redis.from_url(url, **options)
@@ -253,8 +274,9 @@ _ASYNC_PARAMS = {
 }
 
 
-class PackedConnection(redis.asyncio.Connection):
-    """An asyncio connection that packs commands in C (hiredis), as blocking ones do.
+class PackedConnection(AsyncResendRule):
+    """An asyncio connection that packs commands in C (hiredis), as blocking ones do,
+    under Postback's resend rule.
 
     redis-py's asyncio connection packs in Python, one encode call per argument: for
     the dispatcher's scripts, dozens of arguments each, that was a sixth of the
@@ -287,9 +309,7 @@ def async_twin(client: redis.Redis, *, max_connections: int) -> Callable[[], red
             connection_class=PackedConnection,
             max_connections=max_connections,
             timeout=None,
-            retry=redis.asyncio.retry.Retry(
-                NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
-            ),
+            retry=AsyncOneRetry(),
             **params,
         )
         return redis.asyncio.Redis(connection_pool=pool)

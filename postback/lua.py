@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis
 import redis.asyncio
 
-from postback import connection
+from postback import connection, resend
 
 # The first line of a script that writes more than once. A script that declares flags
 # (here none) is refused whole while Redis is over its maxmemory. Without it Redis refuses
@@ -53,9 +53,16 @@ end
 
 
 class Script:
-    """One Lua script, by its SHA-1, for blocking and asyncio clients alike."""
+    """One Lua script, by its SHA-1, for blocking and asyncio clients alike.
 
-    def __init__(self, source: str) -> None:
+    A `repeatable` script is safe to run twice (it only reads, or checks a token or a
+    version before it writes): a client whose connection broke sends it again
+    (`postback.resend`).
+    """
+
+    def __init__(self, source: str, *, repeatable: bool = False) -> None:
+        if repeatable:
+            resend.repeatable(source)
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -172,3 +176,103 @@ def test_an_api_client_serves_commands_through_the_fair_pool(redis_url):
             assert pipe.execute() == [2, b"2"]
     assert len(client.connection_pool.pool.queue) == 2  # both back, placeholders included
     client.close()
+
+
+def test_only_reads_and_repeatable_scripts_are_safe_to_send_again():
+    """Reads, transactions of reads and scripts declared repeatable may be sent again after a
+    broken connection; a write, a pipeline holding one or an undeclared script may not."""
+    from postback import lua
+    from postback.resend import safe_to_resend
+
+    packer = redis.Connection()
+    one = packer.pack_command
+    guarded = lua.Script("return redis.call('GET', KEYS[1])", repeatable=True)
+    plain = lua.Script("return redis.call('INCR', KEYS[1])")
+    assert safe_to_resend(one("GET", "k"))
+    assert safe_to_resend(one("CLIENT", "SETNAME", "x"))
+    assert safe_to_resend(packer.pack_commands([("MULTI",), ("HGETALL", "h"), ("EXEC",)]))
+    assert safe_to_resend(one("EVALSHA", guarded.sha, 1, "k"))
+    assert safe_to_resend(one("EVAL", guarded.source, 1, "k"))
+    assert not safe_to_resend(one("INCR", "k"))
+    assert not safe_to_resend(one("CLIENT", "KILL", "ID", "7"))
+    assert not safe_to_resend(one("EVALSHA", plain.sha, 1, "k"))
+    assert not safe_to_resend(packer.pack_commands([("GET", "k"), ("SET", "k", "v")]))
+    assert not safe_to_resend(b"not RESP")
+
+
+class CuttingProxy:
+    """A TCP proxy to a Redis server that, once armed with a command's bytes, lets the next
+    such command through and cuts its connection as the reply comes back: the command ran,
+    its caller never hears so."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.marker: bytes | None = None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            cut = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.marker is not None and self.marker in data:
+                    self.marker = None
+                    cut.set()
+                server.sendall(data)
+
+    def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := server.recv(65536):
+                if cut.is_set():
+                    break
+                client.sendall(data)
+        for end in (client, server):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "resent"), [(("GET", "n"), True), (("INCR", "n"), False)], ids=["GET", "INCR"]
+)
+def test_a_command_whose_reply_is_lost_is_sent_again_only_if_safe(
+    redis_url, redis_client, command, resent
+):
+    """A read whose connection breaks before its reply is sent once more on a fresh
+    connection and answered; a write that ran (an INCR) raises ReplyLost and runs once."""
+    from postback.resend import ReplyLost
+
+    parts = urlsplit(redis_url)
+    proxy = CuttingProxy(parts.port or 6379)
+    client = connect(
+        parts._replace(netloc=f":{parts.password}@127.0.0.1:{proxy.port}").geturl(),
+        timeout_seconds=5,
+    )
+    try:
+        client.set("n", "1")
+        proxy.marker = f"${len(command[0])}\r\n{command[0]}\r\n".encode()
+        if resent:
+            assert client.execute_command(*command) == b"1"
+        else:
+            with pytest.raises(ReplyLost):
+                client.execute_command(*command)
+            assert redis_client.get("n") == b"2"  # it ran, once
+        assert proxy.marker is None  # the connection was cut
+        assert client.ping()  # the next command goes through on a fresh connection
+    finally:
+        client.close()
+        proxy.close()

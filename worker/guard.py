@@ -25,7 +25,7 @@ from enum import Enum
 
 import redis
 
-from postback import lua
+from postback import lua, resend
 
 # A record's version: the SHA-1 of its fields (sorted, so that field order in
 # the hash does not matter) and of its timeline.
@@ -42,7 +42,9 @@ local function snapshot(key, list_key)
 end
 """
 
-_READ = (
+# Both are safe to send again on a broken connection (`postback.resend`): one reads, the
+# other applies its writes only to the version they were computed from.
+_READ = resend.repeatable(
     _VERSION
     + """
 return snapshot(KEYS[1], KEYS[2]) or {}
@@ -51,7 +53,7 @@ return snapshot(KEYS[1], KEYS[2]) or {}
 
 # ARGV: the expected version, then the writes.
 # Returns {0} if the record is gone, {1, snapshot} if it changed, {2} if applied.
-_APPLY = (
+_APPLY = resend.repeatable(
     lua.WRITES
     + _VERSION
     + """

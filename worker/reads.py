@@ -50,7 +50,8 @@ if size > 0 and size <= tonumber(ARGV[1]) then
   values[#values + 1] = redis.call('HGET', KEYS[1], 'result')
 end
 return values
-"""
+""",
+    repeatable=True,
 )
 
 
