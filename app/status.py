@@ -2,12 +2,13 @@
 
 `snapshot(client)` gathers it all in one dict (what `postback status --json`
 prints); the smaller readers are shared with the scrape-time gauges of
-`GET /metrics` (`app.metrics`), so both always say the same thing.
+`GET /metrics` (`app.metrics`), so both always say the same thing. Given the
+data dir's HA set (`postback.ha`), it shows each of its members too.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from rq import Queue
@@ -18,8 +19,12 @@ from callbacks.breaker import CircuitBreaker
 from callbacks.keys import DEFAULT_KEYS
 from callbacks.outbox import Outbox
 from postback import clock
+from postback.ha_view import sentinels_view
 from worker import liveness
 from worker.jobs import LEASES_KEY, QUEUES, RETRY_KEY
+
+if TYPE_CHECKING:
+    from postback.ha import HaSet
 
 # How many open circuits `postback status` lists (it counts them all).
 OPEN_CIRCUITS_SHOWN = 50
@@ -93,10 +98,18 @@ def open_circuits(client: redis.Redis) -> list[dict[str, Any]]:
 
 
 def redis_info(client: redis.Redis) -> dict[str, Any]:
-    """Server version, memory used and append-only file health."""
+    """Server version, memory used, append-only file health, and the server as the one
+    member (its role, pid and port); `ha_info` gives an HA set's members instead."""
     info: dict[str, Any] = {}
-    for section in ("server", "memory", "persistence"):
+    for section in ("server", "memory", "persistence", "replication"):
         info |= cast("dict[str, Any]", client.info(section))
+    server = {
+        "name": "server",
+        "role": "primary" if info.get("role") == "master" else "replica",
+        "pid": info.get("process_id"),
+        "port": info.get("tcp_port"),
+        "up": True,
+    }
     return {
         "version": info.get("redis_version"),
         "valkey_version": info.get("valkey_version"),
@@ -107,13 +120,34 @@ def redis_info(client: redis.Redis) -> dict[str, Any]:
         # Redis ≥ 7 also reports fsync failures apart; older servers fold them into writes.
         "aof_last_fsync_status": info.get("aof_last_fsync_status"),
         "aof_delayed_fsync": info.get("aof_delayed_fsync"),
+        "members": [server],
+        "sentinel": None,
     }
 
 
-def snapshot(client: redis.Redis) -> dict[str, Any]:
-    """Everything `postback status` shows, under the keys of `KEYS`."""
+def ha_info(ha: HaSet) -> dict[str, Any]:
+    """An HA set's `members` (each one's role, pid, port, whether it answers; replicas'
+    primary, link and lag; Sentinels' view of the primary) and `sentinel`: the service,
+    the primary most Sentinels name and the last failover they logged."""
+    members = ha.members()
+    failover = ha.last_failover()
+    named, count = sentinels_view(members)
     return {
-        "redis": redis_info(client),
+        "members": [m.to_json() for m in members],
+        "sentinel": {
+            "service": ha.service,
+            "primary": f"{named[0]}:{named[1]}" if named else None,
+            "named_by_sentinels": count,
+            "last_failover": failover.to_json() if failover else None,
+        },
+    }
+
+
+def snapshot(client: redis.Redis, *, ha: HaSet | None = None) -> dict[str, Any]:
+    """Everything `postback status` shows, under the keys of `KEYS`; with `ha`, the
+    members of the HA set `client` reaches the primary of."""
+    return {
+        "redis": redis_info(client) | (ha_info(ha) if ha is not None else {}),
         "workers": workers(client),
         "queues": queues(client),
         "jobs_processing": jobs_processing(client),
@@ -142,7 +176,17 @@ def render(data: dict[str, Any]) -> None:
     server.add_row("AOF last write", _status(info["aof_last_write_status"]))
     if info["aof_last_fsync_status"] is not None:
         server.add_row("AOF last fsync", _status(info["aof_last_fsync_status"]))
+    sentinel = info["sentinel"]
+    if sentinel is not None:
+        server.add_row("Sentinel service", sentinel["service"])
+        server.add_row(
+            "primary (Sentinels' view)",
+            _text(sentinel["primary"]) + f"  (named by {sentinel['named_by_sentinels']})",
+        )
+        server.add_row("last failover", _failover(sentinel["last_failover"]))
     console.print(server)
+    if sentinel is not None:
+        console.print(_members(info["members"]))
 
     work = Table(title="Work", show_header=False)
     work.add_row("workers alive", _count(data["workers"], bad_if_zero=True))
@@ -175,6 +219,36 @@ def render(data: dict[str, Any]) -> None:
                 circuit["open_until"] or "—",
             )
         console.print(circuits)
+
+
+def _members(members: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Redis members")
+    for column in ("member", "role", "pid", "port", "primary", "link", "lag"):
+        table.add_column(column)
+    for member in members:
+        lag = "—"
+        if member["lag_bytes"] is not None:
+            lag = f"{member['lag_bytes']} B, {_text(member['lag_seconds'])} s"
+        link = {None: "—", True: "up", False: "[red]down[/red]"}[member["link_up"]]
+        table.add_row(
+            member["name"],
+            member["role"] if member["up"] else f"[red]down[/red] ({member['role']})",
+            _text(member["pid"]),
+            str(member["port"]),
+            _text(member["primary"]),
+            link,
+            lag,
+        )
+    return table
+
+
+def _failover(failover: dict[str, Any] | None) -> str:
+    if failover is None:
+        return "none logged"
+    ago = max(0.0, clock.now() - failover["at_seconds"])
+    return f"{ago:.0f} s ago: {failover['former']} → {failover['promoted']}"
 
 
 def _text(value: Any) -> str:

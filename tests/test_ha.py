@@ -12,6 +12,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app import cli, status
 from postback.embedded import EmbeddedRedis, EmbeddedRedisError
 from postback.ha import DOWN_AFTER_MILLISECONDS, QUORUM, SERVICE, HaSet
 from postback.ha_view import Role
@@ -122,6 +123,48 @@ def test_a_killed_primary_is_replaced_and_comes_back_as_a_replica(data_dir: Path
         client = data_client(ha, back.port)
         assert client.get("kept") == b"yes"
         client.close()
+        shown = status.ha_info(ha)
+        roles = {m["port"]: m["role"] for m in shown["members"][:3]}
+        assert sorted(roles.values()) == ["primary", "replica", "replica"]
+        assert roles[new[1]] == "primary"
+        assert shown["sentinel"]["primary"] == f"127.0.0.1:{new[1]}"
+        assert shown["sentinel"]["last_failover"]["former"] == f"127.0.0.1:{former[1]}"
+
+
+def test_status_shows_the_single_server_as_its_one_member(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_client: redis.Redis
+) -> None:
+    """With one server, `postback status --json` lists it as the one member: a primary, its
+    pid and port; there are no Sentinels."""
+    url = redis_client.connection_pool.connection_kwargs
+    monkeypatch.setenv("REDIS_URL", f"redis://:{url['password']}@127.0.0.1:{url['port']}/0")
+    assert cli.main(["status", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["redis"]
+    server = redis_client.info("server")
+    assert shown["members"] == [
+        {
+            "name": "server",
+            "role": "primary",
+            "pid": server["process_id"],
+            "port": server["tcp_port"],
+            "up": True,
+        }
+    ]
+    assert shown["sentinel"] is None
+
+
+def test_the_status_screen_shows_the_members_and_the_sentinels_view(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`postback status` of an HA set has a row per member and the primary the Sentinels name."""
+    with ha_set(data_dir, replicas=1) as ha:
+        client = sentinel(ha).master_for(SERVICE)
+        status.render(status.snapshot(client, ha=ha))
+        client.close()
+    out = capsys.readouterr().out
+    assert "Redis members" in out and "primary (Sentinels' view)" in out
+    for name in ("primary", "replica-1", "sentinel-1", "sentinel-2", "sentinel-3"):
+        assert f" {name} " in out
 
 
 def test_a_dead_primary_is_left_to_the_sentinels_until_they_cannot_replace_it(
