@@ -15,7 +15,9 @@ the listener ends with the last of them.
 
 While the connection is down (Redis restarting) watchers re-read every
 `FALLBACK_POLL_SECONDS` instead; when a channel is subscribed again its
-watchers are woken once, so no change made meanwhile is missed. `stop` wakes
+watchers are woken once, so no change made meanwhile is missed. Through
+Sentinel, the connection is made to the primary it names, and made again when
+it names another (a failover). `stop` wakes
 every watcher for good: the server is going down, streams end.
 """
 
@@ -233,6 +235,15 @@ class Hub:
                 swept = time.monotonic()
                 if not self._sweep(conn):
                     return False
+                self._check_primary(conn)
+
+    def _check_primary(self, conn: Any) -> None:
+        """ConnectionError if Sentinel names another primary than the one `conn` reads:
+        changes are published there now (`postback.sentinel`)."""
+        check = getattr(self.redis.connection_pool, "check_primary", None)
+        primary = check() if check is not None else None
+        if primary is not None and (conn.host, conn.port) != primary:
+            raise redis.ConnectionError("the primary moved; subscribing on the new one")
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:

@@ -17,7 +17,7 @@ from app.partners_store import PartnerStore
 from app.throttle import Backlog, MemoryHeadroom, RateLimiter
 from app.waits import Waits
 from callbacks.ssrf import Resolver, UrlPolicy, system_resolver
-from postback.connection import connect, redis_url
+from postback.connection import connect, redis_target
 from postback.settings import Settings
 from worker.jobs import JobStore
 from worker.runtime import job_store
@@ -48,10 +48,10 @@ class Services:
         max_connections: int | None = None,
         resolver: Resolver = system_resolver,
     ) -> Services:
-        """The services over a new client of the system's Redis (`REDIS_URL` or the data
-        dir's embedded server), with the configured timeouts."""
+        """The services over a new client of the system's Redis (the primary Sentinel names,
+        `REDIS_URL` or the data dir's embedded server), with the configured timeouts."""
         client = connect(
-            redis_url(settings),
+            redis_target(settings),
             timeout_seconds=settings.redis_timeout_seconds,
             max_connections=max_connections,
         )

@@ -1,8 +1,10 @@
-"""The Redis connection every process uses, from `REDIS_URL` or the embedded server.
+"""The Redis connection every process uses: through Sentinel, `REDIS_URL` or the embedded server.
 
-Every client gets `POSTBACK_REDIS_TIMEOUT_SECONDS` as its connect timeout and as
-its command timeout, and retries a command once only on a broken connection (a
-server that restarted), and then only what is safe to send again
+`redis_target` says where the system's Redis is: the primary the Sentinels of
+`POSTBACK_REDIS_SENTINELS` name (`postback.sentinel`), else `REDIS_URL`, else
+the data dir's embedded server. Every client gets `POSTBACK_REDIS_TIMEOUT_SECONDS`
+as its connect timeout and as its command timeout, and retries a command once
+only on a broken connection, and then only what is safe to send again
 (`postback.resend`), never on a timeout: a frozen or lost server costs one
 timeout, not several. The one exception is the client RQ blocks on while it waits
 for jobs (`blocking=True`), whose reads must outlast that wait.
@@ -18,16 +20,21 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import hiredis
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 
+from postback import sentinel
 from postback.embedded import EmbeddedRedis
 from postback.errors import Misconfigured
+from postback.ha import HaSet
 from postback.resend import AsyncOneRetry, AsyncResendRule, OneRetry, ReplyLost, ResendRule
-from postback.settings import Settings
+from postback.sentinel import Sentinels
+from postback.settings import Settings, format_address, redacted_url
 
 # A dead connection shows on a connection idle this long before it is used again.
 HEALTH_CHECK_SECONDS = 30
@@ -179,13 +186,24 @@ def exchange(
 
 
 class RedisNotFound(Misconfigured):
-    """No `REDIS_URL` and no embedded server running for the data dir."""
+    """No Sentinels, no `REDIS_URL` and no embedded server running for the data dir."""
 
 
-def redis_url(settings: Settings) -> str:
-    """`REDIS_URL` when set, else the URL of the data dir's embedded server."""
+# Where a client connects: a Redis URL, or the primary that Sentinels name.
+Target = str | Sentinels
+
+
+def redis_target(settings: Settings) -> Target:
+    """Where the system's Redis is: the primary the Sentinels of `POSTBACK_REDIS_SENTINELS`
+    name when some are set, else `REDIS_URL`, else the data dir's Sentinels or embedded
+    server. `POSTBACK_REDIS_PASSWORD` is the data nodes' password unless the URL has one."""
+    if settings.redis_sentinels:
+        return _sentinels(settings)
     if settings.redis_url:
-        return settings.redis_url
+        return _with_password(settings.redis_url, settings.redis_password)
+    found = ha_sentinels(settings)
+    if found is not None:
+        return found
     url = EmbeddedRedis(settings.data_dir).url()
     if url is None:
         raise RedisNotFound(
@@ -193,6 +211,73 @@ def redis_url(settings: Settings) -> str:
             "start one with `postback up`"
         )
     return url
+
+
+def ha_sentinels(settings: Settings) -> Sentinels | None:
+    """The Sentinels of the data dir's HA set (`postback up --replicas N`, described by
+    `<data_dir>/redis/ha.json`), if one of them runs; else None."""
+    found = HaSet.find(settings.data_dir)
+    if found is None or not found.running():
+        return None
+    return Sentinels(
+        addresses=tuple(found.sentinels()),
+        service=found.service,
+        password=found.data_password,
+        sentinel_password=found.sentinel_password,
+    )
+
+
+def _sentinels(settings: Settings) -> Sentinels:
+    # With Sentinels, a REDIS_URL still gives the data nodes' user, password and
+    # database (Sentinel gives the host).
+    username = password = None
+    db = 0
+    if settings.redis_url:
+        parts = urlsplit(settings.redis_url)
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        db = int(parts.path.strip("/") or 0) if parts.path.strip("/").isdigit() else 0
+    return Sentinels(
+        addresses=settings.sentinel_addresses,
+        service=settings.redis_sentinel_service,
+        username=username,
+        password=settings.redis_password or password,
+        db=db,
+        sentinel_password=settings.redis_sentinel_password,
+    )
+
+
+def _with_password(url: str, password: str | None) -> str:
+    parts = urlsplit(url)
+    if password is None or parts.password is not None or parts.scheme == "unix":
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or ''}:{quote(password, safe='')}@{host}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def describe(target: Target) -> str:
+    """`target` as it may be shown or logged: no password."""
+    return str(target) if isinstance(target, Sentinels) else f"Redis at {redacted_url(target)}"
+
+
+def target_environ(target: Target) -> dict[str, str]:
+    """The environment that tells a child process (`python -m worker.deliver`) where `target` is."""
+    if not isinstance(target, Sentinels):
+        return {"REDIS_URL": target}
+    environ = {
+        "POSTBACK_REDIS_SENTINELS": ",".join(format_address(*a) for a in target.addresses),
+        "POSTBACK_REDIS_SENTINEL_SERVICE": target.service,
+    }
+    if target.password is not None:
+        environ["POSTBACK_REDIS_PASSWORD"] = target.password
+    if target.sentinel_password is not None:
+        environ["POSTBACK_REDIS_SENTINEL_PASSWORD"] = target.sentinel_password
+    if target.username is not None or target.db:
+        # Read for its user and database only: Sentinel gives the host.
+        user = quote(target.username or "", safe="")
+        environ["REDIS_URL"] = f"redis://{user + '@' if user else ''}sentinel/{target.db}"
+    return environ
 
 
 class TcpConnection(ResendRule, redis.Connection):
@@ -215,13 +300,14 @@ _URL_CONNECTIONS: dict[str, type] = {
 
 
 def connect(
-    url: str,
+    target: Target,
     *,
     timeout_seconds: float,
     blocking: bool = False,
     max_connections: int | None = None,
 ) -> redis.Redis:
-    """A client that fails fast: `timeout_seconds` to connect and for each command.
+    """A client of `target` (a URL, or the primary Sentinels name) that fails fast:
+    `timeout_seconds` to connect and for each command.
 
     A `blocking` client (the one RQ's worker waits on the queue with, for minutes
     at a time) has no read timeout of its own: RQ gives it one just longer than
@@ -239,12 +325,21 @@ def connect(
         "socket_keepalive_options": KEEPALIVE_OPTIONS,
         "health_check_interval": HEALTH_CHECK_SECONDS,
         "retry": OneRetry(),
-        "connection_class": _URL_CONNECTIONS[urlsplit(url).scheme],
     }
+    if isinstance(target, Sentinels):
+        pool = sentinel.primary_pool(
+            target,
+            options,
+            max_connections=max_connections,
+            wait_seconds=timeout_seconds,
+            queue_class=FairQueue,
+        )
+        return redis.Redis(connection_pool=pool)
+    options["connection_class"] = _URL_CONNECTIONS[urlsplit(target).scheme]
     if max_connections is None:
-        return redis.Redis.from_url(url, **options)
+        return redis.Redis.from_url(target, **options)
     pool = redis.BlockingConnectionPool.from_url(
-        url,
+        target,
         max_connections=max_connections,
         timeout=timeout_seconds,
         queue_class=FairQueue,
@@ -295,23 +390,54 @@ class PackedConnection(AsyncResendRule):
             return super().pack_command(*args)
 
 
+class AsyncSentinelConnection(PackedConnection, redis.asyncio.sentinel.SentinelManagedConnection):
+    """A `PackedConnection` to the primary Sentinel names."""
+
+    follows_primary = True
+
+    async def _read(self, *args: Any, **kwargs: Any) -> Any:
+        # Past SentinelManagedConnection's own, which turns READONLY into a plain
+        # ConnectionError: `AsyncResendRule` names it `PrimaryMoved`.
+        return await super(redis.asyncio.sentinel.SentinelManagedConnection, self).read_response(
+            *args, **kwargs
+        )
+
+
 def async_twin(client: redis.Redis, *, max_connections: int) -> Callable[[], redis.asyncio.Redis]:
-    """A maker of asyncio clients for `client`'s server, with its timeouts and retry rule.
+    """A maker of asyncio clients for `client`'s server (or Sentinel-named primary), with
+    its timeouts and retry rule.
 
     Each client it makes has a bounded pool: callers wait for a free connection.
     """
-    params: dict[str, Any] = {
-        k: v for k, v in client.connection_pool.connection_kwargs.items() if k in _ASYNC_PARAMS
-    }
+    pool = client.connection_pool
+    params: dict[str, Any] = {k: v for k, v in pool.connection_kwargs.items() if k in _ASYNC_PARAMS}
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        params.pop("host", None)
+        params.pop("port", None)
+        manager, service = pool.sentinel_manager, pool.service_name
+
+        def make_following() -> redis.asyncio.Redis:
+            apool = sentinel.AsyncSentinelPool(
+                service,
+                sentinel.async_sentinel_manager(manager, AsyncOneRetry()),
+                connection_class=AsyncSentinelConnection,
+                max_connections=max_connections,
+                timeout=None,
+                retry=AsyncOneRetry(),
+                **params,
+            )
+            return redis.asyncio.Redis(connection_pool=apool)
+
+        return make_following
 
     def make() -> redis.asyncio.Redis:
-        pool = redis.asyncio.BlockingConnectionPool(
+        apool = redis.asyncio.BlockingConnectionPool(
             connection_class=PackedConnection,
             max_connections=max_connections,
             timeout=None,
             retry=AsyncOneRetry(),
             **params,
         )
-        return redis.asyncio.Redis(connection_pool=pool)
+        return redis.asyncio.Redis(connection_pool=apool)
 
     return make

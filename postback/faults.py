@@ -9,9 +9,10 @@ report it, workers and delivery processes to wait and retry instead of crashing.
 redis-py raises, for the conditions named here::
 
     RedisError
-    ├── ConnectionError          unreachable (refused, reset, closed)
+    ├── ConnectionError          unreachable (refused, reset, closed; no primary known to Sentinel)
     │   ├── AuthenticationError  auth (NOAUTH, WRONGPASS)
-    │   └── BusyLoadingError     LOADING
+    │   ├── BusyLoadingError     LOADING
+    │   └── PrimaryMoved         READONLY from the primary Sentinel named (postback.resend)
     ├── TimeoutError             timeout (frozen, overloaded or lost server)
     └── ResponseError
         ├── ReadOnlyError        READONLY (a replica, e.g. after a failover)
@@ -33,6 +34,8 @@ from typing import TypeVar
 
 import redis
 import redis.exceptions
+
+from postback.resend import PrimaryMoved
 
 T = TypeVar("T")
 
@@ -132,6 +135,8 @@ def _cause(exc: BaseException) -> Cause | None:
         return Cause.LOADING
     if isinstance(exc, redis.exceptions.AuthenticationError):
         return Cause.AUTH
+    if isinstance(exc, PrimaryMoved):
+        return Cause.READONLY
     if isinstance(exc, redis.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
         return Cause.OVERLOADED
     if isinstance(exc, redis.ConnectionError):

@@ -122,6 +122,14 @@ class Settings:
 
     # Where Redis lives. Unset: the embedded server of `data_dir`.
     redis_url: str | None = None
+    # Sentinels (`host:port`) that name the primary of `redis_sentinel_service`: set,
+    # they win over `redis_url` (which then gives only a user, password and database)
+    # and the embedded server.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_service: str = "postback"
+    # The data nodes' password (else the one in `redis_url`), and the Sentinels'.
+    redis_password: str | None = field(default=None, repr=False)
+    redis_sentinel_password: str | None = field(default=None, repr=False)
     data_dir: Path = field(default_factory=lambda: Path(".postback"))
     # The embedded server's `maxmemory` (it never evicts: `noeviction`).
     redis_maxmemory: str = "1gb"
@@ -251,6 +259,26 @@ class Settings:
                 redacted_url(self.redis_url),
                 "a redis://, rediss:// or unix:// URL",
             )
+        for text in self.redis_sentinels:
+            try:
+                parse_address(text)
+            except ValueError:
+                raise SettingsError(
+                    self.env_name("redis_sentinels"),
+                    text,
+                    "host:port pairs, comma-separated, each port 1 to 65535",
+                ) from None
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", self.redis_sentinel_service):
+            raise SettingsError(
+                self.env_name("redis_sentinel_service"),
+                self.redis_sentinel_service,
+                "a Sentinel service name (letters, digits, '.', '_', '-')",
+            )
+
+    @property
+    def sentinel_addresses(self) -> tuple[tuple[str, int], ...]:
+        """`redis_sentinels` as (host, port) pairs."""
+        return tuple(parse_address(text) for text in self.redis_sentinels)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -323,6 +351,28 @@ def _parse(name: str, raw: str, annotation: Any) -> Any:
         raise SettingsError(name, raw, "true or false")
     # Choices and rates are parsed by `Settings.__post_init__`.
     return raw
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (`[v6]:port` for an IPv6 address) as (host, port); ValueError unless
+    there is a host and a port from 1 to 65535."""
+    host, colon, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or any(c.isspace() or c in "/@[]" for c in host):
+        raise ValueError(f"not host:port: {text!r}")
+    if ":" in host:
+        ipaddress.IPv6Address(host)  # ValueError unless one (given in brackets)
+        if not text.strip().startswith("["):
+            raise ValueError(f"an IPv6 address goes in brackets: {text!r}")
+    if not port.isdigit() or not 1 <= int(port) <= 65_535:
+        raise ValueError(f"not a port: {text!r}")
+    return host, int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    """(host, port) as `parse_address` reads it back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def redacted_url(url: str) -> str:

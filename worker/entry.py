@@ -15,7 +15,7 @@ from collections.abc import Callable
 import redis
 
 from postback.children import die_with_parent, orphaned
-from postback.connection import RedisNotFound, connect, redis_url
+from postback.connection import RedisNotFound, connect, redis_target
 from postback.faults import classify
 from postback.logs import configure_logging
 from postback.settings import Settings, SettingsError
@@ -50,12 +50,12 @@ def work(settings: Settings, *, burst: bool = False) -> int:
     from worker.process import run
 
     configure_logging(settings.log_level)
-    url = redis_url(settings)
+    target = redis_target(settings)
     run(
         settings,
-        connect(url, timeout_seconds=settings.redis_timeout_seconds),
-        redis_url=url,
-        queue_client=connect(url, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
+        connect(target, timeout_seconds=settings.redis_timeout_seconds),
+        target=target,
+        queue_client=connect(target, timeout_seconds=settings.redis_timeout_seconds, blocking=True),
         burst=burst,
     )
     return 0
@@ -68,7 +68,7 @@ def deliver(settings: Settings) -> int:
     from worker.process import deliver as run
 
     configure_logging(settings.log_level)
-    client = connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
+    client = connect(redis_target(settings), timeout_seconds=settings.redis_timeout_seconds)
     return run(settings, client)
 
 
@@ -79,7 +79,7 @@ def schedule(settings: Settings) -> int:
     from worker import scheduler
 
     configure_logging(settings.log_level)
-    client = connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
+    client = connect(redis_target(settings), timeout_seconds=settings.redis_timeout_seconds)
     return scheduler.run(settings, client)
 
 

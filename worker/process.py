@@ -19,7 +19,7 @@ from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
 from postback import __version__
 from postback.children import Children, forks_die_with_parent, python_command
-from postback.connection import async_twin
+from postback.connection import Target, async_twin, target_environ
 from postback.faults import FaultWatch, patiently
 from postback.resources import raise_file_limit
 from postback.settings import Settings
@@ -91,7 +91,7 @@ def run(
     settings: Settings,
     client: redis.Redis,
     *,
-    redis_url: str,
+    target: Target,
     queue_client: redis.Redis | None = None,
     burst: bool = False,
 ) -> None:
@@ -102,7 +102,7 @@ def run(
     process (`worker.scheduler`), children kept running beside it (restarted if
     they die, stopped when this process stops, and by the kernel if this process
     is killed), so that none waits on another's interpreter lock and none holds
-    a copy of this process's connections. `redis_url` is the server they talk to.
+    a copy of this process's connections. `target` is where they find Redis.
     `queue_client` is the connection RQ blocks on while it waits for jobs and
     keeps its own records with (default: `client`); the job store, the lease
     renewals, the heartbeat and the reaper use `client`. Redis faults are waited
@@ -114,7 +114,7 @@ def run(
     forks_die_with_parent()
     stop = threading.Event()
     children = Children(
-        {**os.environ, "REDIS_URL": redis_url, PARENT_PID_ENV: str(os.getpid())},
+        {**os.environ, **target_environ(target), PARENT_PID_ENV: str(os.getpid())},
         stop_seconds=settings.delivery_timeout_seconds + 5,
     )
     children.add("delivery process", python_command("worker.deliver"))

@@ -19,9 +19,9 @@ import redis
 from app.cli import circuits, dead_letters, jobs, listen, partners, processes
 from app.cli.common import FAILED, REFUSED, Refused, say
 from postback import __version__
-from postback.connection import RedisNotFound, redis_url
+from postback.connection import RedisNotFound, describe, redis_target
 from postback.faults import classify
-from postback.settings import Settings, SettingsError, check_handler_modules, redacted_url
+from postback.settings import Settings, SettingsError, check_handler_modules
 
 __all__ = ["main"]
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         found = classify(exc, timeout_seconds=settings.redis_timeout_seconds)
         if found is None:
             raise
-        say(f"{found.detail}: Redis at {redacted_url(redis_url(settings))} ({exc})")
+        say(f"{found.detail}: {describe(redis_target(settings))} ({exc})")
         return FAILED
 
 

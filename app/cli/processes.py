@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from app.cli.common import data_dir_option
-from postback.connection import connect, redis_url
+from postback.connection import connect, redis_target
 from postback.settings import Settings
 
 
@@ -76,4 +76,4 @@ def _deliver(args: argparse.Namespace, settings: Settings) -> int:
 
 def client(settings: Settings) -> Any:
     """A client of the system's Redis, with the configured timeouts."""
-    return connect(redis_url(settings), timeout_seconds=settings.redis_timeout_seconds)
+    return connect(redis_target(settings), timeout_seconds=settings.redis_timeout_seconds)
