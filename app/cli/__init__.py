@@ -1,12 +1,12 @@
 """The `postback` command: up, serve, worker, deliver, partners, jobs, dead-letters, circuits,
-status, listen.
+status, listen, failover.
 
 The command line is a composition root of its own: `main` reads and checks the
 settings once (the handler modules imported included), then runs one command,
 which builds its services through the API's factory (`app.cli.common.Command`).
 Modules: `processes` (up, serve, worker, deliver), `partners`, `jobs`,
 `dead_letters`, `circuits` (with `status`), `listen` (a partner's client of the API, with
-`listen_state`), `common`.
+`listen_state`), `failover` (Sentinel), `common`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import redis
 
-from app.cli import circuits, dead_letters, jobs, listen, partners, processes
+from app.cli import circuits, dead_letters, failover, jobs, listen, partners, processes
 from app.cli.common import FAILED, REFUSED, Refused, say
 from postback import __version__
 from postback.connection import RedisNotFound, describe, redis_target
@@ -69,4 +69,5 @@ def _parser() -> argparse.ArgumentParser:
     dead_letters.add(commands)
     circuits.add(commands)
     listen.add(commands)
+    failover.add(commands)
     return parser
