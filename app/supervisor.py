@@ -1,5 +1,9 @@
 """`postback up`: the embedded Redis, the API and the workers, started and stopped together.
 
+With `--replicas N` the embedded Redis is an HA set (`postback.ha`): a primary, N
+replicas and three Sentinels, each restarted if it dies, and the API and the
+workers reach its primary through the Sentinels.
+
 One `postback up` per data dir: it holds `<data_dir>/up.lock` (an flock, with its
 pid in the file) for as long as it runs, and a second one refuses to start. It
 is a subreaper: whatever its children start is handed to it if they die, and it
@@ -21,7 +25,9 @@ import time
 from pathlib import Path
 
 from postback.children import Children, Strays, become_subreaper, die_with_parent, python_command
+from postback.connection import Target, describe, redis_target, target_environ
 from postback.embedded import EmbeddedRedis, make_private, write_private
+from postback.ha import HaSet
 from postback.settings import Settings
 
 # Beyond what a worker takes to stop its delivery process (`delivery_timeout_seconds` + 5).
@@ -97,13 +103,21 @@ def port_problem(host: str, port: int) -> str | None:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, *, data_dir: Path, host: str, port: int, workers: int
+        self,
+        settings: Settings,
+        *,
+        data_dir: Path,
+        host: str,
+        port: int,
+        workers: int,
+        replicas: int = 0,
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.host = host
         self.port = port
         self.workers = workers
+        self.replicas = replicas
         self.stopping = False
 
     def admin_token(self) -> tuple[str, bool]:
@@ -126,7 +140,7 @@ class Supervisor:
             print(f"postback: {exc}", file=sys.stderr)
             return 1
         try:
-            problem = port_problem(self.host, self.port)
+            problem = port_problem(self.host, self.port) or self.redis_problem()
             if problem is not None:
                 print(f"postback: {problem}", file=sys.stderr)
                 return 1
@@ -134,24 +148,57 @@ class Supervisor:
         finally:
             lock.release()
 
+    def external(self) -> bool:
+        """Whether Redis is the operator's (`REDIS_URL` or `POSTBACK_REDIS_SENTINELS` set)."""
+        return bool(self.settings.redis_url or self.settings.redis_sentinels)
+
+    def redis_problem(self) -> str | None:
+        """Why the Redis asked for cannot run on this data dir, or None."""
+        if self.replicas and self.external():
+            return (
+                "--replicas runs an HA set of its own: REDIS_URL or POSTBACK_REDIS_SENTINELS is set"
+            )
+        recorded = None if self.external() else HaSet.find(self.data_dir)
+        if recorded is not None and recorded.replicas != self.replicas:
+            return (
+                f"data dir {self.data_dir} holds an HA set with {recorded.replicas} replicas: "
+                f"run `postback up --replicas {recorded.replicas}`"
+            )
+        return None
+
     def _run(self) -> int:
         make_private(self.data_dir)
         become_subreaper()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
         token, generated = self.admin_token()
-        embedded = None
-        if self.settings.redis_url:
-            url, redis_line = self.settings.redis_url, "REDIS_URL (external)"
+        embedded = ha = None
+        target: Target
+        if self.external():
+            target = redis_target(self.settings)
+            redis_line = f"{describe(target)} (external)"
+        elif self.replicas:
+            ha = HaSet(
+                self.data_dir, replicas=self.replicas, maxmemory=self.settings.redis_maxmemory
+            )
+            ha.start()
+            # The data dir's HA set runs now: its Sentinels are where clients find Redis.
+            target = redis_target(self.settings)
+            host, port = ha.primary() or ("?", "?")
+            sentinels = ",".join(f"{h}:{p}" for h, p in ha.sentinels())
+            redis_line = (
+                f"embedded Valkey HA set: primary {host}:{port}, {self.replicas} replicas, "
+                f"Sentinels {sentinels} (service {ha.service!r})"
+            )
         else:
             embedded = EmbeddedRedis(self.data_dir, maxmemory=self.settings.redis_maxmemory)
             server = embedded.start()
-            url = server.url
+            target = server.url
             how = "adopted a running server" if server.adopted else "started"
             redis_line = f"127.0.0.1:{server.port} (embedded Valkey, {how}, pid {server.pid})"
         env = {
             **os.environ,
-            "REDIS_URL": url,
+            **target_environ(target),
             "POSTBACK_ADMIN_TOKEN": token,
             "POSTBACK_DATA_DIR": str(self.data_dir),
         }
@@ -168,7 +215,11 @@ class Supervisor:
             children.add(f"worker-{number}", python_command("worker"))
 
         def keep(pid: int) -> bool:
-            return pid in children.pids() or (embedded is not None and embedded.owns(pid))
+            if pid in children.pids():
+                return True
+            return (embedded is not None and embedded.owns(pid)) or (
+                ha is not None and ha.owns(pid)
+            )
 
         strays = Strays(keep, grace_seconds=self.settings.delivery_timeout_seconds + 5)
         children.start()
@@ -180,11 +231,14 @@ class Supervisor:
             print(f"  Admin token (kept in {self.data_dir / 'admin-token'}): {token}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         swept_at = time.monotonic()
+        reported: set[str] = set()
         try:
             while not self.stopping:
                 children.supervise()
                 if embedded is not None:
                     embedded = self._supervise_redis(embedded, server.port)
+                if ha is not None:
+                    self._supervise_ha(ha, reported)
                 if time.monotonic() - swept_at >= STRAYS_EVERY_SECONDS:
                     # What a dead child left behind (a killed worker's children, say).
                     strays.sweep()
@@ -196,6 +250,8 @@ class Supervisor:
             strays.stop_all()
             if embedded is not None:
                 embedded.stop(wait_seconds=2.5)
+            if ha is not None:
+                ha.stop(wait_seconds=2.5)
             print("Postback stopped.", flush=True)
         return 0
 
@@ -221,6 +277,32 @@ class Supervisor:
                 flush=True,
             )
         return restarted
+
+    def _supervise_ha(self, ha: HaSet, reported: set[str]) -> None:
+        """Restart the members of the HA set that died, each from its own config and AOF.
+
+        A dead primary is restarted once the Sentinels have promoted a replica (it comes
+        back as a replica); clients follow the primary through the Sentinels. `reported`
+        holds the members whose death was said already.
+        """
+        dead = ha.dead()
+        for name in sorted(set(dead) - reported):
+            print(
+                f"postback: Redis {name} died; restarting it (a primary once it is replaced)",
+                file=sys.stderr,
+                flush=True,
+            )
+        reported.clear()
+        reported.update(dead)
+        if not dead:
+            return
+        try:
+            restarted = ha.restart_dead()
+        except Exception as exc:
+            print(f"postback: {exc}; trying again", file=sys.stderr, flush=True)
+            return
+        for name in restarted:
+            print(f"postback: Redis {name} restarted", file=sys.stderr, flush=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True

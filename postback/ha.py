@@ -66,6 +66,8 @@ FAILOVER_TIMEOUT_MILLISECONDS = 10_000
 # A dead primary is left for the Sentinels to replace, and restarted (as a replica)
 # once they have; or after this long if they could not (no replica to promote).
 UNREPLACED_PRIMARY_SECONDS = (DOWN_AFTER_MILLISECONDS + FAILOVER_TIMEOUT_MILLISECONDS) / 1000
+# How often a Sentinel reads a member's INFO (and so learns of new replicas).
+SENTINEL_INFO_SECONDS = 10.0
 STATE_FILE = "ha.json"
 
 _DATA_CONFIG = """\
@@ -156,8 +158,8 @@ class HaSet:
         for sentinels in (False, True):
             if sentinels:
                 # A Sentinel sees the replicas linked as it starts, others only at its
-                # next INFO, 10 s later; go on after the deadline all the same.
-                _within(deadline, self._replicas_linked)
+                # next INFO: waiting longer than that gains nothing.
+                _within(min(deadline, time.monotonic() + SENTINEL_INFO_SECONDS), self._linked)
             for name in self.names():
                 if self._is_sentinel(name) == sentinels:
                     remaining = max(1.0, deadline - time.monotonic())
@@ -359,7 +361,7 @@ class HaSet:
             dir=server.dir,
         )
 
-    def _replicas_linked(self) -> bool:
+    def _linked(self) -> bool:
         """Whether every data member that answers as a replica has its link up."""
         data = [m for m in self.members() if m.role != Role.SENTINEL]
         return all(m.up for m in data) and all(m.link_up for m in data if m.role == Role.REPLICA)

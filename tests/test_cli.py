@@ -124,13 +124,17 @@ class Up:
 
 @contextlib.contextmanager
 def postback_up(
-    data_dir: Path, *, workers: int = 1, ready: tuple[int, ...] = (200,)
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    ready: tuple[int, ...] = (200,),
+    args: tuple[str, ...] = (),
 ) -> Iterator[Up]:
-    """`postback up` on a free port of 127.0.0.1, stopped with everything it started."""
+    """`postback up [args]` on a free port of 127.0.0.1, stopped with everything it started."""
     port = free_port()
     log = data_dir.parent / f"up-{port}.log"
     command = [*POSTBACK, "up", "--data-dir", str(data_dir), "--port", str(port)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(workers), *args]
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, env=cli_env(), cwd=data_dir.parent, stdout=out, stderr=subprocess.STDOUT

@@ -4,8 +4,11 @@ failover, its members coming back, and `postback up --replicas` with `postback s
 from __future__ import annotations
 
 import json
+import signal
 import stat
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +20,8 @@ from postback.embedded import EmbeddedRedis, EmbeddedRedisError
 from postback.ha import DOWN_AFTER_MILLISECONDS, QUORUM, SERVICE, HaSet
 from postback.ha_view import Role
 from tests.ha import ha_set, kill, member, sentinel
-from tests.processes import eventually, valkey_pids
+from tests.processes import POSTBACK, cli_env, eventually, valkey_pids
+from tests.test_cli import postback_up
 
 
 def data_client(ha: HaSet, port: int) -> redis.Redis:
@@ -222,3 +226,60 @@ def test_a_new_set_starts_from_the_single_servers_data(data_dir: Path) -> None:
             client = data_client(ha, found.port)
             assert client.get("from-before") == b"1", found.name
             client.close()
+
+
+def status_json(data_dir: Path) -> dict[str, Any]:
+    """`postback status --json` for `data_dir`, as an operator runs it (no Redis settings)."""
+    done = subprocess.run(
+        [*POSTBACK, "status", "--json", "--data-dir", str(data_dir)],
+        env=cli_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return dict(json.loads(done.stdout))
+
+
+def test_up_with_replicas_runs_the_set_restarts_its_members_and_status_shows_them(
+    data_dir: Path,
+) -> None:
+    """`postback up --replicas 2` serves through the set; `postback status --json` lists its six
+    members in their roles; a killed replica is restarted; SIGTERM leaves no server behind."""
+    with postback_up(data_dir, args=("--replicas", "2")) as up:
+        up.create_partner("Acme")
+        members = status_json(data_dir)["redis"]["members"]
+        roles = [m["role"] for m in members]
+        assert roles == ["primary", "replica", "replica", "sentinel", "sentinel", "sentinel"]
+        assert sorted(m["pid"] for m in members) == sorted(valkey_pids(data_dir))
+        assert all(m["port"] and m["up"] for m in members)
+        primary = f"127.0.0.1:{members[0]['port']}"
+        assert {m["primary"] for m in members[1:]} == {primary}
+        assert status_json(data_dir)["redis"]["sentinel"]["primary"] == primary
+
+        ha = HaSet.find(data_dir)
+        assert ha is not None
+        killed = kill(ha, "replica-2")
+        eventually(
+            lambda: (m := member(ha, "replica-2")).pid not in (None, killed) and m.link_up,
+            timeout_seconds=30,
+            what="postback up restarts the killed replica, which links up again",
+        )
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(timeout=60) == 0, up.output()
+    assert valkey_pids(data_dir) == []
+
+
+def test_up_refuses_a_data_dir_whose_set_has_another_shape(data_dir: Path) -> None:
+    """`postback up` on a data dir holding an HA set needs its --replicas: anything else is
+    one line and exit status 1, nothing started."""
+    with ha_set(data_dir, replicas=1):
+        pass
+    done = subprocess.run(
+        [*POSTBACK, "up", "--data-dir", str(data_dir), "--port", "0"],
+        env=cli_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "holds an HA set with 1 replicas: run `postback up --replicas 1`" in done.stderr.decode()
+    assert valkey_pids(data_dir) == []

@@ -81,8 +81,12 @@ def _reset(args: argparse.Namespace, settings: Settings) -> int:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from app.status import render, snapshot
+    from postback.ha import HaSet
 
-    data = snapshot(Command(settings).services.redis)
+    # The data dir's HA set, unless Redis is the operator's own at a URL.
+    external = settings.redis_url and not settings.redis_sentinels
+    ha = None if external else HaSet.find(settings.data_dir)
+    data = snapshot(Command(settings).services.redis, ha=ha)
     if args.json:
         emit(data)
     else:

@@ -17,6 +17,13 @@ def add(commands: Any) -> None:
     up.add_argument("--host", default="127.0.0.1", help="API address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     up.add_argument("--workers", type=_count, default=1, help="worker processes (default 1)")
+    up.add_argument(
+        "--replicas",
+        type=_count,
+        default=0,
+        help="run Redis as a primary, N replicas and 3 Sentinels, to try failover (default 0: "
+        "one server)",
+    )
     up.set_defaults(run=_up)
 
     serve = commands.add_parser("serve", parents=common, help="run the API alone, under gunicorn")
@@ -52,6 +59,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        replicas=args.replicas,
     ).run()
 
 
