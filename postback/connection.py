@@ -404,40 +404,34 @@ class AsyncSentinelConnection(PackedConnection, redis.asyncio.sentinel.SentinelM
 
 
 def async_twin(client: redis.Redis, *, max_connections: int) -> Callable[[], redis.asyncio.Redis]:
-    """A maker of asyncio clients for `client`'s server (or Sentinel-named primary), with
+    """A maker of asyncio clients for `client`'s server (or the primary Sentinel names), with
     its timeouts and retry rule.
 
     Each client it makes has a bounded pool: callers wait for a free connection.
     """
     pool = client.connection_pool
     params: dict[str, Any] = {k: v for k, v in pool.connection_kwargs.items() if k in _ASYNC_PARAMS}
-    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
-        params.pop("host", None)
+    params.update(max_connections=max_connections, timeout=None, retry=AsyncOneRetry())
+    following = pool if isinstance(pool, redis.sentinel.SentinelConnectionPool) else None
+    if following is not None:
+        params.pop("host", None)  # Sentinel's to say
         params.pop("port", None)
-        manager, service = pool.sentinel_manager, pool.service_name
-
-        def make_following() -> redis.asyncio.Redis:
-            apool = sentinel.AsyncSentinelPool(
-                service,
-                sentinel.async_sentinel_manager(manager, AsyncOneRetry()),
-                connection_class=AsyncSentinelConnection,
-                max_connections=max_connections,
-                timeout=None,
-                retry=AsyncOneRetry(),
-                **params,
-            )
-            return redis.asyncio.Redis(connection_pool=apool)
-
-        return make_following
 
     def make() -> redis.asyncio.Redis:
-        apool = redis.asyncio.BlockingConnectionPool(
-            connection_class=PackedConnection,
-            max_connections=max_connections,
-            timeout=None,
-            retry=AsyncOneRetry(),
-            **params,
+        if following is not None:
+            manager = sentinel.async_sentinel_manager(following.sentinel_manager, AsyncOneRetry())
+            return redis.asyncio.Redis(
+                connection_pool=sentinel.AsyncSentinelPool(
+                    following.service_name,
+                    manager,
+                    connection_class=AsyncSentinelConnection,
+                    **params,
+                )
+            )
+        return redis.asyncio.Redis(
+            connection_pool=redis.asyncio.BlockingConnectionPool(
+                connection_class=PackedConnection, **params
+            )
         )
-        return redis.asyncio.Redis(connection_pool=apool)
 
     return make
