@@ -15,6 +15,11 @@ saturated API. Both durability modes (`fsync`, `everysec`) are measured, and
 every figure is the median of the runs, each run measuring every target.
 
 Goals: Postback accepts/s ÷ baseline accepts/s >= 0.7; p99 at half load <= 10 ms.
+
+    python -m bench.accept --replicas N [--replica-appendfsync everysec]
+
+measures the same against the primary of an HA set with N replicas (`postback.ha`),
+`replicated` durability (P10) beside the other two, each against the same primary.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 import redis
 import requests
 
-from bench.common import clean_env, embedded_redis, spawn, stop_group, tail
+from bench.common import clean_env, embedded_redis, replicated_redis, spawn, stop_group, tail
 from postback.embedded import free_port
 
 CLIENTS = 16
@@ -207,6 +212,7 @@ def _server(
 
 
 def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **settings: str):
+    """`postback serve` on `url` in durability `mode`, answering once ready."""
     bounds = {
         # The bench's one partner queues every job it sends and no worker takes them:
         # at the default bounds (10,000 of a partner's jobs waiting) a fast run reaches
@@ -271,16 +277,30 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "runs": values}
 
 
-def main(quick: bool = False, data_parent: str = ".") -> dict:
+def main(
+    quick: bool = False,
+    data_parent: str = ".",
+    *,
+    replicas: int = 0,
+    replica_appendfsync: str = "always",
+) -> dict:
+    """P1's figures; with `replicas`, against an HA set's primary, `replicated` included."""
     seconds, warmup, repeats = (1.0, 0.3, 1) if quick else (8.0, 1.0, 3)
-    with embedded_redis(data_parent) as (url, data):
+    modes = (*MODES, "replicated") if replicas else MODES
+    server = (
+        replicated_redis(replicas, data_parent, replica_appendfsync=replica_appendfsync)
+        if replicas
+        else embedded_redis(data_parent)
+    )
+    with server as (url, data):
         client = redis.Redis.from_url(url)
         admin_token = secrets.token_hex(16)
-        ports = {name: free_port() for name in ("baseline", "baseline_gthread", *MODES)}
+        ports = {name: free_port() for name in ("baseline", "baseline_gthread", *modes)}
         bases = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-        names = ("ping", "baseline", "baseline_gthread", *MODES)
+        names = ("ping", "baseline", "baseline_gthread", *modes)
         runs: dict[str, list[dict]] = {name: [] for name in names}
-        half: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        half: dict[str, list[dict]] = {mode: [] for mode in modes}
+        extra = {"POSTBACK_DURABILITY_REPLICAS": str(replicas)} if replicas else {}
         try:
             with contextlib.ExitStack() as stack:
                 generator = LoadGenerator()
@@ -292,9 +312,11 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                         url, ports["baseline_gthread"], data / "baseline-gthread.log", "gthread"
                     )
                 )
-                for mode in MODES:
+                for mode in modes:
                     stack.enter_context(
-                        _postback(url, mode, ports[mode], admin_token, data / f"api-{mode}.log")
+                        _postback(
+                            url, mode, ports[mode], admin_token, data / f"api-{mode}.log", **extra
+                        )
                     )
                 for number in range(repeats):
                     timing = {"seconds": seconds, "warmup": warmup}
@@ -307,7 +329,7 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                         target = Target("POST", f"{bases[name]}/v1/jobs", 202, JOB)
                         runs[name].append(measure(target, **timing))
                     # Alternate the order of the modes from run to run: drift hits both alike.
-                    for mode in MODES if number % 2 == 0 else MODES[::-1]:
+                    for mode in modes if number % 2 == 0 else modes[::-1]:
                         client.flushall()  # no backlog carried over (it is bounded, and costs AOF)
                         key = _partner_key(bases[mode], admin_token)
                         target = Target("POST", f"{bases[mode]}/v1/jobs", 202, JOB, key)
@@ -339,12 +361,14 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                 "worker_class": "gevent",
                 "worker_connections": WORKER_CONNECTIONS,
             },
+            "replicas": replicas,
+            "replica_appendfsync": replica_appendfsync if replicas else None,
         },
         "client_ceiling_per_second": _summary([r["per_second"] for r in runs["ping"]]),
         "baseline": figures("baseline"),
         "baseline_gthread": figures("baseline_gthread"),
     }
-    for mode in MODES:
+    for mode in modes:
         results[mode] = figures(mode) | {
             "ratio_to_baseline": _summary(
                 [
@@ -360,12 +384,19 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                 "errors": sum(h["errors"] for h in half[mode]),
             },
         }
-    results["ratio_fsync_to_everysec"] = _summary(
-        [
-            f["per_second"] / e["per_second"]
-            for f, e in zip(runs["fsync"], runs["everysec"], strict=True)
-        ]
-    )
+
+    def ratio(over: str, under: str) -> dict:
+        return _summary(
+            [
+                o["per_second"] / u["per_second"]
+                for o, u in zip(runs[over], runs[under], strict=True)
+            ]
+        )
+
+    results["ratio_fsync_to_everysec"] = ratio("fsync", "everysec")
+    if replicas:
+        results["ratio_replicated_to_fsync"] = ratio("replicated", "fsync")
+        results["ratio_replicated_to_everysec"] = ratio("replicated", "everysec")
     return results
 
 
@@ -392,7 +423,13 @@ def report(results: dict) -> str:
         f"(runs {_runs(results['baseline_gthread']['per_second']['runs'])}), "
         f"p50/p95/p99 {latency(results['baseline_gthread'])} ms",
     ]
-    for mode in MODES:
+    modes = [mode for mode in (*MODES, "replicated") if mode in results]
+    if s.get("replicas"):
+        lines[0] += (
+            f"; against an HA set's primary, {s['replicas']} replica(s) "
+            f"with appendfsync {s['replica_appendfsync']}"
+        )
+    for mode in modes:
         m = results[mode]
         h = m["half_load"]
         lines.append(
@@ -402,8 +439,8 @@ def report(results: dict) -> str:
             f"p99 at {h['rate']['median']:.0f}/s {h['p99_ms']['median']:.1f} ms "
             f"(runs {_runs(h['p99_ms']['runs'], 1)}; goal <= 10)"
         )
-    failed = {name: results[name]["errors"] for name in ("baseline", "baseline_gthread", *MODES)}
-    failed |= {f"{mode} at half load": results[mode]["half_load"]["errors"] for mode in MODES}
+    failed = {name: results[name]["errors"] for name in ("baseline", "baseline_gthread", *modes)}
+    failed |= {f"{mode} at half load": results[mode]["half_load"]["errors"] for mode in modes}
     # A failed request is not counted as an accept, but a fast failure frees its client
     # for the next one: a target with failures is not measured as the others are.
     where = ", ".join(f"{name} {count}" for name, count in failed.items() if count)
@@ -413,6 +450,14 @@ def report(results: dict) -> str:
         f"(runs {_runs(cost['runs'], 2)}); failed requests: {sum(failed.values())}"
         + (f" ({where}): these figures do not hold" if where else "")
     )
+    if "ratio_replicated_to_fsync" in results:
+        to_fsync = results["ratio_replicated_to_fsync"]
+        to_everysec = results["ratio_replicated_to_everysec"]
+        lines.append(
+            f"   replication cost, accepts/s replicated / fsync: {to_fsync['median']:.2f} "
+            f"(runs {_runs(to_fsync['runs'], 2)}), replicated / everysec: "
+            f"{to_everysec['median']:.2f} (runs {_runs(to_everysec['runs'], 2)})"
+        )
     return "\n".join(lines)
 
 
@@ -420,5 +465,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1 s loads, one run")
     parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="against an HA set with this many replicas, replicated durability included",
+    )
+    parser.add_argument(
+        "--replica-appendfsync",
+        choices=("always", "everysec"),
+        default="always",
+        help="the replicas' appendfsync (with --replicas)",
+    )
     args = parser.parse_args()
-    print(report(main(args.quick, args.data_parent)))
+    results = main(
+        args.quick,
+        args.data_parent,
+        replicas=args.replicas,
+        replica_appendfsync=args.replica_appendfsync,
+    )
+    print(report(results))

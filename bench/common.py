@@ -8,10 +8,15 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
+
 from postback.embedded import EmbeddedRedis
+from postback.ha import HaSet
+from postback.ha_view import Role
 from worker.jobs import JobStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +38,44 @@ def embedded_redis(data_parent: str | None = ".") -> Iterator[tuple[str, Path]]:
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replicated_redis(
+    replicas: int, data_parent: str | None = ".", *, replica_appendfsync: str = "always"
+) -> Iterator[tuple[str, Path]]:
+    """As `embedded_redis`, the URL being the primary of an HA set with `replicas` replicas
+    (`postback.ha`), once each of them confirms its fsyncs; with `replica_appendfsync`."""
+    data = Path(tempfile.mkdtemp(prefix=".postback-bench-", dir=data_parent))
+    ha = HaSet(data, replicas=replicas)
+    try:
+        ha.start()
+        url = ""
+        for member in ha.members():
+            member_url = f"redis://:{ha.data_password}@{member.host}:{member.port}/0"
+            if member.role == Role.REPLICA:
+                redis.Redis.from_url(member_url).config_set("appendfsync", replica_appendfsync)
+            elif member.role == Role.PRIMARY:
+                url = member_url
+        primary = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 60
+        while not _confirmed(primary, replicas):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{replicas} replica(s) did not confirm fsyncs within 60 s")
+            time.sleep(0.2)
+        yield url, data
+    finally:
+        ha.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _confirmed(client: redis.Redis, replicas: int) -> bool:
+    """Whether a write made now is fsynced on the primary and `replicas` replicas within 1 s."""
+    pipe = client.pipeline(transaction=False)
+    pipe.incr("bench:mark")
+    pipe.execute_command("WAITAOF", 1, replicas, 1000)
+    _, (local, fsynced) = pipe.execute()
+    return bool(local >= 1 and fsynced >= replicas)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

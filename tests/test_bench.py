@@ -142,6 +142,20 @@ def test_the_accept_benchmark_runs_and_reports(tmp_path):
     assert list(tmp_path.iterdir()) == []  # the Redis data dir is removed
 
 
+def test_the_accept_benchmark_measures_replicated_durability_against_an_ha_set(tmp_path):
+    """With replicas, the accept benchmark runs against an HA set's primary and measures
+    `replicated` durability beside `fsync` and `everysec` (P10)."""
+    from bench import accept
+
+    results = accept.main(quick=True, data_parent=str(tmp_path), replicas=1)
+    for mode in ("fsync", "everysec", "replicated"):
+        assert results[mode]["per_second"]["median"] > 0
+        assert results[mode]["errors"] == 0
+    assert results["ratio_replicated_to_fsync"]["median"] > 0
+    assert "replicated / fsync" in accept.report(results)
+    assert list(tmp_path.iterdir()) == []  # the HA set's data dir is removed
+
+
 def test_the_long_poll_benchmark_holds_its_waits_while_submitting(tmp_path):
     """A quick P8 run holds its long-polls open, then measures submissions with and without."""
     from bench import longpoll
