@@ -15,6 +15,7 @@ from bench import (
     accept,
     dead_letters,
     delivery,
+    failover,
     io_model,
     lifecycle,
     longpoll,
@@ -41,6 +42,10 @@ def run(quick: bool) -> dict:
                 f"dead letters: first page {r['first_page_of_100_ms']:.0f} ms, "
                 f"replay of {r['replayed']} in {r['replay_seconds']:.1f} s"
             ),
+        ),
+        "failover": (
+            lambda q: failover.main(failover.QUICK if q else failover.FULL),
+            failover.report,
         ),
     }
     results: dict = {

@@ -110,29 +110,45 @@ def _wait_delivered(
     *,
     deadline: float,
 ) -> list[float]:
-    """Wait until every job's webhook is delivered; their settlement times.
+    """Wait until every job's webhook is delivered; their settlement times."""
+    wait_finished(client, len(job_ids), processes, deadline=deadline)
+    return settlements(client, job_ids)
 
-    While waiting it asks two counts (cheap: the workers share the machine):
-    every job finished, and no webhook due or in flight. Then it reads every
-    job's webhook, pipelined, to check that each was delivered.
+
+def wait_finished(
+    client: redis.Redis,
+    jobs: int,
+    processes: list[tuple[subprocess.Popen, Path]],
+    *,
+    deadline: float,
+    partner_id: str = OWNER,
+) -> None:
+    """Wait until the partner's `jobs` jobs have finished and no webhook is due or in flight.
+
+    It asks two counts every 50 ms (cheap: the workers share the machine); it
+    raises if a process of `processes` exits, a job fails, or `deadline` passes.
     """
-    completed = js.partner_index(OWNER, js.COMPLETED)
+    completed = js.partner_index(partner_id, js.COMPLETED)
     while True:
         for process, log in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"a worker exited with {process.returncode}:\n{tail(log)}")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the {len(job_ids)} webhooks were not delivered in time")
+            raise TimeoutError(f"the {jobs} webhooks were not delivered in time")
         with client.pipeline(transaction=False) as pipe:
             pipe.zcard(completed)
-            pipe.zcard(js.partner_index(OWNER, js.FAILED))
+            pipe.zcard(js.partner_index(partner_id, js.FAILED))
             finished, failed = pipe.execute()
         due = Outbox(client).counts()["scheduled"]
         if failed:
             raise RuntimeError(f"{failed} echo jobs failed")
-        if finished == len(job_ids) and due == 0:
-            break
+        if finished == jobs and due == 0:
+            return
         time.sleep(0.05)
+
+
+def settlements(client: redis.Redis, job_ids: list[str]) -> list[float]:
+    """Each job's webhook settlement time, read pipelined; raises if one is not delivered."""
     with client.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
             pipe.hget(js.job_key(job_id), "event_id")

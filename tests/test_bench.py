@@ -210,6 +210,29 @@ def test_the_pipeline_benchmark_runs_and_reports(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_failover_benchmark_loses_no_acknowledged_job(tmp_path):
+    """A quick P10 run kills the primary of an HA set under load: the 202s stop for a few
+    seconds, no answer is a 500, every 202'd job completes, and the primary's CPU per job
+    is read with each script named."""
+    from bench import failover
+
+    results = failover.main(failover.QUICK, data_parent=str(tmp_path))
+    (kill,) = results["failover"]["kills"]
+    assert kill["victim"] == "primary"
+    assert 0 < kill["seconds_without_202"] < 30
+    assert kill["to_first_202_seconds"] is not None
+    assert results["failover"]["server_errors"] == 0
+    outcome = results["failover"]["outcome"]
+    assert outcome["acknowledged"] > 0
+    assert outcome["lost"] == 0
+    assert outcome["completed"] == outcome["webhooks_delivered"] == outcome["acknowledged"]
+    per_job = results["redis_cost"]["per_job"]
+    assert per_job["cpu_usec"] > 0 and per_job["commands"]["evalsha"]["calls"] > 0
+    assert "worker.transitions._START" in results["redis_cost"]["scripts"]["scripts"]
+    assert "P10" in failover.report(results)
+    assert list(tmp_path.iterdir()) == []  # the HA set's data dir is removed
+
+
 def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path, capsys):
     """`python -m bench --quick` runs each benchmark in quick mode and writes results.json."""
     import sys
@@ -219,6 +242,7 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
         accept,
         dead_letters,
         delivery,
+        failover,
         io_model,
         lifecycle,
         longpoll,
@@ -236,6 +260,8 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
     monkeypatch.setattr(longpoll, "report", lambda results: "ok")
     monkeypatch.setattr(streams, "main", lambda shape: calls.append((streams, shape)) or {})
     monkeypatch.setattr(streams, "report", lambda results: "ok")
+    monkeypatch.setattr(failover, "main", lambda shape: calls.append((failover, shape)) or {})
+    monkeypatch.setattr(failover, "report", lambda results: "ok")
     monkeypatch.setattr(
         dead_letters,
         "main",
@@ -261,10 +287,11 @@ def test_the_harness_runs_every_section_and_writes_results(monkeypatch, tmp_path
         io_model,
         lifecycle,
         dead_letters,
+        failover,
     ]
     assert (accept, True) in calls and (delivery, True) in calls and (io_model, True) in calls
     assert (dead_letters, 1000) in calls and (longpoll, 200) in calls
-    assert (streams, streams.QUICK) in calls
+    assert (streams, streams.QUICK) in calls and (failover, failover.QUICK) in calls
     written = (tmp_path / "results.json").read_text()
     assert '"quick": true' in written and "dead_letters" in written
 
