@@ -195,20 +195,35 @@ class HaSet:
     ) -> list[str]:
         """Start again, each with its own config, the members whose process died; their names.
 
-        A dead member the Sentinels still name primary waits for them to promote a
-        replica (restarted at once, it would be the primary again, and no failover
-        would ever be seen), or for `unreplaced_primary_seconds` if they cannot. A
-        former primary comes back as a primary and the Sentinels make it a replica.
-        Every member due is tried; if any fails, `EmbeddedRedisError` names them all.
+        A dead member that a Sentinel still takes for the primary is restarted only once
+        none does: every Sentinel that answers has switched to the replica they promoted
+        and ended its failover. Restarted at once, it would be the primary again and no
+        failover would ever be seen; restarted before a Sentinel has switched, that
+        Sentinel sends clients to it (a primary again, with no replica) and may even
+        point replicas at it, and what is written there is lost when it becomes a
+        replica. If most Sentinels still name it after `unreplaced_primary_seconds`
+        (they cannot replace it), it is restarted as the primary. A former primary
+        comes back as a primary and the Sentinels make it a replica. Every member due
+        is tried; if any fails, `EmbeddedRedisError` names them all.
         """
         now = time.monotonic()
         dead = self.dead()
         self._dead_since = {name: self._dead_since.get(name, now) for name in dead}
-        named = self.primary() if any(not self._is_sentinel(n) for n in dead) else None
+        members = self.members() if any(not self._is_sentinel(n) for n in dead) else []
+        taken = {
+            address
+            for m in members
+            if m.role == Role.SENTINEL
+            for address in (m.primary, m.monitors)
+            if address is not None
+        }
+        named, count = sentinels_view(members)
         restarted, failed = [], []
         for name in dead:
-            replacing = named == (HOST, self._spec(name)["port"])
-            if replacing and now - self._dead_since[name] < unreplaced_primary_seconds:
+            address = (HOST, self._spec(name)["port"])
+            unreplaced = named == address and count >= QUORUM
+            waited = now - self._dead_since[name] >= unreplaced_primary_seconds
+            if address in taken and not (unreplaced and waited):
                 continue
             try:
                 self._server(name).start(wait_seconds=wait_seconds)

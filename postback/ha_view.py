@@ -60,6 +60,10 @@ class Member:
     # A Sentinel: how many replicas and other Sentinels of the service it knows.
     known_replicas: int | None = None
     known_sentinels: int | None = None
+    # A Sentinel: the primary's address in its own table (`SENTINEL MASTER`), which is the
+    # one redis-py's clients connect to. While it leads a failover it is still the former
+    # primary's, until the failover ends; `primary` is then the promoted replica.
+    monitors: tuple[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The member for `postback status --json`: addresses as `host:port` strings."""
@@ -67,6 +71,7 @@ class Member:
         data["role"] = str(self.role)
         data["dir"] = str(self.dir)
         data["primary"] = _address(self.primary)
+        data["monitors"] = _address(self.monitors)
         return data
 
 
@@ -165,6 +170,7 @@ def _ask_sentinel(member: Member, password: str, service: str) -> tuple[Member, 
             primary=(address[0].decode(), int(address[1])) if address else None,
             known_replicas=int(fields[b"num-slaves"]),
             known_sentinels=int(fields[b"num-other-sentinels"]),
+            monitors=(fields[b"ip"].decode(), int(fields[b"port"])),
         ),
         {},
     )

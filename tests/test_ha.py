@@ -192,6 +192,38 @@ def test_a_dead_primary_is_left_to_the_sentinels_until_they_cannot_replace_it(
         )
 
 
+def test_a_dead_primary_is_not_restarted_while_one_sentinel_still_names_it(
+    data_dir: Path,
+) -> None:
+    """After a failover, a dead primary that one Sentinel still takes for the primary (it
+    missed the failover, or leads it and has not ended it) is not restarted, though most
+    name the promoted replica: that Sentinel would send clients to it, a primary again;
+    it is once no Sentinel does."""
+    with ha_set(data_dir, replicas=1) as ha:
+        former = ("127.0.0.1", member(ha, "primary").port)
+        kill(ha, "primary")
+
+        def switched() -> tuple[str, int] | None:
+            """The primary every Sentinel names and holds in its table, once not the former."""
+            views = {(m.primary, m.monitors) for m in ha.members() if m.role == Role.SENTINEL}
+            if len(views) != 1:
+                return None
+            ((named, held),) = views
+            return named if named == held and named not in (None, former) else None
+
+        promoted = eventually(switched, timeout_seconds=30, what="every Sentinel switched")
+        # A Sentinel that missed the failover: it names the former primary.
+        behind = redis.Redis(*ha.sentinels()[2], password=ha.sentinel_password, socket_timeout=5)
+        behind.execute_command("SENTINEL", "REMOVE", SERVICE)
+        behind.execute_command("SENTINEL", "MONITOR", SERVICE, *former, QUORUM)
+        assert ha.primary() == promoted
+        assert ha.restart_dead() == []
+        assert ha.dead() == ["primary"]
+        behind.execute_command("SENTINEL", "REMOVE", SERVICE)
+        behind.close()
+        assert ha.restart_dead() == ["primary"]
+
+
 def test_dead_sentinels_and_replicas_are_restarted_and_the_set_is_adopted(data_dir: Path) -> None:
     """`restart_dead` starts a killed Sentinel and replica again; a second start adopts
     every member, and a start with another replica count is refused."""
