@@ -1,13 +1,15 @@
 """Idempotency-Key for job submission (draft-ietf-httpapi-idempotency-key-header).
 
-The first request with a key records a "processing" marker (SET NX), so
-concurrent duplicates cannot both create a job: they get 409 until the first
-one's response is stored, then that response. The response is stored in the
-same transaction that creates the job, so a crash cannot leave a job without
-its record; a submission that waited for its job (`Prefer: wait`) replaces it
-with the answer it gave in the end, so a replay answers what the first got. A
-key reused with a different body is a 422. Keys are scoped per partner and
-forgotten after `POSTBACK_IDEMPOTENCY_TTL_SECONDS`.
+A key's record is written only by the script that creates its job, with the
+response, and that script writes nothing if the record exists: concurrent
+duplicates cannot both create a job (the later ones get the first one's
+response), a crash cannot leave a job without its record, and a request that
+fails before its job is made leaves nothing behind, whatever became of Redis
+meanwhile (after a failover, a marker written on the old primary would hold the
+key for every retry). A submission that waited for its job (`Prefer: wait`)
+replaces the record with the answer it gave in the end, so a replay answers what
+the first got. A key reused with a different body is a 422. Keys are scoped per
+partner and forgotten after `POSTBACK_IDEMPOTENCY_TTL_SECONDS`.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from postback.errors import Conflict, InvalidInput, Malformed
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
-# How long a "processing" marker holds a key if its request dies before finishing.
-PROCESSING_SECONDS = 60
 
 _SF_STRING = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _TOKEN = re.compile(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*")
@@ -79,32 +79,27 @@ class Idempotency:
         self.ttl_seconds = ttl_seconds
 
     @staticmethod
-    def _key(partner_id: str, key: str) -> str:
+    def record_key(partner_id: str, key: str) -> str:
+        """The Redis key of the record of `key`: the job's creation is made once under it."""
         return f"pb:idem:{partner_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
-    def begin(self, partner_id: str, key: str, print_: str) -> Stored | None:
-        """None if this request goes ahead; the stored response if it already ran.
+    def lookup(self, partner_id: str, key: str, print_: str) -> Stored | None:
+        """The stored response if a request with the key made its job; None if none did.
 
-        Raises Conflict (state "processing") while another request with the key is
-        being processed, and InvalidInput if the key was used with a different body.
+        Raises InvalidInput if the key was used with a different body, and Conflict
+        (state "processing") for the marker an earlier version kept while it worked.
         """
-        name = self._key(partner_id, key)
-        marker = json.dumps({"state": "processing", "fingerprint": print_})
-        if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
-            return None
         # A synchronous client: its replies are values, never awaitables.
-        raw = cast(bytes | None, self.redis.get(name))
-        if raw is None:  # expired between the two calls: try once more
-            if self.redis.set(name, marker, nx=True, ex=PROCESSING_SECONDS):
-                return None
-            raw = cast(bytes | None, self.redis.get(name)) or marker.encode()
+        raw = cast(bytes | None, self.redis.get(self.record_key(partner_id, key)))
+        if raw is None:
+            return None
         record = json.loads(raw)
         if record["fingerprint"] != print_:
             raise InvalidInput(
                 f"this {HEADER} was used with a different request body",
                 errors={HEADER: ["already used with a different body"]},
             )
-        if record["state"] == "processing":
+        if record["state"] != "done":
             raise Conflict(
                 f"a request with this {HEADER} is still being processed; retry",
                 state="processing",
@@ -114,16 +109,13 @@ class Idempotency:
     def finish(
         self, pipe: redis.client.Pipeline, partner_id: str, key: str, print_: str, stored: Stored
     ) -> None:
-        """Keep the response, inside the transaction that made it."""
-        pipe.set(self._key(partner_id, key), _done(print_, stored), ex=self.ttl_seconds)
+        """Keep the response, inside the transaction that made it (made once under
+        `record_key`)."""
+        pipe.set(self.record_key(partner_id, key), _done(print_, stored), ex=self.ttl_seconds)
 
     def replace(self, partner_id: str, key: str, print_: str, stored: Stored) -> None:
         """Keep `stored` instead of the response `finish` kept, for the rest of the key's
         time: the request was answered otherwise in the end (a `Prefer: wait` that saw
         its job end). Nothing is kept if the key has been forgotten meanwhile."""
-        name = self._key(partner_id, key)
+        name = self.record_key(partner_id, key)
         self.redis.set(name, _done(print_, stored), xx=True, keepttl=True)
-
-    def abandon(self, partner_id: str, key: str) -> None:
-        """Release the key of a request that failed before doing anything."""
-        self.redis.delete(self._key(partner_id, key))

@@ -93,89 +93,96 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     print_ = idem.fingerprint(raw) if key is not None else ""
     if key is not None:
         count_now()  # before a stored answer could be replayed
-        stored = svc.idempotency.begin(g.partner_id, key, print_)
+        stored = svc.idempotency.lookup(g.partner_id, key, print_)
         if stored is not None:
-            pm.counter(svc.redis, "postback_idempotent_replays_total")
-            svc.jobs.confirm_durable()
-            return (
-                jsonify(stored.body),
-                stored.status,
-                {**stored.headers, "Idempotent-Replayed": "true"},
+            return _replayed(stored)
+    svc.memory.admit()
+    svc.backlog.admit()
+    response: dict[str, Any] = {}
+
+    def keep_response(pipe: Any, job: js.Job) -> None:
+        pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})
+        url = status_url(job.id, base)
+        response["body"] = {
+            "id": job.id,
+            "status": str(job.status),
+            "status_url": url,
+            "created_at": clock.rfc3339(job.created_at),
+        }
+        response["headers"] = {
+            "Location": url,
+            "Retry-After": str(svc.settings.poll_after_seconds),
+        }
+        if asked.respond_async:
+            response["headers"][prefer.APPLIED_HEADER] = prefer.RESPOND_ASYNC
+        if key is not None:
+            svc.idempotency.finish(
+                pipe,
+                g.partner_id,
+                key,
+                print_,
+                idem.Stored(202, response["body"], response["headers"]),
             )
+
+    # Counted against the rate limit by the same script, for a key this process knows.
+    rate = g.get("pending_rate")
+    unconfirmed: js.NotDurable | None = None
     try:
-        svc.memory.admit()
-        svc.backlog.admit()
-        response: dict[str, Any] = {}
-
-        def keep_response(pipe: Any, job: js.Job) -> None:
-            pm.counter(pipe, "postback_jobs_submitted_total", {"type": body["type"]})
-            url = status_url(job.id, base)
-            response["body"] = {
-                "id": job.id,
-                "status": str(job.status),
-                "status_url": url,
-                "created_at": clock.rfc3339(job.created_at),
-            }
-            response["headers"] = {
-                "Location": url,
-                "Retry-After": str(svc.settings.poll_after_seconds),
-            }
-            if asked.respond_async:
-                response["headers"][prefer.APPLIED_HEADER] = prefer.RESPOND_ASYNC
-            if key is not None:
-                svc.idempotency.finish(
-                    pipe,
-                    g.partner_id,
-                    key,
-                    print_,
-                    idem.Stored(202, response["body"], response["headers"]),
-                )
-
-        # Counted against the rate limit by the same script, for a key this process knows.
-        rate = g.get("pending_rate")
-        unconfirmed: js.NotDurable | None = None
-        try:
-            svc.jobs.create(
-                partner_id=g.partner_id,
-                type=body["type"],
-                input=job_input,
-                callback_url=body["callback_url"],
-                timeout_seconds=timeout_seconds,
-                priority=body["priority"],
-                base_url=base,
-                request_id=correlation.request_id(),
-                traceparent=correlation.traceparent(),
-                also=keep_response,
-                rate=rate,
-            )
-        except KeyChanged:
-            count_now()  # the key was revoked since this process last saw it: 401
-            raise Unauthorized("the API key is not valid") from None
-        except RateLimited as exc:
-            g.pending_rate = None
-            raise svc.rate_limiter.refused(exc.reset) from None
-        except quotas.OverQuota:
-            if rate is not None:  # the script counted the request before it refused
-                g.pending_rate = None
-                svc.rate_limiter.answered(rate)
-            raise
-        except js.NotDurable as exc:
-            unconfirmed = exc  # stored, but not confirmed on disk: answered below
-        if rate is not None:
+        svc.jobs.create(
+            partner_id=g.partner_id,
+            type=body["type"],
+            input=job_input,
+            callback_url=body["callback_url"],
+            timeout_seconds=timeout_seconds,
+            priority=body["priority"],
+            base_url=base,
+            request_id=correlation.request_id(),
+            traceparent=correlation.traceparent(),
+            also=keep_response,
+            rate=rate,
+            # Made once per key: the key's record is written with the job, or nothing is.
+            once=None if key is None else svc.idempotency.record_key(g.partner_id, key),
+        )
+    except KeyChanged:
+        count_now()  # the key was revoked since this process last saw it: 401
+        raise Unauthorized("the API key is not valid") from None
+    except RateLimited as exc:
+        g.pending_rate = None
+        raise svc.rate_limiter.refused(exc.reset) from None
+    except quotas.OverQuota:
+        if rate is not None:  # the script counted the request before it refused
             g.pending_rate = None
             svc.rate_limiter.answered(rate)
-    except BaseException:
-        if key is not None:
-            svc.idempotency.abandon(g.partner_id, key)
         raise
-    # Outside the block above: a job that exists keeps its key, so a retry after a
-    # 503 here replays this response instead of making a second job.
+    except quotas.AlreadyMade:
+        # Only with a key: a request with the same one made its job since the lookup above.
+        made = svc.idempotency.lookup(g.partner_id, str(key), print_)
+        if made is None:  # forgotten at once: its time to live is at least a second
+            raise Conflict(
+                f"a request with this {idem.HEADER} was answered meanwhile; retry"
+            ) from None
+        return _replayed(made)
+    except js.NotDurable as exc:
+        unconfirmed = exc  # stored, but not confirmed on disk: answered below
+    if rate is not None:
+        g.pending_rate = None
+        svc.rate_limiter.answered(rate)
+    # A job that exists keeps its key: a retry after this 503 replays its response.
     if unconfirmed is not None:
         raise unconfirmed
     answer = idem.Stored(202, response["body"], response["headers"])
     if asked.wait_seconds is not None:
         answer = _prefer_wait(answer, asked.wait_seconds, key, print_)
     return jsonify(answer.body), answer.status, answer.headers
+
+
+def _replayed(stored: idem.Stored) -> tuple[Response, int, dict[str, str]]:
+    """The response stored for an Idempotency-Key, once its job is durable (`NotDurable`,
+    a 503, if it cannot be confirmed yet)."""
+    svc = services()
+    pm.counter(svc.redis, "postback_idempotent_replays_total")
+    svc.jobs.confirm_durable()
+    return jsonify(stored.body), stored.status, {**stored.headers, "Idempotent-Replayed": "true"}
 
 
 def _prefer_wait(accepted: idem.Stored, seconds: int, key: str | None, print_: str) -> idem.Stored:

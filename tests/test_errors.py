@@ -254,15 +254,19 @@ def test_the_table_renders_each_kind_as_problem_json(
     assert {name: reply.headers.get(name) for name in headers} == headers
 
 
-def test_a_store_conflict_is_a_409_problem(client, partner, app):
-    """The idempotency store raises Conflict (state "processing"); the API answers 409."""
+def test_a_store_conflict_is_a_409_problem(client, partner, app, redis_client):
+    """The idempotency store raises Conflict (state "processing") for a key that the
+    marker of an earlier version holds; the API answers 409."""
+    import json
+
     from app import idempotency as idem
 
     store = app.extensions["postback"].idempotency
     body = {"type": "echo"}
-    assert store.begin(partner["id"], "order-7", idem.fingerprint(body)) is None
+    marker = {"state": "processing", "fingerprint": idem.fingerprint(body)}
+    redis_client.set(store.record_key(partner["id"], "order-7"), json.dumps(marker), ex=60)
     with pytest.raises(Conflict) as raised:
-        store.begin(partner["id"], "order-7", idem.fingerprint(body))
+        store.lookup(partner["id"], "order-7", idem.fingerprint(body))
     assert raised.value.state == "processing"
     reply = client.post(
         "/v1/jobs", json=body, headers={**partner["headers"], "Idempotency-Key": "order-7"}

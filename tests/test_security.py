@@ -18,6 +18,19 @@ def app_with(settings, redis_client, **changes):
     return create_app(asdict(replace(settings, **changes)), client=redis_client)
 
 
+def app_on_own_redis(settings, path):
+    """A Redis server of the test's own, started under `path`, and the API on it."""
+    from postback.connection import connect
+
+    server = EmbeddedRedis(path, port=free_port())
+    url = server.start().url
+    app = create_app(
+        asdict(replace(settings, redis_url=url)),
+        client=connect(url, timeout_seconds=settings.redis_timeout_seconds),
+    )
+    return server, app
+
+
 # -- partners and keys -----------------------------------------------------------
 
 
@@ -195,14 +208,7 @@ def test_a_full_backlog_answers_503_with_retry_after(settings, redis_client, par
 
 def test_redis_down_is_503_everywhere_and_recovers(settings, tmp_path, admin_headers):
     """With Redis gone every endpoint answers 503 problem+json; when it returns, all works."""
-    server = EmbeddedRedis(tmp_path / "outage", port=free_port())
-    url = server.start().url
-    from postback.connection import connect
-
-    app = create_app(
-        asdict(replace(settings, redis_url=url)),
-        client=connect(url, timeout_seconds=settings.redis_timeout_seconds),
-    )
+    server, app = app_on_own_redis(settings, tmp_path / "outage")
     client = app.test_client()
     try:
         partner = client.post("/v1/admin/partners", json={"name": "A"}, headers=admin_headers).json
@@ -277,7 +283,8 @@ def test_keys_are_scoped_per_partner(client, partner, admin_headers):
 
 
 def test_concurrent_identical_requests_make_one_job(app, partner, redis_client):
-    """Twelve simultaneous identical submissions: one job; the rest replay it or get 409."""
+    """Twelve simultaneous identical submissions: one job, and a 202 for it to each (the
+    ones its script did not make replay it)."""
     barrier = threading.Barrier(12)
     replies = []
 
@@ -291,8 +298,8 @@ def test_concurrent_identical_requests_make_one_job(app, partner, redis_client):
         thread.start()
     for thread in threads:
         thread.join(timeout=10)
-    assert {r.status_code for r in replies} <= {202, 409}
-    assert len({r.json["id"] for r in replies if r.status_code == 202}) == 1
+    assert [r.status_code for r in replies] == [202] * 12
+    assert len({r.json["id"] for r in replies}) == 1
     assert redis_client.llen(f"rq:queue:{QUEUE_NAME}") == 1
 
 
@@ -302,6 +309,33 @@ def test_a_failed_submission_does_not_burn_its_key(settings, redis_client, partn
     assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 503
     client = app_with(settings, redis_client).test_client()
     assert post_with_key(client, partner, "later", {"type": "echo"}).status_code == 202
+
+
+def test_a_submission_cut_off_by_redis_leaves_its_key_free(settings, tmp_path, admin_headers):
+    """A submission whose Redis stops before its job is made (a 503) leaves nothing under
+    its key, on disk either: once Redis is back (or another primary took over), a retry
+    with the key makes the job, not a 409."""
+    server, app = app_on_own_redis(settings, tmp_path / "cut-off")
+    client = app.test_client()
+    store = app.extensions["postback"].jobs
+    real_create = store.create
+
+    def stop_first(**job: object) -> object:
+        store.create = real_create
+        server.stop()
+        return real_create(**job)
+
+    try:
+        partner = client.post("/v1/admin/partners", json={"name": "A"}, headers=admin_headers).json
+        partner = {"headers": bearer(partner["api_key"])}
+        store.create = stop_first
+        assert post_with_key(client, partner, "order-9", {"type": "echo"}).status_code == 503
+        server.start()
+        again = post_with_key(client, partner, "order-9", {"type": "echo"})
+        assert again.status_code == 202, again.json
+        assert "Idempotent-Replayed" not in again.headers
+    finally:
+        server.stop()
 
 
 # -- callback URLs through the API -----------------------------------------------------

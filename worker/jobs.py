@@ -200,12 +200,15 @@ class JobStore:
         traceparent: str | None = None,
         also: Callable[[redis.client.Pipeline, Job], None] | None = None,
         rate: RateCheck | None = None,
+        once: str | None = None,
     ) -> Job:
         """Record a new job and put it on the queue, in one transaction.
 
         `also(pipeline, job)` adds the caller's own writes to that transaction
-        (the API stores an idempotent response there). Raises `quotas.OverQuota`,
-        having stored nothing, if the partner is at one of its bounds (`quota`).
+        (the API stores an idempotent response there). With `once`, a key those
+        writes set, raises `quotas.AlreadyMade`, having stored nothing, if it exists
+        (the job was made already). Raises `quotas.OverQuota`, having stored
+        nothing, if the partner is at one of its bounds (`quota`).
         With `rate`, the request is counted against the partner's rate limit in the
         same script (see `quotas.admit_and_write`). In `fsync` durability, returns
         once Redis confirms the job is in its append-only file, in `replicated` once it
@@ -256,6 +259,7 @@ class JobStore:
             rate=rate,
             fsync_wait_ms=self._fsync_wait_ms(),
             replicas=self.replicas,
+            once=once,
         )
         if fsync is not None:
             self._check_durable(fsync)

@@ -19,6 +19,9 @@ Exceptions (under `postback.errors.LimitExceeded`)::
     OverQuota            used, limit, retry_after_seconds
     ├── RetainedBytesFull
     └── BacklogFull
+
+The same script makes a creation once under a key when asked (an Idempotency-Key's
+record): `AlreadyMade`, nothing written, if the key exists.
 """
 
 from __future__ import annotations
@@ -80,12 +83,15 @@ class BacklogFull(OverQuota):
     retry_after_seconds: int | None = 5
 
 
+class AlreadyMade(Exception):
+    """The key that a creation was to be made once under exists: it was made already;
+    nothing was written."""
+
+
 # KEYS: the partner's retained-bytes counter, its queued index. ARGV: the most
 # bytes, the new job's bytes, the most queued, then the creation's writes.
 # {0} once written (or the first write's error), {1, retained} or {2, queued} if refused.
-_ADMIT = lua.Script(
-    lua.WRITES
-    + """
+_ADMIT_BODY = """
 local retained = tonumber(redis.call('GET', KEYS[1]) or '0')
 if retained + tonumber(ARGV[2]) > tonumber(ARGV[1]) then return {1, retained} end
 local queued = redis.call('ZCARD', KEYS[2])
@@ -93,6 +99,12 @@ if queued >= tonumber(ARGV[3]) then return {2, queued} end
 redis.call('INCRBY', KEYS[1], ARGV[2])
 return apply_writes(4) or {0}
 """
+_ADMIT = lua.Script(lua.WRITES + _ADMIT_BODY)
+
+# `_ADMIT` once: KEYS[3] exists once the job was made (an Idempotency-Key's record,
+# which the writes set); {5}, nothing written, if it does.
+_ADMIT_ONCE = lua.Script(
+    lua.WRITES + "if redis.call('EXISTS', KEYS[3]) == 1 then return {5} end" + _ADMIT_BODY
 )
 
 # The same, after counting the request against the partner's rate limit: KEYS and
@@ -144,21 +156,25 @@ def admit_and_write(
     rate: RateCheck | None = None,
     fsync_wait_ms: int | None = None,
     replicas: int = 0,
+    once: str | None = None,
 ) -> Any:
     """Apply `writes` (a new job's), counting `new_bytes`, if the partner is within `quota`.
 
     Raises RetainedBytesFull or BacklogFull, having written nothing. With `rate`, the
     request is first counted against the partner's rate limit in the same script:
     KeyChanged or RateLimited then also write nothing, and `rate` holds the answer.
-    Once written, returns WAITAOF's reply with `fsync_wait_ms` (`GroupCommit.run`, waiting
-    for `replicas` replicas too), else None.
+    With `once` (a key the writes set; not with `rate`), raises AlreadyMade, having
+    written nothing, if that key exists. Once written, returns WAITAOF's reply with
+    `fsync_wait_ms` (`GroupCommit.run`, waiting for `replicas` replicas too), else None.
     """
     args: list[object] = [quota.max_retained_bytes, new_bytes, quota.max_backlog]
     keys = [retained_key(partner_id), queued_index]
+    if once is not None and rate is not None:
+        raise ValueError("a creation made once is counted against the rate limit first")
     if rate is None:
         reply, fsync = writer.run(
-            _ADMIT,
-            keys,
+            _ADMIT if once is None else _ADMIT_ONCE,
+            keys if once is None else [*keys, once],
             [*args, *lua.flat_writes(writes)],
             fsync_wait_ms=fsync_wait_ms,
             replicas=replicas,
@@ -177,6 +193,8 @@ def admit_and_write(
             raise RateLimited(_text(reply[1]))
         # Counted, whether written or refused for a quota.
         rate.remaining, rate.reset = int(reply[-2]), _text(reply[-1])
+    if reply[0] == 5:
+        raise AlreadyMade()
     if reply[0] == 1:
         raise RetainedBytesFull(
             f"this partner's retained jobs hold {reply[1]} bytes and this job's input is "
