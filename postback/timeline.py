@@ -86,7 +86,8 @@ def append(
     target: redis.Redis | redis.client.Pipeline, subject: str, *entries: str, new: bool = False
 ) -> None:
     """Append `entries` (from `entry`), in order, to the timeline of `subject`, a job id;
-    `new` for the first entries of a new job's timeline (fewer than `MAX_ENTRIES`)."""
+    `new` for the first entries of a new job's timeline (fewer than `MAX_ENTRIES`): nobody
+    can be watching a job that is only being made, so they are not published."""
     if not subject or not entries:
         return
     if not isinstance(target, redis.client.Pipeline):
@@ -96,8 +97,11 @@ def append(
         return
     target.rpush(key(subject), *entries)
     target.incrby(count_key(subject), len(entries))
-    if not new or len(entries) > MAX_ENTRIES:
-        target.ltrim(key(subject), -MAX_ENTRIES, -1)
+    if new:
+        if len(entries) > MAX_ENTRIES:
+            target.ltrim(key(subject), -MAX_ENTRIES, -1)
+        return
+    target.ltrim(key(subject), -MAX_ENTRIES, -1)
     target.publish(channel(subject), NEWS_ENTRY)
 
 

@@ -288,3 +288,23 @@ def test_a_streams_reads_wait_for_redis_as_its_partners_do(app, client, partner,
         jobs.history = history
     assert b"event: end" in text
     assert tenants and set(tenants) == {hash_api_key(partner["api_key"])}
+
+
+def test_a_new_jobs_first_entries_are_not_published(redis_client, client, partner):
+    """Making a job publishes nothing (no stream can watch a job before it exists): the
+    accept path pays for no message that nobody hears."""
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe(timeline.channel("*"))
+    try:
+        pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        job_id = client.post(
+            "/v1/jobs", json={"type": "echo", "input": {}}, headers=partner["headers"]
+        ).json["id"]
+        heard = [pubsub.get_message(timeout=0.5) for _ in range(2)]
+        timeline.record(redis_client, job_id, timeline.Event.RECOVERED, attempt=1)
+        later = pubsub.get_message(timeout=5.0)
+    finally:
+        pubsub.close()
+    assert heard == [None, None]
+    assert later is not None and later["channel"] == timeline.channel(job_id).encode()
+    assert redis_client.get(timeline.count_key(job_id)) == b"3"
