@@ -16,12 +16,11 @@ it exactly as a delivered webhook, without the secret leaving the server.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app import hangup, sse
+from app import sse
 from app.auth import partner_required
 from app.errors import Malformed
 from app.schemas import FeedQuery, load
@@ -54,21 +53,15 @@ def list_events() -> Response:
 
 def _wait_for_events(svc: Services, query: dict[str, Any]) -> list[feed.FeedEvent]:
     """The first events after `after` once there are any, or none after `wait` seconds."""
-    partner_id, seconds = g.partner_id, query["wait"]
-    with (
-        svc.waits.hold(partner_id, seconds),
-        svc.hub.watch(feed.channel(partner_id)) as news,
-        hangup.watch(request.environ, news) as client,
-    ):
-        deadline = time.monotonic() + seconds
-        # Watched first, then read: an event between the two is not missed.
-        while True:
-            events = feed.page(svc.redis, partner_id, after=query["after"], limit=query["limit"])
-            left = deadline - time.monotonic()
-            if events or left <= 0 or svc.hub.stopping:
-                return events
-            if news.sleep(left) and client.gone():
-                return []
+    partner_id = g.partner_id
+    return svc.waits.until(
+        partner_id,
+        feed.channel(partner_id),
+        query["wait"],
+        request.environ,
+        look=lambda: feed.page(svc.redis, partner_id, after=query["after"], limit=query["limit"]),
+        done=bool,
+    )
 
 
 def _items(

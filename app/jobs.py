@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, g, jsonify, request
 from marshmallow import ValidationError
 
-from app import correlation, hangup, links, prefer
+from app import correlation, links, prefer
 from app import idempotency as idem
 from app.auth import count_now, partner_required, partner_submitting
 from app.body import json_body
@@ -246,25 +245,15 @@ def get_job(job_id: str) -> Response:
 
 def _wait_for_end(job_id: str, seconds: int) -> js.Job | None:
     """The job once it is terminal, or as it is after `seconds` (see `app.waits`)."""
-    jobs, waits = services().jobs, services().waits
-    with (
-        waits.hold(g.partner_id, seconds),
-        waits.watch(job_id) as ended,
-        hangup.watch(request.environ, ended) as client,
-    ):
-        deadline = time.monotonic() + seconds
-        # Watched first, then read: an end between the two is not missed.
-        job = jobs.view(job_id)
-        while job is not None and not job.status.terminal:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            if waits.sleep(ended, left):
-                if client.gone():
-                    # Nobody reads the answer; the wait's place is given back now.
-                    break
-                job = jobs.view(job_id)
-        return job
+    jobs = services().jobs
+    return services().waits.until(
+        g.partner_id,
+        js.done_channel(job_id),
+        seconds,
+        request.environ,
+        look=lambda: jobs.view(job_id),
+        done=lambda job: job is None or job.status.terminal,
+    )
 
 
 @bp.get("/<job_id>/result")

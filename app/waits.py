@@ -14,19 +14,20 @@ which may last for hours, holds its place for a short lease that it renews
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import redis
 
-from app.hub import Hub, Watch
+from app import hangup
+from app.hub import Hub
 from postback import clock, lua
 from postback.errors import LimitExceeded
-from worker.jobs import done_channel
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A wait's entry outlives the wait by this much (a crashed process's entries lapse after it).
 LEASE_SLACK_SECONDS = 30.0
@@ -99,15 +100,34 @@ class Waits:
             with contextlib.suppress(redis.RedisError):
                 self.redis.zrem(key, token)
 
-    def watch(self, job_id: str) -> contextlib.AbstractContextManager[Watch]:
-        """A watch woken when the job may have ended (re-read it, then `sleep` again).
+    def until(
+        self,
+        partner_id: str,
+        channel: str,
+        seconds: float,
+        environ: dict[str, Any],
+        look: Callable[[], T],
+        done: Callable[[T], bool],
+    ) -> T:
+        """`look()` again each time `channel` speaks, until `done` says so, `seconds` have
+        passed, the client hangs up or the server stops; the last look.
 
-        Subscribed before it is returned (when Redis answers): read the job
-        after entering, and an end between the read and the wait is not missed.
+        Holds a place among the partner's waits meanwhile (429 when it holds them all).
+        Watched first, then looked: a change between the two is not missed.
         """
-        return self.hub.watch(done_channel(job_id))
-
-    @staticmethod
-    def sleep(ended: Watch, seconds: float) -> bool:
-        """Wait up to `seconds` for `ended` (re-checking sooner while unsubscribed)."""
-        return ended.sleep(seconds)
+        with (
+            self.hold(partner_id, seconds),
+            self.hub.watch(channel) as news,
+            hangup.watch(environ, news) as client,
+        ):
+            deadline = time.monotonic() + seconds
+            seen = look()
+            while not done(seen):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.hub.stopping:
+                    break
+                if news.sleep(left):
+                    if client.gone():
+                        break  # nobody reads the answer: the wait's place is given back now
+                    seen = look()
+            return seen
