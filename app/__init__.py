@@ -55,7 +55,7 @@ def create_app(
     shedding.register(flask_app, Shedder(probe_seconds=2 * settings.redis_timeout_seconds))
     flask_app.after_request(add_rate_limit_headers)
 
-    from app import admin, events, health, jobs, metrics, partners, results, streams
+    from app import admin, console, events, health, jobs, metrics, partners, results, streams
 
     flask_app.register_blueprint(health.bp)
     flask_app.register_blueprint(health.docs)
@@ -66,4 +66,5 @@ def create_app(
     flask_app.register_blueprint(admin.bp)
     flask_app.register_blueprint(results.bp)
     flask_app.register_blueprint(metrics.bp)
+    console.register(flask_app)
     return flask_app

@@ -24,7 +24,8 @@ def _bearer() -> str:
     return token.strip()
 
 
-def _is_admin(token: str) -> bool:
+def is_admin(token: str) -> bool:
+    """Whether `token` is the configured admin token (never, if none is configured)."""
     admin_token = services().settings.admin_token
     if not admin_token:
         return False
@@ -35,7 +36,7 @@ def _authenticate(token: str) -> None:
     """Find and count the partner of `token` (401 or 403 if it is none), acting as it."""
     partner_id = services().rate_limiter.authenticate_and_count(token)
     if partner_id is None:
-        if _is_admin(token):
+        if is_admin(token):
             raise Forbidden("the admin token does not act as a partner; use a partner API key")
         raise Unauthorized("the API key is not valid")
     _act_as(partner_id)
@@ -116,7 +117,7 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         token = _bearer()
-        if _is_admin(token):
+        if is_admin(token):
             with on_behalf_of("admin"):
                 return view(*args, **kwargs)
         if services().partners.authenticate(token) is not None:

@@ -205,6 +205,9 @@ class Settings:
     idempotency_ttl_seconds: int = field(default=86_400, metadata=_bound(_AT_LEAST_ONE))
     # Long-polls (`?wait=`) one partner may hold open at once, across API processes.
     partner_max_waits: int = field(default=100, metadata=_bound(_NOT_NEGATIVE))
+    # The console and the portal: how long a sign-in lasts, and a portal link's validity.
+    console_session_seconds: float = field(default=8 * 3600.0, metadata=_bound(_POSITIVE))
+    portal_link_ttl_seconds: int = field(default=3600, metadata=_bound(_AT_LEAST_ONE))
 
     def __post_init__(self) -> None:
         # Values given in code (tests, benchmarks) are held to the same rules as the

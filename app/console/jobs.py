@@ -1,0 +1,17 @@
+"""Console: jobs (being built)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+from app.console import web
+from app.console.sessions import Kind
+
+bp = Blueprint("console_jobs", __name__, url_prefix="/console")
+web.protect(bp, template="console/error.html")
+
+
+@bp.get("/jobs")
+@web.signed_in(Kind.ADMIN)
+def index() -> tuple[str, int]:
+    return web.page("console/base.html")

@@ -1,0 +1,272 @@
+"""What every console and portal page shares: sessions, CSRF, security headers, errors.
+
+Pages are rendered on the server from Jinja templates (every value escaped by
+autoescaping); the only script is `static/console.js`, served from the package.
+`protect(bp, kind)` gives a blueprint the headers, the error pages and the
+session check; a view reads its session from `current()`.
+
+A state-changing request (anything but GET and HEAD) must carry the session's
+CSRF token in the `csrf_token` form field or the `X-CSRF-Token` header, and,
+when the browser sends one, an `Origin` of this server; the sign-in forms,
+which come before a session, use a token in a cookie (`pb_csrf`) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from app.console.sessions import Kind, Session, Sessions, digest, same_token
+from app.errors import INTERNAL, problem_for
+from app.services import services
+from postback.errors import PostbackError, RedisFault
+from postback.faults import classify
+
+log = logging.getLogger(__name__)
+
+COOKIES = {Kind.ADMIN: ("pb_console", "/console"), Kind.PORTAL: ("pb_portal", "/portal")}
+PRE_SESSION_COOKIE = "pb_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+# Scripts and styles only from this server's files: no inline code, no CDN; no frames.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    # A portal link carries its token in the URL: no page may pass it on.
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+class Refused(PostbackError):
+    """A console request without a valid session or CSRF token; `status` says which."""
+
+    def __init__(self, detail: str, /, *, status: int, title: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+
+
+def sessions() -> Sessions:
+    """The session store, with the configured session length."""
+    svc = services()
+    return Sessions(svc.redis, ttl_seconds=svc.settings.console_session_seconds)
+
+
+def current() -> Session:
+    """The session of the request (a view behind `protect` always has one)."""
+    return g.console_session
+
+
+def admin_grant() -> str:
+    """The digest an admin session must hold: of the admin token configured now."""
+    token = services().settings.admin_token
+    return digest("admin-token:" + token) if token else ""
+
+
+def secure_cookies() -> bool:
+    """Whether cookies are marked Secure: behind https (the request's, or the public URL's)."""
+    public_url = services().settings.public_url or ""
+    return request.is_secure or public_url.startswith("https:")
+
+
+def set_session_cookie(response: Response, kind: Kind, token: str) -> None:
+    name, path = COOKIES[kind]
+    response.set_cookie(
+        name,
+        token,
+        max_age=int(services().settings.console_session_seconds),
+        path=path,
+        httponly=True,
+        samesite="Strict",
+        secure=secure_cookies(),
+    )
+
+
+def clear_session_cookie(response: Response, kind: Kind) -> None:
+    name, path = COOKIES[kind]
+    response.delete_cookie(
+        name, path=path, httponly=True, samesite="Strict", secure=secure_cookies()
+    )
+
+
+def pre_session_token() -> str:
+    """The sign-in form's CSRF token: the one in the request's cookie, or a new one
+    (`remember_pre_session` puts it in the response)."""
+    found = request.cookies.get(PRE_SESSION_COOKIE, "")
+    if 20 <= len(found) <= 64:
+        return found
+    if "pre_session_token" not in g:
+        g.pre_session_token = secrets.token_urlsafe(24)
+    return g.pre_session_token
+
+
+def remember_pre_session(response: Response) -> Response:
+    if "pre_session_token" in g:
+        response.set_cookie(
+            PRE_SESSION_COOKIE,
+            g.pre_session_token,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=secure_cookies(),
+        )
+    return response
+
+
+def check_pre_session() -> None:
+    """Refuse a sign-in form posted without the token of its own cookie (403)."""
+    check_origin()
+    if not same_token(request.form.get(CSRF_FIELD), request.cookies.get(PRE_SESSION_COOKIE, "-")):
+        raise _csrf_refused()
+
+
+def check_origin() -> None:
+    """Refuse a state change whose browser says it came from another site (403)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    if origin == "null" or urlsplit(origin).netloc.lower() != request.host.lower():
+        raise Refused(
+            "the request came from another site", status=403, title="Cross-site request refused"
+        )
+
+
+def _csrf_refused() -> Refused:
+    return Refused(
+        "the form's CSRF token is missing or not this session's: reload the page and try again",
+        status=403,
+        title="CSRF token missing or wrong",
+    )
+
+
+def _session_for(kind: Kind) -> Session | None:
+    name, _ = COOKIES[kind]
+    found = sessions().find(request.cookies.get(name, ""))
+    if found is None or found.kind != kind:
+        return None
+    if kind is Kind.ADMIN:
+        grant = admin_grant()
+        if not grant or not same_token(found.grant, grant):
+            return None
+    elif found.partner_id is None or not _partner_enabled(found.partner_id):
+        return None
+    return found
+
+
+def _partner_enabled(partner_id: str) -> bool:
+    partner = services().partners.get(partner_id)
+    return partner is not None and not partner["disabled"]
+
+
+def signed_in(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A view that needs a session of `kind` (and, to change anything, its CSRF token).
+
+    Without one, a page asked for by GET leads to the sign-in (the admin's) or says
+    the link has to be opened again (the portal's); anything else is a 401.
+    """
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            found = _session_for(kind)
+            if found is None:
+                if request.method in ("GET", "HEAD") and kind is Kind.ADMIN:
+                    return redirect(url_for("console.sign_in", next=request.full_path), 303)
+                raise Refused(
+                    "sign in again: this session has ended or never began"
+                    if kind is Kind.ADMIN
+                    else "open the portal again from a fresh link: this session has ended",
+                    status=401,
+                    title="Not signed in",
+                )
+            if request.method not in ("GET", "HEAD"):
+                check_origin()
+                given = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
+                if not same_token(given, found.csrf_token):
+                    raise _csrf_refused()
+            g.console_session = found
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def page(template: str, *, status: int = 200, **context: Any) -> tuple[str, int]:
+    """A page from `template`, with the session's CSRF token and its waiting notice."""
+    session = g.get("console_session")
+    notice = sessions().take_notice(session) if session is not None else ""
+    return (
+        render_template(
+            template,
+            session=session,
+            csrf_token=session.csrf_token if session is not None else "",
+            notice=notice,
+            **context,
+        ),
+        status,
+    )
+
+
+def done(notice: str, to: str) -> Response:
+    """After an action: say what happened on the next page, which is `to` (303)."""
+    sessions().notify(current(), notice)
+    return redirect(to, 303)  # type: ignore[return-value]
+
+
+def protect(bp: Blueprint, *, template: str) -> None:
+    """Security headers on every answer of `bp`, and errors as pages from `template`
+    (`console/error.html` or `portal/error.html`) instead of problem+json."""
+
+    @bp.after_request
+    def headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return remember_pre_session(response)
+
+    def error_page(exc: Exception) -> tuple[str, int]:
+        status, title, detail, errors = _explain(exc)
+        return page(template, status=status, title=title, detail=detail, errors=errors)
+
+    bp.register_error_handler(Exception, error_page)
+
+
+def _explain(exc: Exception) -> tuple[int, str, str, Any]:
+    """Status, title, detail and field errors of `exc`, as the API's problem would say them."""
+    if isinstance(exc, Refused):
+        return exc.status, exc.title, str(exc), None
+    if isinstance(exc, HTTPException):
+        return exc.code or 500, exc.name or "Error", exc.description or "", None
+    if isinstance(exc, redis.RedisError):
+        timeout = services().settings.redis_timeout_seconds
+        fault = classify(exc, timeout_seconds=timeout)
+        if fault is not None:
+            exc = RedisFault(
+                fault.detail,
+                cause=str(fault.cause),
+                retry_after_seconds=fault.retry_after_seconds,
+            )
+    found = problem_for(type(exc))
+    if found is None:
+        log.error("unhandled error", exc_info=exc)
+        found = INTERNAL
+    elif found.log is not None:
+        log.error(found.log, exc)
+    detail = str(exc) if found.detail is None else found.detail
+    return found.status, found.title, detail, found.members(exc).get("errors")
