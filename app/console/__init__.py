@@ -13,7 +13,25 @@ from flask import Flask
 
 def register(app: Flask) -> None:
     """Add the console's and the portal's pages to `app`."""
-    from app.console import circuits, dead_letters, jobs, overview, partners, portal, signin
+    from app.console import (
+        circuits,
+        dead_letters,
+        jobs,
+        overview,
+        partners,
+        portal,
+        portal_tools,
+        signin,
+    )
 
-    for module in (signin, overview, jobs, dead_letters, circuits, partners, portal):
+    for module in (
+        signin,
+        overview,
+        jobs,
+        dead_letters,
+        circuits,
+        partners,
+        portal,
+        portal_tools,
+    ):
         app.register_blueprint(module.bp)

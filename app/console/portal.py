@@ -17,24 +17,6 @@ def jobs() -> tuple[str, int]:
     return web.page("portal/base.html")
 
 
-@bp.get("/dead-letters")
-@web.signed_in(Kind.PORTAL)
-def dead_letters() -> tuple[str, int]:
-    return web.page("portal/base.html")
-
-
-@bp.get("/test-webhook")
-@web.signed_in(Kind.PORTAL)
-def test_webhook() -> tuple[str, int]:
-    return web.page("portal/base.html")
-
-
-@bp.get("/signing-secret")
-@web.signed_in(Kind.PORTAL)
-def signing_secret() -> tuple[str, int]:
-    return web.page("portal/base.html")
-
-
 @bp.post("/sign-out")
 @web.signed_in(Kind.PORTAL)
 def sign_out() -> tuple[str, int]:
