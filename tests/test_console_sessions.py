@@ -148,7 +148,7 @@ def test_pages_carry_a_strict_content_security_policy(client: FlaskClient) -> No
     assert "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy
     assert reply.headers["Cache-Control"] == "no-store"
-    assert reply.headers["Referrer-Policy"] == "no-referrer"
+    assert reply.headers["Referrer-Policy"] == "same-origin"
     html = reply.get_data(as_text=True)
     assert "<script>" not in html and "style=" not in html and "<style" not in html
 
