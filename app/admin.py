@@ -21,7 +21,7 @@ from app.schemas import (
 )
 from app.services import Services, services
 from callbacks.breaker import CircuitBreaker, reset_circuits
-from callbacks.deadletters import DeadLetters
+from callbacks.deadletters import DeadLetters, Filter
 from callbacks.model import Delivery
 from postback import clock, ids
 
@@ -53,42 +53,108 @@ def dead_letter_detail(letter: Delivery, attempt_log: list[dict[str, Any]]) -> d
     }
 
 
-def _dead_letters() -> DeadLetters:
+def dead_letters() -> DeadLetters:
+    """The dead-letter store of the current app."""
     return DeadLetters(services().redis, outbox=services().jobs.outbox)
 
 
-def _letter(dead_letter_id: str) -> Delivery:
-    letter = _dead_letters().get(dead_letter_id)
+def find_dead_letter(dead_letter_id: str) -> Delivery:
+    """The dead letter, or NotFound."""
+    letter = dead_letters().get(dead_letter_id)
     if letter is None:
         raise NotFound(f"no dead letter {dead_letter_id}")
     return letter
+
+
+def dead_letter_page(query: dict[str, Any]) -> dict[str, Any]:
+    """Dead letters, newest first, as `GET /v1/admin/dead-letters` lists them, for a
+    loaded `DeadLetterQuery`: `items` (summaries) and `next_cursor`."""
+    items, next_cursor = dead_letters().page(
+        DeadLetterFilter.to_filter(query), limit=query["limit"], cursor=query["cursor"]
+    )
+    return {"items": [dead_letter_summary(i) for i in items], "next_cursor": next_cursor}
+
+
+def dead_letter_view(dead_letter_id: str) -> dict[str, Any]:
+    """One dead letter with its payload and attempt log (`dead_letter_detail`), or NotFound."""
+    letter = find_dead_letter(dead_letter_id)
+    return dead_letter_detail(letter, dead_letters().outbox.attempts(letter.id))
+
+
+def delete_dead_letter_by_id(dead_letter_id: str) -> None:
+    """Discard a dead letter for good, or NotFound."""
+    if not dead_letters().delete(dead_letter_id):
+        raise NotFound(f"no dead letter {dead_letter_id}")
+
+
+def replay_one(dead_letter_id: str, data: Any) -> Delivery:
+    """Deliver a dead letter again; `data` is a `ReplayBody` (its `callback_url`, when
+    given, must be safe to call: else 422 and nothing changes). Returns the letter
+    replayed, or NotFound if it is gone."""
+    body = load(ReplayBody, data)
+    if body["callback_url"] is not None:
+        check_callback_url(body["callback_url"])
+    letter = dead_letters().replay(dead_letter_id, url=body["callback_url"])
+    if letter is None:
+        raise NotFound(f"no dead letter {dead_letter_id}")
+    return letter
+
+
+def dead_letter_filter(data: Any) -> Filter:
+    """The dead letters a `DeadLetterFilter` (`data`) selects (422 if it is not one)."""
+    return DeadLetterFilter.to_filter(load(DeadLetterFilter, data))
+
+
+def replay_matching(data: Any) -> int:
+    """Replay every dead letter the `DeadLetterFilter` `data` selects; how many."""
+    return dead_letters().replay_matching(dead_letter_filter(data))
+
+
+def purge_matching(data: Any) -> int:
+    """Delete every dead letter the `DeadLetterFilter` `data` selects; how many."""
+    return dead_letters().purge(dead_letter_filter(data))
+
+
+def circuit_page(query: dict[str, Any]) -> dict[str, Any]:
+    """Circuits as `GET /v1/admin/circuits` lists them, for a loaded `CircuitQuery`."""
+    items, next_cursor = CircuitBreaker(services().redis).page(
+        limit=query["limit"], cursor=query["cursor"], destination=query["destination"]
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def reset_circuit_by_hand(data: Any) -> dict[str, Any]:
+    """Close the circuits a `CircuitReset` (`data`) names: one partner's to a destination,
+    or every partner's. Returns the destination and the circuits reset, as they were."""
+    body = load(CircuitReset, data)
+    circuits = reset_circuits(
+        CircuitBreaker(services().redis),
+        services().jobs.outbox,
+        body["destination"],
+        partner_id=body["partner_id"],
+    )
+    return {"destination": body["destination"], "reset": circuits}
 
 
 @bp.get("/dead-letters")
 @admin_required
 def list_dead_letters() -> Response:
     """Dead letters, newest first, filtered by partner, destination and time of death."""
-    query = load(DeadLetterQuery, request.args.to_dict())
-    items, next_cursor = _dead_letters().page(
-        DeadLetterFilter.to_filter(query), limit=query["limit"], cursor=query["cursor"]
-    )
-    return jsonify({"items": [dead_letter_summary(i) for i in items], "next_cursor": next_cursor})
+    return jsonify(dead_letter_page(load(DeadLetterQuery, request.args.to_dict())))
 
 
 @bp.get("/dead-letters/<dead_letter_id>")
 @admin_required
 def get_dead_letter(dead_letter_id: str) -> Response:
     """One dead letter with its payload and attempt log."""
-    letter = _letter(dead_letter_id)
-    return jsonify(dead_letter_detail(letter, _dead_letters().outbox.attempts(letter.id)))
+    return jsonify(dead_letter_view(dead_letter_id))
 
 
 @bp.delete("/dead-letters/<dead_letter_id>")
 @admin_required
 def delete_dead_letter(dead_letter_id: str) -> tuple[str, int]:
     """Discard a dead letter for good."""
-    if not _dead_letters().delete(dead_letter_id):
-        raise NotFound(f"no dead letter {dead_letter_id}")
+    delete_dead_letter_by_id(dead_letter_id)
     return "", 204
 
 
@@ -96,12 +162,7 @@ def delete_dead_letter(dead_letter_id: str) -> tuple[str, int]:
 @admin_required
 def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
     """Deliver a dead letter again, optionally to a corrected callback URL."""
-    body = load(ReplayBody, optional_json_body())
-    if body["callback_url"] is not None:
-        check_callback_url(body["callback_url"])
-    letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
-    if letter is None:
-        raise NotFound(f"no dead letter {dead_letter_id}")
+    letter = replay_one(dead_letter_id, optional_json_body())
     return jsonify({"id": dead_letter_id, "webhook_id": letter.id, "replayed": 1}), 202
 
 
@@ -109,33 +170,21 @@ def replay_dead_letter(dead_letter_id: str) -> tuple[Response, int]:
 @admin_required
 def replay_dead_letters() -> tuple[Response, int]:
     """Replay every dead letter that matches the filter."""
-    where = DeadLetterFilter.to_filter(load(DeadLetterFilter, optional_json_body()))
-    return jsonify({"replayed": _dead_letters().replay_matching(where)}), 202
+    return jsonify({"replayed": replay_matching(optional_json_body())}), 202
 
 
 @bp.get("/circuits")
 @admin_required
 def list_circuits() -> Response:
     """Circuits with recorded failures or open, by destination then partner, a page at a time."""
-    query = load(CircuitQuery, request.args.to_dict())
-    items, next_cursor = CircuitBreaker(services().redis).page(
-        limit=query["limit"], cursor=query["cursor"], destination=query["destination"]
-    )
-    return jsonify({"items": items, "next_cursor": next_cursor})
+    return jsonify(circuit_page(load(CircuitQuery, request.args.to_dict())))
 
 
 @bp.post("/circuits/reset")
 @admin_required
 def reset_circuit() -> Response:
     """Close a destination's circuits (one partner's, or every partner's) by hand."""
-    body = load(CircuitReset, json_body())
-    circuits = reset_circuits(
-        CircuitBreaker(services().redis),
-        services().jobs.outbox,
-        body["destination"],
-        partner_id=body["partner_id"],
-    )
-    return jsonify({"destination": body["destination"], "reset": circuits})
+    return jsonify(reset_circuit_by_hand(json_body()))
 
 
 def admin_job_view(svc: Services, job_id: str) -> dict[str, Any] | None:

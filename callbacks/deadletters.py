@@ -141,14 +141,15 @@ class DeadLetters:
                 return
             cursor = page[-1]
 
+    def count(self, where: Filter) -> int:
+        """How many dead letters match, exactly: one ZLEXCOUNT over the index and bounds
+        `matching` reads, O(log n) however many there are."""
+        low, high = self._bounds(where, None)
+        return int(cast("int", self.redis.zlexcount(where.index(self.keys), low, high)))
+
     def _ids(self, where: Filter, cursor: str | None, limit: int = PAGE_SIZE) -> list[str]:
         """Up to `limit` matching ids, newest first, strictly older than `cursor`."""
-        high = f"({cursor}" if cursor else "+"
-        if where.until is not None:
-            bound = ids.time_bound("dlq", where.until)
-            if cursor is None or bound < cursor:
-                high = f"({bound}"
-        low = f"[{ids.time_bound('dlq', where.since)}" if where.since is not None else "-"
+        low, high = self._bounds(where, cursor)
         found = cast(
             "list[bytes]",
             self.redis.zrange(
@@ -156,6 +157,18 @@ class DeadLetters:
             ),
         )
         return [item.decode() for item in found]
+
+    @staticmethod
+    def _bounds(where: Filter, cursor: str | None) -> tuple[str, str]:
+        """The lexical range (low, high) of the ids `where` matches strictly older than
+        `cursor`: ids sort by the time their letter died."""
+        high = f"({cursor}" if cursor else "+"
+        if where.until is not None:
+            bound = ids.time_bound("dlq", where.until)
+            if cursor is None or bound < cursor:
+                high = f"({bound}"
+        low = f"[{ids.time_bound('dlq', where.since)}" if where.since is not None else "-"
+        return low, high
 
     def replay_matching(self, where: Filter) -> int:
         """Replay every matching dead letter; returns how many were replayed.
