@@ -13,6 +13,14 @@ Label values come from small fixed sets (job types, statuses, outcomes), never
 job ids or URLs: each metric declares its label names in `CATALOGUE`, and a
 value that does not look like a short name is recorded as `other`.
 
+The counters the console charts (`Metric.per_minute`) are also added to a
+per-minute bucket: one hash per minute, `pb:metrics:minute:{epoch minute}`,
+field `{name}|{labels}`, expiring `MINUTE_BUCKET_TTL_SECONDS` after its last
+write, so at most about two hours of buckets exist whatever the traffic.
+`series` reads the last hour of one counter back, one total per minute. The cost:
+two more commands (HINCRBY, EXPIRE) in the same pipeline or transaction as each
+such counter's own write, and about 120 small hashes in Redis.
+
 Recording never breaks the caller: a Redis error is logged and the sample is lost.
 """
 
@@ -26,9 +34,15 @@ from dataclasses import dataclass
 
 import redis
 
+from postback import clock
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "pb:metrics:"
+MINUTE_KEY_PREFIX = KEY_PREFIX + "minute:"
+# A minute's bucket outlives the hour `series` reads by an hour: it cannot pile up.
+MINUTE_BUCKET_TTL_SECONDS = 2 * 3600
+SERIES_MAX_MINUTES = 120
 COUNTER = "counter"
 HISTOGRAM = "histogram"
 
@@ -66,17 +80,26 @@ class Metric:
     kind: str
     help: str
     labels: tuple[str, ...] = ()
+    # Also counted per minute, for the console's charts (see `series`).
+    per_minute: bool = False
 
 
 CATALOGUE: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("postback_jobs_submitted_total", COUNTER, "Jobs accepted (202).", ("type",)),
+        Metric(
+            "postback_jobs_submitted_total",
+            COUNTER,
+            "Jobs accepted (202).",
+            ("type",),
+            per_minute=True,
+        ),
         Metric(
             "postback_jobs_finished_total",
             COUNTER,
             "Jobs that reached a terminal status.",
             ("type", "status"),
+            per_minute=True,
         ),
         Metric(
             "postback_jobs_recovered_total",
@@ -99,6 +122,7 @@ CATALOGUE: dict[str, Metric] = {
             COUNTER,
             "Webhook delivery attempts, by outcome.",
             ("outcome",),
+            per_minute=True,
         ),
         Metric(
             "postback_job_run_seconds", HISTOGRAM, "Time a job's handler ran, per run.", ("type",)
@@ -128,6 +152,11 @@ def key(name: str) -> str:
     return KEY_PREFIX + name
 
 
+def minute_key(epoch_minute: int) -> str:
+    """The Redis hash of one minute's buckets (`epoch_minute`: whole minutes since the epoch)."""
+    return f"{MINUTE_KEY_PREFIX}{epoch_minute}"
+
+
 def label_string(labels: Mapping[str, str]) -> str:
     """The canonical field for a label set: `a=x,b=y`, names sorted, odd values as `other`."""
     return ",".join(f"{n}={_bounded(str(labels[n]))}" for n in sorted(labels))
@@ -154,10 +183,18 @@ def counter(
     if field is None:
         return
     with _recording(client, name) as pipe:
-        if isinstance(amount, int):  # every counter today: cheaper for Redis than a float
-            pipe.hincrby(key(name), field, amount)
-        else:
-            pipe.hincrbyfloat(key(name), field, amount)
+        _add(pipe, key(name), field, amount)
+        if CATALOGUE[name].per_minute:
+            bucket = minute_key(int(clock.now() // 60))
+            _add(pipe, bucket, f"{name}|{field}", amount)
+            pipe.expire(bucket, MINUTE_BUCKET_TTL_SECONDS)
+
+
+def _add(pipe: Client, hash_key: str, field: str, amount: float) -> None:
+    if isinstance(amount, int):  # every counter today: cheaper for Redis than a float
+        pipe.hincrby(hash_key, field, amount)
+    else:
+        pipe.hincrbyfloat(hash_key, field, amount)
 
 
 def observe(
@@ -172,6 +209,75 @@ def observe(
         pipe.hincrby(key(name), f"{field}|{bucket_of(value_seconds)}", 1)
         pipe.hincrbyfloat(key(name), f"{field}|sum", value_seconds)
         pipe.hincrby(key(name), f"{field}|count", 1)
+
+
+@dataclass(frozen=True)
+class Series:
+    """Per-minute totals of one counter over consecutive minutes, oldest first.
+
+    `minutes` are epoch minutes (the last is the current one); `values` holds, per
+    canonical label string, one total per minute (0 where nothing was counted).
+    """
+
+    name: str
+    minutes: tuple[int, ...]
+    values: Mapping[str, tuple[float, ...]]
+
+    def by(self, label: str) -> Series:
+        """The same minutes with label sets merged by the value of `label` alone
+        (`status=failed`, summing every `type`); a set without it counts as `other`."""
+        merged: dict[str, list[float]] = {}
+        for labels, counts in self.values.items():
+            value = parse_label_string(labels).get(label, OTHER)
+            into = merged.setdefault(f"{label}={value}", [0] * len(self.minutes))
+            for i, count in enumerate(counts):
+                into[i] += count
+        return Series(self.name, self.minutes, {k: tuple(v) for k, v in sorted(merged.items())})
+
+    def per_minute(self) -> tuple[float, ...]:
+        """The total of every label set, minute by minute."""
+        totals: list[float] = [0] * len(self.minutes)
+        for counts in self.values.values():
+            for i, count in enumerate(counts):
+                totals[i] += count
+        return tuple(totals)
+
+    def total(self) -> float:
+        return sum(sum(counts) for counts in self.values.values())
+
+
+def series(client: redis.Redis, name: str, minutes: int = 60, now: float | None = None) -> Series:
+    """The last `minutes` (1 to `SERIES_MAX_MINUTES`) per-minute totals of counter `name`,
+    up to the minute of `now` (default the clock's), in one round trip.
+
+    Raises ValueError for a metric not counted per minute; Redis errors propagate
+    (a reader, unlike recording, has a caller to tell).
+    """
+    metric = CATALOGUE.get(name)
+    if metric is None or not metric.per_minute:
+        raise ValueError(f"{name} is not counted per minute")
+    if not 1 <= minutes <= SERIES_MAX_MINUTES:
+        raise ValueError(f"minutes must be 1 to {SERIES_MAX_MINUTES}, not {minutes}")
+    last = int((clock.now() if now is None else now) // 60)
+    span = tuple(range(last - minutes + 1, last + 1))
+    with client.pipeline(transaction=False) as pipe:
+        for minute in span:
+            pipe.hgetall(minute_key(minute))
+        replies = pipe.execute()
+    prefix = f"{name}|"
+    values: dict[str, list[float]] = {}
+    for i, reply in enumerate(replies):
+        for raw_field, raw_count in reply.items():
+            field = raw_field.decode()
+            if field.startswith(prefix):
+                counts = values.setdefault(field[len(prefix) :], [0] * len(span))
+                counts[i] += _number(raw_count.decode())
+    return Series(name, span, {k: tuple(v) for k, v in sorted(values.items())})
+
+
+def _number(text: str) -> float:
+    number = float(text)
+    return int(number) if number.is_integer() else number
 
 
 def _field(name: str, kind: str, labels: Mapping[str, str] | None) -> str | None:

@@ -221,3 +221,34 @@ def test_status_screen_renders(monkeypatch, capsys, redis_url, redis_client):
 def test_settings_read_the_metrics_token():
     """POSTBACK_METRICS_TOKEN sets `metrics_token`."""
     assert Settings.from_env({"POSTBACK_METRICS_TOKEN": "t"}).metrics_token == "t"
+
+
+def test_charted_counters_are_kept_per_minute_for_two_hours(redis_client, monkeypatch):
+    """A charted counter also adds to its minute's bucket (which expires); `series` reads
+    the last minutes back, one total per minute and label set, zeros where nothing was."""
+    from postback import clock
+
+    minute = 29_000_000
+    for offset, ended in ((0, "completed"), (0, "completed"), (2, "failed"), (70, "completed")):
+        monkeypatch.setattr(clock, "now", lambda offset=offset: (minute + offset) * 60 + 5.0)
+        pm.counter(redis_client, "postback_jobs_finished_total", {"type": "echo", "status": ended})
+    pm.counter(redis_client, "postback_rate_limited_total")  # not charted: no bucket
+    assert 0 < redis_client.ttl(pm.minute_key(minute)) <= pm.MINUTE_BUCKET_TTL_SECONDS
+    assert redis_client.hgetall(pm.minute_key(minute)) == {
+        b"postback_jobs_finished_total|status=completed,type=echo": b"2"
+    }
+    found = pm.series(redis_client, "postback_jobs_finished_total", 3, now=(minute + 2) * 60)
+    assert found.minutes == (minute, minute + 1, minute + 2)
+    assert found.values == {
+        "status=completed,type=echo": (2, 0, 0),
+        "status=failed,type=echo": (0, 0, 1),
+    }
+    assert found.per_minute() == (2, 0, 1) and found.total() == 3
+    assert found.by("status").values == {"status=completed": (2, 0, 0), "status=failed": (0, 0, 1)}
+    assert pm.series(redis_client, "postback_jobs_submitted_total", now=minute * 60).total() == 0
+    hour = pm.series(redis_client, "postback_jobs_finished_total", now=(minute + 70) * 60)
+    assert len(hour.minutes) == 60 and hour.values == {
+        "status=completed,type=echo": (0,) * 59 + (1,)
+    }
+    with pytest.raises(ValueError):
+        pm.series(redis_client, "postback_rate_limited_total")
