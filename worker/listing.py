@@ -7,7 +7,7 @@ from typing import cast
 import redis
 
 from callbacks.outbox import Outbox
-from postback import timeline
+from postback import ids, timeline
 from worker import reads
 from worker.model import Job, JobRead
 from worker.records import job_key, partner_index, timeline_of
@@ -22,15 +22,31 @@ class Listing:
         self.inline_result_bytes = inline_result_bytes
 
     def page(
-        self, partner_id: str, *, status: str | None, limit: int, cursor: str | None
+        self,
+        partner_id: str,
+        *,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> tuple[list[JobRead], str | None]:
         """Up to `limit` of the partner's jobs, newest first, after `cursor` (a job id);
-        and the cursor of the next page, or None if this is the last."""
-        start = f"({cursor}" if cursor else "+"
+        and the cursor of the next page, or None if this is the last.
+
+        `since` and `until` (epoch seconds) keep jobs created at or after `since` and
+        before `until`: job ids are time-ordered, so they bound the index's range.
+        """
+        high = f"({cursor}" if cursor else "+"
+        if until is not None:
+            bound = ids.time_bound("job", until)
+            if cursor is None or bound < cursor:
+                high = f"({bound}"
+        low = f"[{ids.time_bound('job', since)}" if since is not None else "-"
         found = self.redis.zrange(
             partner_index(partner_id, status),
-            start,
-            "-",
+            high,
+            low,
             desc=True,
             bylex=True,
             offset=0,
