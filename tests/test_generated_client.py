@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,17 @@ def test_every_operation_works_through_the_generated_client(
             1,
             1,
         )
+        link = drive.call("createPortalLink", ADMIN_TOKEN, acme.id)
+        assert link.status_code == 200
+        assert isinstance(link.parsed, models.PortalLink)
+        assert link.parsed.url.startswith(f"{system}/portal/enter?token=")
+        assert link.parsed.expires_at.timestamp() > time.time()
+        entry = httpx.get(link.parsed.url)
+        assert entry.status_code == 200 and "Open the portal" in entry.text
         assert drive.call("disablePartner", ADMIN_TOKEN, gone.id).status_code == 204
+        closed = drive.call("createPortalLink", ADMIN_TOKEN, gone.id)
+        assert closed.status_code == 409
+        assert isinstance(closed.parsed, models.Problem)
         refused = drive.call("listJobs", key.parsed.api_key)
         assert refused.status_code == 401
         assert isinstance(refused.parsed, models.Problem)
