@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -223,10 +224,11 @@ def _own_job(job_id: str) -> js.Job:
     return job
 
 
-def _own_read(job_id: str) -> js.JobRead:
-    """As `_own_job`, with the job's timeline and delivery."""
+def own_read(job_id: str, partner_id: str) -> js.JobRead:
+    """The job `job_id` of `partner_id`, with its timeline and delivery; another
+    partner's job is as missing as one never made (NotFound). The portal's too."""
     found = services().jobs.read(job_id) if ids.is_id("job", job_id) else None
-    if found is None or found.job.partner_id != g.partner_id:
+    if found is None or found.job.partner_id != partner_id:
         raise NotFound(f"no job {job_id}")
     return found
 
@@ -236,7 +238,7 @@ def _own_read(job_id: str) -> js.JobRead:
 def get_job(job_id: str) -> Response:
     """One of the partner's jobs; with `?wait=N`, as soon as it ends or after N seconds."""
     query = load(JobQuery, request.args.to_dict())
-    found = _own_read(job_id)
+    found = own_read(job_id, g.partner_id)
     if query["wait"] and not found.job.status.terminal:
         _wait_for_end(job_id, query["wait"])
         found = services().jobs.read(job_id) or found
@@ -304,10 +306,13 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
 @partner_required
 def list_deliveries(job_id: str) -> Response:
     """Every HTTP attempt made to deliver the job's webhook, oldest first."""
-    job = _own_job(job_id)
+    return jsonify({"items": delivery_attempts(_own_job(job_id))})
+
+
+def delivery_attempts(job: js.Job) -> list[dict[str, Any]]:
+    """Every HTTP attempt at the job's webhook, oldest first (none without a webhook)."""
     outbox = services().jobs.outbox
-    items = outbox.attempts(job.event_id) if job.callback_url and job.event_id else []
-    return jsonify({"items": items})
+    return outbox.attempts(job.event_id) if job.callback_url and job.event_id else []
 
 
 @bp.post("/<job_id>/redeliver")
@@ -345,9 +350,18 @@ def _reopen(delivery: Delivery) -> bool:
 @partner_required
 def list_jobs() -> Response:
     """The partner's jobs, newest first, a page at a time."""
-    query = load(JobListQuery, request.args.to_dict())
+    items, next_cursor = partner_jobs(g.partner_id, request.args.to_dict())
+    return jsonify({"items": items, "next_cursor": next_cursor})
+
+
+def partner_jobs(
+    partner_id: str, args: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the partner's jobs as `GET /v1/jobs` lists them, newest first, by the
+    query `args` (`JobListQuery`), and the next page's cursor. The portal's too."""
+    query = load(JobListQuery, dict(args))
     jobs = services().jobs
     found, next_cursor = jobs.page(
-        g.partner_id, status=query["status"], limit=query["limit"], cursor=query["cursor"]
+        partner_id, status=query["status"], limit=query["limit"], cursor=query["cursor"]
     )
-    return jsonify({"items": [jobs.public(read) for read in found], "next_cursor": next_cursor})
+    return [jobs.public(read) for read in found], next_cursor
