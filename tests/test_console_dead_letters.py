@@ -133,6 +133,8 @@ def test_filters_by_partner_destination_and_time_and_pages(
         }.items()
     }
     assert counts == {"partner_id": 1, "destination": 6, "since": 0, "until": 0}
+    shown = text(client.get("/console/dead-letters?since=2020-01-01T02:30:00%2B02:00"))
+    assert 'name="since" step="1" value="2020-01-01T00:30:00"' in shown
     blank = {"partner_id": "", "destination": "", "since": "", "until": ""}
     assert len(row_ids(text(client.get("/console/dead-letters", query_string=blank)))) == 6
 

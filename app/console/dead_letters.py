@@ -9,6 +9,7 @@ match of a filter first shows a confirmation page with the exact count.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from flask import Blueprint, Response, request, url_for
@@ -64,7 +65,7 @@ def _partner_choices() -> list[dict[str, Any]] | None:
 
 def _local(moment: Any) -> str:
     """A loaded time as a `datetime-local` field shows it (UTC, to the second)."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") if moment is not None else ""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") if moment else ""
 
 
 def _matching(count: int, loaded: dict[str, Any]) -> str:
