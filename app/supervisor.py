@@ -225,6 +225,7 @@ class Supervisor:
         children.start()
         print(f"Postback is up (data dir {self.data_dir})", flush=True)
         print(f"  API:      http://{self.host}:{self.port}  (spec at /openapi.yaml)", flush=True)
+        print(f"  Console:  http://{self.host}:{self.port}/console", flush=True)
         print(f"  Redis:    {redis_line}", flush=True)
         print(f"  Workers:  {self.workers}", flush=True)
         if generated:
