@@ -191,6 +191,23 @@ def test_a_refused_connection_is_reported(client, csrf):
     assert "connection refused" in text(send(client, csrf, url))
 
 
+def test_a_redirect_is_not_followed(client, csrf, receiver):
+    """A 302 is the answer shown; the URL it points to gets nothing."""
+    with Receiver() as elsewhere:
+        receiver.reply(Reply(302, headers=(("Location", elsewhere.url),)))
+        page = text(send(client, csrf, receiver.url))
+        assert "HTTP 302" in page
+        assert len(receiver.received) == 1 and elsewhere.received == []
+
+
+def test_an_answer_cut_short_is_reported(client, csrf):
+    """A receiver that closes the connection mid-body is reported as a closed connection."""
+    with Hostile("close_mid_answer", max_seconds=30) as hostile:
+        page = text(send(client, csrf, hostile.url))
+        hostile.wait_for(1)
+    assert "connection closed" in page
+
+
 def test_a_test_webhook_holds_a_place_among_the_partners_waits(
     settings, redis_client, partner, receiver
 ):
