@@ -74,6 +74,7 @@ class Watched:
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+    confirmed: list[str] = field(default_factory=list)
 
     def attach(self, page: Any) -> None:
         page.on(
@@ -85,18 +86,23 @@ class Watched:
         page.on("pageerror", lambda error: self.page_errors.append(str(error)))
 
         def dismiss(dialog: Any) -> None:
+            # A page's own confirmation question is answered yes; any other dialog (an
+            # `alert` an injected script opened) is a failure.
+            if dialog.type == "confirm":
+                self.confirmed.append(dialog.message)
+                dialog.accept()
+                return
             self.dialogs.append(f"{dialog.type}: {dialog.message}")
             dialog.dismiss()
 
         page.on("dialog", dismiss)
 
-    def clean(self, *, allow_dialogs: bool = False) -> None:
-        """Assert nothing went wrong (expected refusals, such as a 403's log line, excepted)."""
+    def clean(self) -> None:
+        """Assert nothing went wrong (a page answered with an error status excepted)."""
         errors = [e for e in self.console_errors if not _EXPECTED_CONSOLE.search(e)]
         assert errors == [], errors
         assert self.page_errors == [], self.page_errors
-        if not allow_dialogs:
-            assert self.dialogs == [], self.dialogs
+        assert self.dialogs == [], self.dialogs
 
 
 # A page answered with an error status logs "Failed to load resource"; the tests that ask

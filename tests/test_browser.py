@@ -8,15 +8,26 @@ screenshot of each page it visits (`tests.browser`). No test may leave a console
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 
+from app.portal_links import PortalLinks
 from callbacks.breaker import CircuitBreaker
 from postback.settings import Settings
-from tests.browser import CHROMIUM_FLAGS, LiveServer, Shots, Watched, chromium_path, served
+from tests.browser import (
+    CHROMIUM_FLAGS,
+    Answering,
+    LiveServer,
+    Shots,
+    Watched,
+    chromium_path,
+    served,
+)
 from tests.conftest import ADMIN_TOKEN
 from tests.receiver import Receiver, Reply
 from worker.process import dispatcher
@@ -277,3 +288,93 @@ def test_a_hostile_job_input_renders_as_text(
     expect(page.locator("main")).to_contain_text("onerror=")
     page.shots.take(page, "hostile-input")
     no_script_ran(page)
+
+
+def open_portal(page: Any, live: LiveServer, partner: dict[str, Any]) -> None:
+    """Ask for the partner's portal link over HTTP as an admin would, and open it."""
+    reply = requests.post(
+        f"{live.url}/v1/admin/partners/{partner['id']}/portal-link",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    page.goto(reply.json()["url"])
+    expect(page.get_by_role("heading", level=1)).to_contain_text(partner["name"])
+    page.shots.take(page, "portal-entry")
+    page.get_by_role("button", name="Open the portal").click()
+    expect(page.get_by_role("navigation", name="Portal")).to_be_visible()
+
+
+def test_the_portal_shows_one_partner_and_its_tools(
+    page: Any, live: LiveServer, client: Any, partner: dict[str, Any], work: Any
+) -> None:
+    """Through its link a partner sees only its own jobs, sends a test webhook, replays its dead
+    letter and rotates its secret; a receiver's hostile answer shows as text."""
+    other = client.post(
+        "/v1/admin/partners",
+        json={"name": "Other"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json
+    other["headers"] = {"Authorization": f"Bearer {other['api_key']}"}
+    hostile_body = f"{XSS_SCRIPT}{XSS_IMG}".encode()
+    with (
+        Receiver(Reply(410)) as failing,
+        Receiver(Reply(200)) as fixed,
+        Answering(500, hostile_body) as hostile,
+    ):
+        own_job = submit(client, partner, failing.url)
+        other_job = submit(client, other, fixed.url)
+        work()
+        open_portal(page, live, partner)
+        expect(page.get_by_role("heading", level=1)).to_have_text("Jobs")
+        expect(page.locator("main")).to_contain_text(own_job)
+        expect(page.locator("main")).not_to_contain_text(other_job)
+        page.shots.take(page, "portal-jobs")
+        answer = page.goto(f"{live.url}/portal/jobs/{other_job}")
+        assert answer is not None and answer.status == 404
+        page.shots.take(page, "portal-other-job")
+
+        nav = page.get_by_role("navigation", name="Portal")
+        nav.get_by_role("link", name="Test webhook").click()
+        page.get_by_label("Callback URL").fill(hostile.url)
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("main")).to_contain_text("500")
+        expect(page.locator("main")).to_contain_text("window.__xss = 'script'")
+        assert len(hostile.received) == 1
+        page.shots.take(page, "portal-test-webhook")
+        no_script_ran(page)
+
+        nav.get_by_role("link", name="Dead letters").click()
+        page.get_by_role("row").filter(has_text=own_job).get_by_role("link").first.click()
+        page.get_by_label("Corrected callback URL").fill(fixed.url)
+        page.shots.take(page, "portal-dead-letter")
+        page.get_by_role("button", name="Replay").click()
+        expect(page.get_by_role("status")).to_contain_text("Replayed")
+        work()
+        assert [r.path for r in fixed.received].count("/hook") == 2
+
+        nav.get_by_role("link", name="Signing secret").click()
+        page.shots.take(page, "portal-signing-secret")
+        page.get_by_role("button", name="Rotate secret").click()
+        new_secret = page.locator("#new-secret").inner_text().strip()
+        assert new_secret.startswith("whsec_") and new_secret != partner["signing_secret"]
+        assert page.watched.confirmed  # the page asked before rotating
+        page.shots.take(page, "portal-secret-rotated")
+    page.watched.clean()
+
+
+def test_an_expired_portal_link_is_refused(
+    page: Any, live: LiveServer, partner: dict[str, Any], redis_client: Any
+) -> None:
+    """A portal link past its expiry answers 410 and opens no session."""
+    token = PortalLinks(redis_client, ttl_seconds=3600).token(
+        partner["id"], expires_at=time.time() - 1
+    )
+    answer = page.goto(f"{live.url}/portal/enter?token={token}")
+    assert answer is not None and answer.status == 410
+    expect(page.get_by_role("heading", level=1)).to_contain_text("expired")
+    page.shots.take(page, "portal-link-expired")
+    assert not [c for c in page.context.cookies() if c["name"] == "pb_portal"]
+    answer = page.goto(f"{live.url}/portal/jobs")
+    assert answer is not None and answer.status == 401
+    page.watched.clean()
