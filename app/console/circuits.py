@@ -11,7 +11,6 @@ from flask import Blueprint, Response, request, url_for
 
 from app import admin
 from app.console import web
-from app.console.dead_letters import filled
 from app.console.sessions import Kind
 from app.schemas import CircuitQuery, load
 
@@ -23,14 +22,10 @@ web.protect(bp, template="console/error.html")
 @web.signed_in(Kind.ADMIN)
 def index() -> tuple[str, int]:
     """Circuits with recorded failures or open, a page at a time, by destination."""
-    given = filled(request.args)
+    given = web.filled(request.args)
     query = load(CircuitQuery, given)
     listing = admin.circuit_page(query)
-    next_url = (
-        url_for(".index", **{**given, "cursor": listing["next_cursor"]})
-        if listing["next_cursor"]
-        else None
-    )
+    next_url = web.next_page(".index", given, listing["next_cursor"])
     return web.page(
         "console/circuits.html",
         items=listing["items"],
@@ -46,7 +41,7 @@ def reset() -> Response:
     """Close the posted circuit (a destination and a partner) and let its parked deliveries go.
 
     The query string is the list the form was on, to go back to it."""
-    result = admin.reset_circuit_by_hand(filled(request.form))
+    result = admin.reset_circuit_by_hand(web.filled(request.form))
     destination, partner_id = result["destination"], request.form.get("partner_id")
     if partner_id:
         notice = (
@@ -56,4 +51,4 @@ def reset() -> Response:
         )
     else:
         notice = f"Reset {len(result['reset'])} circuits of {destination}"
-    return web.done(notice, url_for(".index", **filled(request.args)))
+    return web.done(notice, url_for(".index", **web.filled(request.args)))

@@ -13,7 +13,6 @@ import datetime as dt
 from typing import Any
 
 from flask import Blueprint, Response, request, url_for
-from werkzeug.datastructures import MultiDict
 
 from app import admin
 from app.console import web
@@ -34,12 +33,6 @@ _BULK = {
     "replay": (admin.replay_matching, "Replayed"),
     "purge": (admin.purge_matching, "Purged"),
 }
-
-
-def filled(values: MultiDict[str, str]) -> dict[str, Any]:
-    """The fields of a query or form that carry a value, without the CSRF token: a form
-    sends a field left blank as "", which the API means by leaving it out."""
-    return {k: v for k, v in values.items() if v != "" and k != web.CSRF_FIELD}
 
 
 def _filter_of(given: dict[str, Any]) -> dict[str, Any]:
@@ -90,15 +83,11 @@ def _matching(count: int, loaded: dict[str, Any]) -> str:
 @web.signed_in(Kind.ADMIN)
 def index() -> tuple[str, int]:
     """Dead letters, newest first, filtered as the API's list is."""
-    given = filled(request.args)
+    given = web.filled(request.args)
     query = load(DeadLetterQuery, given)
     listing = admin.dead_letter_page(query)
     where = _filter_of(given)
-    next_url = (
-        url_for(".index", **{**given, "cursor": listing["next_cursor"]})
-        if listing["next_cursor"]
-        else None
-    )
+    next_url = web.next_page(".index", given, listing["next_cursor"])
     return web.page(
         "console/dead_letters.html",
         items=[{**item, "job_url": job_url(item["job_id"])} for item in listing["items"]],
@@ -116,7 +105,7 @@ def index() -> tuple[str, int]:
 @web.signed_in(Kind.ADMIN)
 def confirm_bulk(verb: str) -> tuple[str, int]:
     """How many dead letters the filter matches, and a form to replay or purge them all."""
-    given = filled(request.args)
+    given = web.filled(request.args)
     loaded = load(DeadLetterFilter, given)
     count = admin.dead_letters().count(DeadLetterFilter.to_filter(loaded))
     question = f"{verb.capitalize()} {count}?"
@@ -139,7 +128,7 @@ def confirm_bulk(verb: str) -> tuple[str, int]:
 @web.signed_in(Kind.ADMIN)
 def bulk(verb: str) -> Response:
     """Replay or purge every dead letter the posted filter matches."""
-    given = filled(request.form)
+    given = web.filled(request.form)
     act, past = _BULK[verb]
     count = act(given)
     return web.done(f"{past} {_letters(count)}", url_for(".index", **_filter_of(given)))
@@ -157,7 +146,7 @@ def show(dead_letter_id: str) -> tuple[str, int]:
 @web.signed_in(Kind.ADMIN)
 def replay(dead_letter_id: str) -> Response:
     """Deliver the letter again, to the corrected callback URL when one is given."""
-    letter = admin.replay_one(dead_letter_id, filled(request.form))
+    letter = admin.replay_one(dead_letter_id, web.filled(request.form))
     to = job_url(letter.message.subject) or url_for(".index")
     return web.done(f"Replayed: webhook {letter.id} scheduled for delivery", to)
 

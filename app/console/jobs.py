@@ -46,16 +46,11 @@ class JobSearch(JobListQuery):
     id = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
 
 
-def _search_args() -> dict[str, str]:
-    """The query as a form sends it, less the fields left empty (a form sends them all)."""
-    return {name: value for name, value in request.args.to_dict().items() if value.strip()}
-
-
 @bp.get("/jobs")
 @web.signed_in(Kind.ADMIN)
 def index() -> tuple[str, int] | Response:
     """The search form; with a partner chosen, a page of its jobs, newest first."""
-    args = _search_args()
+    args = web.filled(request.args)
     query = load(JobSearch, args)
     if query["id"] is not None:
         return _to_job(query["id"].strip())
@@ -76,9 +71,7 @@ def index() -> tuple[str, int] | Response:
             until=_epoch(query["until"]),
         )
         items = [svc.jobs.public(read) for read in found]
-        if cursor is not None:
-            following: dict[str, Any] = {**args, "cursor": cursor}
-            next_url = url_for(".index", **following)
+        next_url = web.next_page(".index", args, cursor)
     return web.page(
         "console/jobs.html",
         form=args,

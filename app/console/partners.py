@@ -7,8 +7,6 @@ nowhere else: never in a notice (which Redis would keep until shown) or a log.
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, request, url_for
 
 from app import partners
@@ -28,11 +26,9 @@ CONFIRMED = "yes"
 @web.signed_in(Kind.ADMIN)
 def index() -> tuple[str, int]:
     """Partners, oldest first, a page at a time, and the form that creates one."""
-    items, next_cursor = partners.listing(request.args.to_dict())
-    next_url = None
-    if next_cursor is not None:
-        query: dict[str, Any] = {**request.args.to_dict(), "cursor": next_cursor}
-        next_url = url_for(".index", **query)
+    given = web.filled(request.args)
+    items, next_cursor = partners.listing(given)
+    next_url = web.next_page(".index", given, next_cursor)
     return web.page("console/partners.html", partners=items, next_url=next_url)
 
 

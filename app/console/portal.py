@@ -74,12 +74,9 @@ def jobs() -> tuple[str, int]:
     """The partner's jobs, newest first, a page at a time, by status if asked
     (validated as `GET /v1/jobs`'s query)."""
     # A filter form sends its empty fields: an empty status is no filter.
-    args = {key: value for key, value in request.args.to_dict().items() if value != ""}
-    items, next_cursor = api_jobs.partner_jobs(_partner_id(), args)
-    next_url = None
-    if next_cursor is not None:
-        query: dict[str, Any] = {**args, "cursor": next_cursor}
-        next_url = url_for(".jobs", **query)
+    args = web.filled(request.args)
+    items, next_cursor = api_jobs.partner_jobs(web.portal_partner(), args)
+    next_url = web.next_page(".jobs", args, next_cursor)
     return web.page(
         "portal/jobs.html",
         jobs=items,
@@ -94,7 +91,7 @@ def jobs() -> tuple[str, int]:
 def job(job_id: str) -> tuple[str, int]:
     """One of the partner's jobs as `GET /v1/jobs/{id}` shows it, with its input and
     every attempt at its webhook; another partner's job is a 404."""
-    found = api_jobs.own_read(job_id, _partner_id())
+    found = api_jobs.own_read(job_id, web.portal_partner())
     return web.page(
         "portal/job.html",
         job=services().jobs.public(found),
@@ -107,10 +104,6 @@ def _job_input(job_id: str) -> Any:
     """The job's input as it was submitted (views read jobs without it: it can be large)."""
     raw = cast("bytes | None", services().redis.hget(job_key(job_id), "input"))
     return json.loads(raw) if raw else {}
-
-
-def _partner_id() -> str:
-    return cast(str, web.current().partner_id)
 
 
 @bp.post("/sign-out")

@@ -17,13 +17,11 @@ from typing import Any
 from flask import Blueprint, request, url_for
 from werkzeug.wrappers import Response
 
-from app import probe
-from app.admin import dead_letter_detail, dead_letter_summary
+from app import admin, probe
 from app.console import web
 from app.console.sessions import Kind
-from app.schemas import DeadLetterQuery, ReplayBody, check_callback_url, load
+from app.schemas import DeadLetterQuery, load
 from app.services import services
-from callbacks.deadletters import DeadLetters
 from callbacks.model import Delivery
 from callbacks.secrets import TooManySecrets
 from postback import ids
@@ -34,21 +32,6 @@ web.protect(bp, template="portal/error.html")
 
 # The dead-letter list's filters, as the form and the pager carry them.
 _FILTERS = ("destination", "since", "until", "limit")
-
-
-def _partner_id() -> str:
-    partner_id = web.current().partner_id
-    assert partner_id is not None  # a portal session always names its partner
-    return partner_id
-
-
-def _form() -> dict[str, str]:
-    """The posted form without its CSRF token and without blank fields (left empty)."""
-    return {
-        key: value
-        for key, value in request.form.items()
-        if key != web.CSRF_FIELD and value.strip() != ""
-    }
 
 
 # --- Test webhook -------------------------------------------------------------------------
@@ -68,10 +51,12 @@ def test_webhook() -> tuple[str, int]:
     form = {"callback_url": "", "event_type": probe.TEST_EVENT_TYPE}
     if request.method == "GET":
         return _probe_page(form=form, sent=None, errors=None)
-    form.update(_form())
+    form.update(web.filled(request.form))
     try:
         loaded = load(probe.ProbeForm, form)
-        sent = probe.send(services(), _partner_id(), loaded["callback_url"], loaded["event_type"])
+        sent = probe.send(
+            services(), web.portal_partner(), loaded["callback_url"], loaded["event_type"]
+        )
     except InvalidInput as exc:
         # The form again, with the URL as typed and why it was refused; nothing was sent.
         return _probe_page(status=422, form=form, sent=None, errors=exc.errors)
@@ -81,15 +66,10 @@ def test_webhook() -> tuple[str, int]:
 # --- Dead letters -------------------------------------------------------------------------
 
 
-def _dead_letters() -> DeadLetters:
-    svc = services()
-    return DeadLetters(svc.redis, outbox=svc.jobs.outbox)
-
-
 def _own_letter(dead_letter_id: str) -> Delivery:
     """The session partner's dead letter; NotFound for an unknown id or another's letter."""
-    letter = _dead_letters().get(dead_letter_id) if ids.is_id("dlq", dead_letter_id) else None
-    if letter is None or letter.owner != _partner_id():
+    letter = admin.dead_letters().get(dead_letter_id) if ids.is_id("dlq", dead_letter_id) else None
+    if letter is None or letter.owner != web.portal_partner():
         raise NotFound(f"no dead letter {dead_letter_id}")
     return letter
 
@@ -98,22 +78,18 @@ def _own_letter(dead_letter_id: str) -> Delivery:
 @web.signed_in(Kind.PORTAL)
 def dead_letters() -> tuple[str, int]:
     """The partner's dead letters, newest first, filtered by destination and time of death."""
-    given = {key: value for key, value in request.args.items() if value.strip() != ""}
+    given = web.filled(request.args)
     # Only the session's partner: a partner_id in the query is not the portal's to choose.
     given.pop("partner_id", None)
-    query = load(DeadLetterQuery, {**given, "partner_id": _partner_id()})
-    items, next_cursor = _dead_letters().page(
-        DeadLetterQuery.to_filter(query), limit=query["limit"], cursor=query["cursor"]
+    listing = admin.dead_letter_page(
+        load(DeadLetterQuery, {**given, "partner_id": web.portal_partner()})
     )
     filters: dict[str, Any] = {key: given[key] for key in _FILTERS if key in given}
-    next_url = (
-        url_for(".dead_letters", **filters, cursor=next_cursor) if next_cursor is not None else None
-    )
     return web.page(
         "portal/dead_letters.html",
-        items=[dead_letter_summary(item) for item in items],
+        items=listing["items"],
         filters=filters,
-        next_url=next_url,
+        next_url=web.next_page(".dead_letters", filters, listing["next_cursor"]),
     )
 
 
@@ -122,7 +98,7 @@ def dead_letters() -> tuple[str, int]:
 def dead_letter(dead_letter_id: str) -> tuple[str, int]:
     """One of the partner's dead letters: payload, attempt log, last error, and Replay."""
     letter = _own_letter(dead_letter_id)
-    detail = dead_letter_detail(letter, _dead_letters().outbox.attempts(letter.id))
+    detail = admin.dead_letter_detail(letter, admin.dead_letters().outbox.attempts(letter.id))
     return web.page("portal/dead_letter.html", letter=detail)
 
 
@@ -132,12 +108,7 @@ def replay(dead_letter_id: str) -> Response:
     """Deliver one of the partner's dead letters again, optionally to a corrected URL
     (validated as the API's replay validates it)."""
     _own_letter(dead_letter_id)
-    body = load(ReplayBody, _form())
-    if body["callback_url"] is not None:
-        check_callback_url(body["callback_url"])
-    letter = _dead_letters().replay(dead_letter_id, url=body["callback_url"])
-    if letter is None:
-        raise NotFound(f"no dead letter {dead_letter_id}")
+    letter = admin.replay_one(dead_letter_id, web.filled(request.form))
     return web.done(f"Replayed: webhook {letter.id} scheduled", url_for(".dead_letters"))
 
 
@@ -156,7 +127,7 @@ def human_seconds(seconds: float) -> str:
 
 def _secret_page(*, status: int = 200, **context: Any) -> tuple[str, int]:
     svc = services()
-    state = svc.partners.secrets.state(_partner_id())
+    state = svc.partners.secrets.state(web.portal_partner())
     grace_seconds = svc.settings.secret_grace_seconds
     return web.page(
         "portal/signing_secret.html",
@@ -182,7 +153,7 @@ def rotate_secret() -> tuple[str, int]:
     """A new signing secret, shown in this answer only; the one it replaces keeps signing
     for the configured grace period."""
     svc = services()
-    partner_id = _partner_id()
+    partner_id = web.portal_partner()
     try:
         rotated = svc.partners.rotate_secret(
             partner_id, grace_seconds=svc.settings.secret_grace_seconds

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -72,6 +72,24 @@ def sessions() -> Sessions:
 def current() -> Session:
     """The session of the request (a view behind `protect` always has one)."""
     return g.console_session
+
+
+def portal_partner() -> str:
+    """The partner the request's portal session is scoped to."""
+    partner_id = current().partner_id
+    assert partner_id is not None  # a portal session always names its partner
+    return partner_id
+
+
+def filled(values: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of a query or form that carry a value, less the CSRF token: a form sends
+    a field left blank as "", which the API means by leaving the field out."""
+    return {k: v for k, v in values.items() if v.strip() != "" and k != CSRF_FIELD}
+
+
+def next_page(endpoint: str, given: Mapping[str, Any], cursor: str | None) -> str | None:
+    """The link to the page after this one (`given` is the query as filled), or None."""
+    return url_for(endpoint, **{**given, "cursor": cursor}) if cursor is not None else None
 
 
 def admin_grant() -> str:
