@@ -12,7 +12,8 @@ Modules: `model` (the nouns), `observer` (how it talks back), `outbox`
 by a token), `parking` (held back while a circuit is open) and `rounds`
 (replay, redelivery), `lanes` (who gets the next slot), `dispatcher` (the
 loop), `courier` (one delivery's turn), `verdict` (what an answer means),
-`sender` (one HTTP attempt), `breaker` (circuits), `ratelimit`,
+`sender` (one HTTP attempt), `probe` (one message posted and answered at once, stored
+nowhere: the portal's test webhook), `breaker` (circuits), `ratelimit`,
 `deadletters`, `secrets`, `signing`, `ssrf`, `policy`.
 
 Exceptions::

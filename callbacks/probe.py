@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from callbacks.errors import UnsafeUrl
-from callbacks.sender import Response
+from callbacks.sender import Response, answered, elapsed_ms, request_headers
 from callbacks.ssrf import (
     DEFAULT_PORTS,
     DEFAULT_URL_POLICY,
@@ -72,12 +72,6 @@ class Probe:
     refusal: str | None = None
 
 
-def request_headers(user_agent: str, headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers of an attempt besides `Host` and `Content-Length`, as the sender sends
-    them: a JSON body, the user agent, then `headers` (the signature's among them)."""
-    return {"content-type": "application/json", "user-agent": user_agent, **headers}
-
-
 def post(
     url: str,
     body: bytes,
@@ -96,7 +90,7 @@ def post(
 
     def failure(error: str, refusal: str | None = None) -> Probe:
         return Probe(
-            response=Response(status_code=None, duration_ms=_ms(started), error=error),
+            response=Response(status_code=None, duration_ms=elapsed_ms(started), error=error),
             headers=sent,
             refusal=refusal,
         )
@@ -124,11 +118,7 @@ def post(
         log.exception("test message to %s failed unexpectedly", urlsplit(url).netloc)
         return failure(f"internal error: {type(exc).__name__}")
     return Probe(
-        response=Response(
-            status_code=status,
-            duration_ms=_ms(started),
-            error=None if 200 <= status < 300 else f"HTTP {status}",
-        ),
+        response=answered(status, started),
         headers=sent,
         body=answer,
         truncated=truncated,
@@ -245,7 +235,3 @@ class _Reader(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         return self._sock.recv_into(buffer)
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)

@@ -26,8 +26,9 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -224,11 +225,7 @@ class Sender:
         if refusal is not None:
             reason, address = refusal
             raise UnsafeUrl(url, reason, address=address)
-        all_headers = {
-            "content-type": "application/json",
-            "user-agent": self.user_agent,
-            **headers,
-        }
+        all_headers = request_headers(self.user_agent, headers)
         async with self._client().post(
             _parsed(url), data=body, headers=all_headers, allow_redirects=False
         ) as reply:
@@ -241,10 +238,8 @@ class Sender:
             if not reply.content.at_eof():
                 # More than we read is coming: drop the connection rather than drain it.
                 reply.close()
-            return Response(
-                status_code=reply.status,
-                duration_ms=_ms(started),
-                error=None if 200 <= reply.status < 300 else f"HTTP {reply.status}",
+            return replace(
+                answered(reply.status, started),
                 retry_after_seconds=parse_retry_after(reply.headers.get("retry-after")),
             )
 
@@ -276,9 +271,25 @@ def _refusal(url: str, policy: UrlPolicy) -> tuple[str, IPAddress | None] | None
     return None
 
 
+def request_headers(user_agent: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of an attempt besides `Host` and `Content-Length`: a JSON body, the user
+    agent, then `headers` (the signature's among them)."""
+    return {"content-type": "application/json", "user-agent": user_agent, **headers}
+
+
+def answered(status: int, started: float) -> Response:
+    """An attempt the receiver answered with `status`: an error unless it is a 2xx."""
+    return Response(
+        status_code=status,
+        duration_ms=elapsed_ms(started),
+        error=None if 200 <= status < 300 else f"HTTP {status}",
+    )
+
+
 def _failure(started: float, error: str) -> Response:
-    return Response(status_code=None, duration_ms=_ms(started), error=error)
+    return Response(status_code=None, duration_ms=elapsed_ms(started), error=error)
 
 
-def _ms(started: float) -> int:
+def elapsed_ms(started: float) -> int:
+    """Whole milliseconds since `started` (on the monotonic clock)."""
     return int((time.monotonic() - started) * 1000)
