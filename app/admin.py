@@ -24,6 +24,7 @@ from callbacks.breaker import CircuitBreaker, reset_circuits
 from callbacks.deadletters import DeadLetters, Filter
 from callbacks.model import Delivery
 from postback import clock, ids
+from worker.model import JobRead
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -191,8 +192,11 @@ def admin_job_view(svc: Services, job_id: str) -> dict[str, Any] | None:
     """Any partner's job as `GET /v1/jobs/{id}` returns it to that partner, plus its
     `partner_id`; None if there is no such job."""
     found = svc.jobs.read(job_id) if ids.is_id("job", job_id) else None
-    if found is None:
-        return None
+    return admin_view(svc, found) if found is not None else None
+
+
+def admin_view(svc: Services, found: JobRead) -> dict[str, Any]:
+    """A job read as `GET /v1/jobs/{id}` shows it to its partner, plus its `partner_id`."""
     return {**svc.jobs.public(found), "partner_id": found.job.partner_id}
 
 

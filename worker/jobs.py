@@ -116,7 +116,7 @@ class NotDurable(Unavailable):
 class JobStore:
     """Create, read, list and move jobs through their states.
 
-    Reads are `Records`' (`get`, `view`, `read`, `result`, `result_url`,
+    Reads are `Records`' (`get`, `input_of`, `view`, `read`, `result`, `result_url`,
     `set_progress`, `remove`), pages `Listing`'s (`page`, `many`) and changes of
     state `Transitions`' (`start`, `renew`, `requeue`, `enqueue_again`,
     `request_cancel`, `finish`). Every argument is required: the defaults are
@@ -161,6 +161,7 @@ class JobStore:
         self.guard = self.transitions.guard
         records, listing, transitions = self.records, self.listing, self.transitions
         self.get = records.get
+        self.input_of = records.input_of
         self.view = records.view
         self.read = records.read
         self.history = records.history

@@ -80,6 +80,12 @@ class Records:
             return None
         return Job.from_hash({k.decode(): v.decode() for k, v in raw.items()})
 
+    def input_of(self, job_id: str) -> Any:
+        """The job's input as it was submitted (views read jobs without it: it can be
+        large); None if there is no such job."""
+        raw = cast("bytes | None", self.redis.hget(job_key(job_id), "input"))
+        return json.loads(raw) if raw else None
+
     def view(self, job_id: str) -> Job | None:
         """The job as views need it, or None: no input, and the result only if the view
         shows it inline (`worker.reads`)."""

@@ -15,10 +15,11 @@ from typing import Any
 from flask import Blueprint, Response, redirect, request, url_for
 from marshmallow import RAISE, fields, validate
 
-from app.admin import admin_job_view
+from app.admin import admin_view
 from app.console import web
 from app.console.sessions import Kind
 from app.errors import NotFound
+from app.jobs import delivery_attempts
 from app.schemas import JobListQuery, load
 from app.services import services
 from postback import ids, timeline
@@ -114,23 +115,20 @@ def _partners(chosen: dict[str, Any] | None) -> list[dict[str, Any]]:
 def show(job_id: str) -> tuple[str, int]:
     """One job of any partner: its fields, timeline, input, result and webhook attempts."""
     svc = services()
-    view = admin_job_view(svc, job_id)
-    if view is None:
+    found = svc.jobs.read(job_id) if ids.is_id("job", job_id) else None
+    if found is None:
         raise NotFound(f"no job {job_id}")
-    # The view leaves out the input; the stored job has it, and its webhook's id.
-    stored = svc.jobs.get(job_id)
-    attempts: list[dict[str, Any]] = []
-    if stored is not None and stored.callback_url and stored.event_id:
-        attempts = svc.jobs.outbox.attempts(stored.event_id)
+    view = admin_view(svc, found)
     delivery = view.get("delivery")
     dead = delivery is not None and delivery["status"] == "dead"
     return web.page(
         "console/job.html",
         job=view,
         partner=svc.partners.get(view["partner_id"]),
-        job_input=stored.input if stored is not None else None,
-        webhook_id=stored.event_id if stored is not None and stored.callback_url else None,
-        attempts=attempts,
+        # The view leaves out the input: it can be large, and only this page shows it.
+        job_input=svc.jobs.input_of(job_id),
+        webhook_id=found.job.event_id if found.job.callback_url else None,
+        attempts=delivery_attempts(found.job),
         dead_letter_id=_dead_letter_id(view["timeline"]) if dead else None,
     )
 

@@ -11,7 +11,6 @@ use (`app.jobs`), for the session's partner only: another partner's job is a 404
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 
 from flask import Blueprint, Response, g, make_response, redirect, request, url_for
@@ -23,7 +22,7 @@ from app.partners import portal_links
 from app.partners_store import PartnerDisabled
 from app.services import services
 from postback.errors import NotFound
-from worker.jobs import STATUSES, job_key
+from worker.jobs import STATUSES
 
 bp = Blueprint("portal", __name__, url_prefix="/portal")
 web.protect(bp, template="portal/error.html")
@@ -95,15 +94,9 @@ def job(job_id: str) -> tuple[str, int]:
     return web.page(
         "portal/job.html",
         job=services().jobs.public(found),
-        job_input=_job_input(job_id),
+        job_input=services().jobs.input_of(job_id),
         attempts=api_jobs.delivery_attempts(found.job),
     )
-
-
-def _job_input(job_id: str) -> Any:
-    """The job's input as it was submitted (views read jobs without it: it can be large)."""
-    raw = cast("bytes | None", services().redis.hget(job_key(job_id), "input"))
-    return json.loads(raw) if raw else {}
 
 
 @bp.post("/sign-out")
