@@ -280,18 +280,25 @@ def problem(
     return response
 
 
-def render(exc: BaseException) -> Response:
-    """The problem+json answer to `exc`, from its entry in `PROBLEMS` (a 500 if none)."""
+def explain(exc: BaseException) -> tuple[Problem, str]:
+    """The entry that answers `exc` (INTERNAL if none) and the detail to say, logging what
+    the entry asks to (an unknown error's traceback, a misconfiguration)."""
     found = problem_for(type(exc))
     if found is None:
         log.error("unhandled error", exc_info=exc)
         found = INTERNAL
     elif found.log is not None:
         log.error(found.log, exc)
+    return found, str(exc) if found.detail is None else found.detail
+
+
+def render(exc: BaseException) -> Response:
+    """The problem+json answer to `exc`, from its entry in `PROBLEMS` (a 500 if none)."""
+    found, detail = explain(exc)
     return problem(
         found.status,
         found.title,
-        str(exc) if found.detail is None else found.detail,
+        detail,
         slug=found.slug,
         headers=found.headers(exc),
         members=found.members(exc),

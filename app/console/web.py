@@ -14,7 +14,6 @@ which come before a session, use a token in a cookie (`pb_csrf`) instead.
 from __future__ import annotations
 
 import functools
-import logging
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -25,13 +24,11 @@ from flask import Blueprint, Response, g, redirect, render_template, request, ur
 from werkzeug.exceptions import HTTPException
 
 from app.console.sessions import Kind, Session, Sessions, digest, same_token
-from app.errors import INTERNAL, problem_for
+from app.errors import explain
 from app.services import services
 from postback.connection import on_behalf_of
-from postback.errors import PostbackError, RedisFault
+from postback.errors import RedisFault
 from postback.faults import classify
-
-log = logging.getLogger(__name__)
 
 COOKIES = {Kind.ADMIN: ("pb_console", "/console"), Kind.PORTAL: ("pb_portal", "/portal")}
 PRE_SESSION_COOKIE = "pb_csrf"
@@ -57,8 +54,9 @@ SECURITY_HEADERS = {
 }
 
 
-class Refused(PostbackError):
-    """A console request without a valid session or CSRF token; `status` says which."""
+class Refused(Exception):
+    """A console request without a valid session or CSRF token; `status` says which. Not
+    an error of the domain: only the console's pages raise and answer it."""
 
     def __init__(self, detail: str, /, *, status: int, title: str) -> None:
         super().__init__(detail)
@@ -287,11 +285,5 @@ def _explain(exc: Exception) -> tuple[int, str, str, Any]:
                 cause=str(fault.cause),
                 retry_after_seconds=fault.retry_after_seconds,
             )
-    found = problem_for(type(exc))
-    if found is None:
-        log.error("unhandled error", exc_info=exc)
-        found = INTERNAL
-    elif found.log is not None:
-        log.error(found.log, exc)
-    detail = str(exc) if found.detail is None else found.detail
+    found, detail = explain(exc)
     return found.status, found.title, detail, found.members(exc).get("errors")
