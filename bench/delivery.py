@@ -2,10 +2,11 @@
 
     python -m bench.delivery [--quick] [--only p3,p4,p4b,p4c,p7,duplicates,cross_tenant]
 
-Each figure is the median of `repeats` runs (3; `--quick`: 1 run of tiny counts);
+Each figure is the median of `repeats` runs (3; `--quick`: 1 run of tiny counts, with
+receivers answering sooner: `QUICK`);
 a ratio is set against its baseline measured in the same run, just before it.
 P3, P4, P4b, P4c and the cross-tenant runs use a dispatcher in this process
-(`worker.process.dispatcher`, delivery timeout 5 s; `--quick`: 1 s); P7 and the
+(`worker.process.dispatcher`, delivery timeout 5 s; `--quick`: 0.5 s); P7 and the
 duplicate count run `postback deliver` processes. Receivers are `bench.receiver`
 processes; Redis is an embedded server of the run's own, flushed before each run.
 
@@ -76,9 +77,7 @@ from postback.settings import Settings
 from worker.process import dispatcher
 
 SECTIONS = ("p3", "p4", "p4b", "p4c", "p7", "duplicates", "cross_tenant")
-HEALTHY_DELAY_SECONDS = 0.2
 TRICKLE_INTERVAL_SECONDS = 1.0
-FAN_OUT_DELAY_SECONDS = 1.0
 TENANT_A, TENANT_B = "ptn_a", "ptn_b"
 TENANT_STATUSES = (404, 500)
 # Every wait of this benchmark is bounded; a run that does not finish in these fails.
@@ -86,13 +85,9 @@ RUN_TIMEOUT_SECONDS = 600.0
 PROCESS_RUN_TIMEOUT_SECONDS = 300.0
 DUPLICATES_TIMEOUT_SECONDS = 120.0
 RECEIVER_MAX_SECONDS = 3600.0
-# The environment of the duplicate count's delivery processes (besides Redis and CIDRs).
-DUPLICATES_ENV = {
-    "POSTBACK_RETRY_BASE_SECONDS": "1",
-    "POSTBACK_RETRY_MAX_SECONDS": "4",
-    "POSTBACK_BREAKER_COOLDOWN_SECONDS": "2",
-    "POSTBACK_DELIVERY_TIMEOUT_SECONDS": "5",
-}
+# The environment of the duplicate count's delivery processes (besides Redis and CIDRs,
+# and the retry and cooling times of the run's `Shape`).
+DUPLICATES_ENV = {"POSTBACK_DELIVERY_TIMEOUT_SECONDS": "5"}
 DELIVERED = str(DeliveryStatus.DELIVERED).encode()
 LOOPBACK = "127.0.0.0/8"
 
@@ -106,12 +101,19 @@ class Shape:
     per_destination: int
     # The delivery timeout of the in-process dispatcher (P3, P4*, cross-tenant).
     timeout_seconds: float
+    # How long a healthy destination takes to answer (P3, P4*, cross-tenant).
+    healthy_delay_seconds: float = 0.2
     hanging: int = 8
     trickling: int = 6
     fan_out_destinations: int
     fan_out_per_destination: int
+    # How long each of P7's destinations takes to answer.
+    fan_out_delay_seconds: float = 1.0
     duplicates_webhooks: int
     duplicates_fail_seconds: float
+    # The duplicate count's retries (first and longest wait) and circuits' cooling time.
+    duplicates_retry_seconds: tuple[float, float] = (1.0, 4.0)
+    duplicates_cooldown_seconds: float = 2.0
     tenant_a: int
     tenant_b: int
 
@@ -127,16 +129,23 @@ FULL = Shape(
     tenant_a=200,
     tenant_b=100,
 )
+# A smoke run: every section end to end, as little waiting as each allows.
 QUICK = Shape(
     repeats=1,
-    per_destination=20,
-    timeout_seconds=1.0,
-    fan_out_destinations=100,
+    per_destination=8,
+    timeout_seconds=0.5,
+    healthy_delay_seconds=0.05,
+    hanging=2,
+    trickling=2,
+    fan_out_destinations=50,
     fan_out_per_destination=2,
-    duplicates_webhooks=20,
-    duplicates_fail_seconds=2.0,
-    tenant_a=20,
-    tenant_b=10,
+    fan_out_delay_seconds=0.2,
+    duplicates_webhooks=10,
+    duplicates_fail_seconds=1.0,
+    duplicates_retry_seconds=(0.2, 0.5),
+    duplicates_cooldown_seconds=0.5,
+    tenant_a=10,
+    tenant_b=4,
 )
 
 
@@ -423,7 +432,7 @@ def isolation(
         "--ports",
         port_list(healthy_ports),
         "--delay",
-        str(HEALTHY_DELAY_SECONDS),
+        str(shape.healthy_delay_seconds),
         "--trickle-interval",
         str(TRICKLE_INTERVAL_SECONDS),
         "--max-seconds",
@@ -495,10 +504,11 @@ def _isolation_figures(
 
 
 def throughput(client: redis.Redis, settings: Settings, shape: Shape) -> dict:
-    """P3: one destination answering in 200 ms, `shape.repeats` runs."""
+    """P3: one destination answering in 200 ms (`shape.healthy_delay_seconds`), `shape.repeats`
+    runs."""
     port = free_port_block(1)[0]
     target = f"http://127.0.0.1:{port}/hook"
-    arguments = ["--ports", str(port), "--delay", str(HEALTHY_DELAY_SECONDS)]
+    arguments = ["--ports", str(port), "--delay", str(shape.healthy_delay_seconds)]
     arguments += ["--max-seconds", str(RECEIVER_MAX_SECONDS)]
     with (
         tempfile.TemporaryDirectory(prefix="postback-bench-") as scratch,
@@ -522,7 +532,7 @@ def fan_out(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
         "--ports",
         port_list(ports),
         "--delay",
-        str(FAN_OUT_DELAY_SECONDS),
+        str(shape.fan_out_delay_seconds),
         "--max-seconds",
         str(RECEIVER_MAX_SECONDS),
     ]
@@ -562,6 +572,7 @@ def fan_out(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
         },
         "destinations": len(ports),
         "webhooks": len(ports) * shape.fan_out_per_destination,
+        "answer_seconds": shape.fan_out_delay_seconds,
         "per_second": _median(rates),
         "per_second_running": _median(running),
         "seconds": seconds,
@@ -577,6 +588,12 @@ def fan_out(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
 def duplicates(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
     """Two delivery processes, one receiver failing for its first seconds, every ack logged."""
     counts: dict[str, list] = collections.defaultdict(list)
+    first_wait, longest_wait = shape.duplicates_retry_seconds
+    env = DUPLICATES_ENV | {
+        "POSTBACK_RETRY_BASE_SECONDS": f"{first_wait:g}",
+        "POSTBACK_RETRY_MAX_SECONDS": f"{longest_wait:g}",
+        "POSTBACK_BREAKER_COOLDOWN_SECONDS": f"{shape.duplicates_cooldown_seconds:g}",
+    }
     with tempfile.TemporaryDirectory(prefix="postback-bench-") as scratch:
         work = Path(scratch)
         for run in range(shape.repeats):
@@ -598,7 +615,7 @@ def duplicates(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
                 messages = _add(client, [(OWNER, url)] * shape.duplicates_webhooks)
                 delivery_ids = [m.id for m in messages]
                 started = time.monotonic()
-                with _delivery_processes(2, redis_url, work, DUPLICATES_ENV) as deliverers:
+                with _delivery_processes(2, redis_url, work, env) as deliverers:
                     done = _wait_delivered(
                         client,
                         delivery_ids,
@@ -630,6 +647,8 @@ def duplicates(client: redis.Redis, redis_url: str, shape: Shape) -> dict:
         "webhooks": shape.duplicates_webhooks,
         "processes": 2,
         "fail_seconds": shape.duplicates_fail_seconds,
+        "retry_seconds": list(shape.duplicates_retry_seconds),
+        "cooldown_seconds": shape.duplicates_cooldown_seconds,
         "duplicated": _median(counts["duplicated"]),
         **{key: value for key, value in counts.items() if key != "duplicated"},
     }
@@ -680,7 +699,7 @@ def cross_tenant(client: redis.Redis, settings: Settings, shape: Shape) -> dict:
                 "--path-status",
                 f"/a={status},/b=204",
                 "--delay",
-                str(HEALTHY_DELAY_SECONDS),
+                str(shape.healthy_delay_seconds),
                 "--max-seconds",
                 str(RECEIVER_MAX_SECONDS),
             ]
@@ -734,6 +753,7 @@ def main(quick: bool = False, *, only: Collection[str] | None = None) -> dict:
                 "per_destination": settings.delivery_per_destination,
                 "timeout_seconds": settings.delivery_timeout_seconds,
                 "repeats": shape.repeats,
+                "healthy_delay_seconds": shape.healthy_delay_seconds,
             },
             "seconds": timings,
         }
@@ -785,8 +805,10 @@ def report(results: dict) -> str:
     lines = [f"settings: {results['settings']}"]
     if "p3_deliveries_per_second" in results:
         p3 = results["p3_deliveries_per_second"]
+        delay_ms = results["settings"]["healthy_delay_seconds"] * 1000
         lines.append(
-            f"P3 deliveries/s to a 200 ms receiver, one process: median {p3['median']:.0f} "
+            f"P3 deliveries/s to a {delay_ms:.0f} ms receiver, one process: "
+            f"median {p3['median']:.0f} "
             f"(runs {_runs(p3['runs'])}; goal >= 150)"
         )
     for name, key, label, with_key in (
@@ -818,7 +840,8 @@ def report(results: dict) -> str:
         p7 = results["p7_fan_out"]
         lines.append(
             f"P7 fan-out, one delivery process, {p7['webhooks']:,} webhooks to "
-            f"{p7['destinations']:,} destinations (1 s answers; {p7['settings']}): median "
+            f"{p7['destinations']:,} destinations ({p7['answer_seconds']:g} s answers; "
+            f"{p7['settings']}): median "
             f"{p7['per_second']['median']:.0f} deliveries/s (runs {_runs(p7['per_second']['runs'])}"
             f"; goal >= 800)"
         )

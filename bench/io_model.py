@@ -5,8 +5,8 @@
 The delivery engine must keep at least 1,000 attempts in flight in one process
 against receivers taking 1 s to answer. One `bench.receiver` process (its own
 process, 1,000 ports, `--delay 1`, `--log`) answers 5,000 POSTs of a 600-byte
-JSON body spread round-robin over its ports (`--quick`: 1,000 POSTs over 200
-ports), sent by each model in a fresh client process of its own:
+JSON body spread round-robin over its ports (`--quick`: 300 POSTs over 100
+ports answering in 0.2 s), sent by each model in a fresh client process of its own:
 
 - threads: `requests`, one `Session` per thread, a `ThreadPoolExecutor` of 1,000
   workers, `stream=True`, the body read and the response closed;
@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TypedDict
 
 MODELS = ("threads", "aiohttp")
 IN_FLIGHT = 1000
@@ -47,8 +48,18 @@ ATTEMPT_TIMEOUT_SECONDS = 15.0
 READY_TIMEOUT_SECONDS = 30.0
 CLIENT_TIMEOUT_SECONDS = 180.0
 RECEIVER_MAX_SECONDS = 900
-FULL = {"requests": 5000, "ports": 1000}
-QUICK = {"requests": 1000, "ports": 200}
+
+
+class Shape(TypedDict):
+    """The sizes of a run."""
+
+    requests: int
+    ports: int
+    receiver_delay_seconds: float
+
+
+FULL = Shape(requests=5000, ports=1000, receiver_delay_seconds=RECEIVER_DELAY_SECONDS)
+QUICK = Shape(requests=300, ports=100, receiver_delay_seconds=0.2)
 
 
 def payload(number: int) -> bytes:
@@ -266,8 +277,10 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_receiver(ports: list[int], log: Path, stderr: Path) -> subprocess.Popen:
-    """`bench.receiver` on `ports` (1 s delay, 2xx answers logged to `log`), once it is ready.
+def start_receiver(
+    ports: list[int], log: Path, stderr: Path, delay: float = RECEIVER_DELAY_SECONDS
+) -> subprocess.Popen:
+    """`bench.receiver` on `ports` (`delay` s answers, 2xx logged to `log`), once it is ready.
 
     Its own process group (for `stop_group`); raises RuntimeError, with the
     receiver stopped, if it is not ready in READY_TIMEOUT_SECONDS.
@@ -281,7 +294,7 @@ def start_receiver(ports: list[int], log: Path, stderr: Path) -> subprocess.Pope
         "--ports",
         ",".join(map(str, ports)),
         "--delay",
-        str(RECEIVER_DELAY_SECONDS),
+        str(delay),
         "--log",
         str(log),
         "--max-seconds",
@@ -368,14 +381,15 @@ def main(quick: bool = False) -> dict:
         "shape": {
             **shape,
             "in_flight": IN_FLIGHT,
-            "receiver_delay_seconds": RECEIVER_DELAY_SECONDS,
             "body_bytes": len(payload(0)),
         }
     }
     with tempfile.TemporaryDirectory(prefix="postback-io-model-") as scratch:
         work = Path(scratch)
         ports = free_ports(shape["ports"])
-        receiver = start_receiver(ports, work / "received.log", work / "receiver.err")
+        receiver = start_receiver(
+            ports, work / "received.log", work / "receiver.err", shape["receiver_delay_seconds"]
+        )
         try:
             for model in MODELS:
                 cpu_before = process_cpu_seconds(receiver.pid)
@@ -420,7 +434,7 @@ def report(results: dict) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.io_model", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1,000 POSTs over 200 ports")
+    parser.add_argument("--quick", action="store_true", help="300 POSTs over 100 ports")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     # A client process of one model (started by `measure`): prints its figures as JSON.
     parser.add_argument("--child", choices=MODELS, help=argparse.SUPPRESS)
