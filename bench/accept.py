@@ -29,7 +29,9 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
+import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -189,30 +191,61 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How to start a server: its command, environment, and the URL that answers 200 once
+    it is ready."""
+
+    command: list[str]
+    env: dict[str, str]
+    ready_url: str
+
+
 @contextlib.contextmanager
-def _server(
-    command: list[str], env: dict[str, str], ready_url: str, log: Path
-) -> Iterator[subprocess.Popen]:
-    """A gunicorn master (in its own process group) answering `ready_url`; stopped at the end."""
-    process = spawn(command, env, log)
+def _servers(launches: list[tuple[Launch, Path]]) -> Iterator[list[subprocess.Popen]]:
+    """Gunicorn masters (each in its own process group, its stderr to its log) started at
+    once, yielded once each answers its `ready_url`; stopped together at the end."""
+    processes: list[subprocess.Popen] = []
     try:
+        for launch, log in launches:
+            processes.append(spawn(launch.command, launch.env, log))
         deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[2:4]} exited with {process.returncode}:\n{tail(log)}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(ready_url, timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{ready_url} did not answer in 60 s:\n{tail(log)}")
-            time.sleep(0.1)
-        yield process
+        for process, (launch, log) in zip(processes, launches, strict=True):
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"{launch.command[2:4]} exited with {process.returncode}:\n{tail(log)}"
+                    )
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(launch.ready_url, timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{launch.ready_url} did not answer in 60 s:\n{tail(log)}")
+                time.sleep(0.1)
+        yield processes
     finally:
-        stop_group(process)
+        # Every one told to stop first, so that their graceful shutdowns overlap.
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            stop_group(process)
+
+
+@contextlib.contextmanager
+def _server(launch: Launch, log: Path) -> Iterator[subprocess.Popen]:
+    """One server of `_servers`: started, yielded once ready, stopped at the end."""
+    with _servers([(launch, log)]) as (process,):
+        yield process
 
 
 def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **settings: str):
     """`postback serve` on `url` in durability `mode`, answering once ready."""
+    return _server(_postback_launch(url, mode, port, admin_token, **settings), log)
+
+
+def _postback_launch(url: str, mode: str, port: int, admin_token: str, **settings: str) -> Launch:
+    """How `_postback` starts `postback serve`."""
     bounds = {
         # The bench's one partner queues every job it sends and no worker takes them:
         # at the default bounds (10,000 of a partner's jobs waiting) a fast run reaches
@@ -231,10 +264,10 @@ def _postback(url: str, mode: str, port: int, admin_token: str, log: Path, **set
         POSTBACK_DURABILITY=mode,
     )
     command = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return _server(command, env, f"http://127.0.0.1:{port}/healthz", log)
+    return Launch(command, env, f"http://127.0.0.1:{port}/healthz")
 
 
-def _baseline(url: str, port: int, log: Path, worker_class: str = "gevent"):
+def _baseline_launch(url: str, port: int, worker_class: str = "gevent") -> Launch:
     """The bare app under Postback's server settings (gevent), or under `worker_class`."""
     model = ["--worker-class", worker_class]
     if worker_class == "gevent":
@@ -259,7 +292,7 @@ def _baseline(url: str, port: int, log: Path, worker_class: str = "gevent"):
         "--no-control-socket",
         "bench.baseline_app:create_app()",
     ]
-    return _server(command, clean_env(REDIS_URL=url), f"http://127.0.0.1:{port}/ping", log)
+    return Launch(command, clean_env(REDIS_URL=url), f"http://127.0.0.1:{port}/ping")
 
 
 def _partner_key(base: str, admin_token: str) -> str:
@@ -285,7 +318,7 @@ def main(
     replica_appendfsync: str = "always",
 ) -> dict:
     """P1's figures; with `replicas`, against an HA set's primary, `replicated` included."""
-    seconds, warmup, repeats = (1.0, 0.3, 1) if quick else (8.0, 1.0, 3)
+    seconds, warmup, repeats = (0.25, 0.1, 1) if quick else (8.0, 1.0, 3)
     modes = (*MODES, "replicated") if replicas else MODES
     server = (
         replicated_redis(replicas, data_parent, replica_appendfsync=replica_appendfsync)
@@ -306,18 +339,20 @@ def main(
                 generator = LoadGenerator()
                 stack.callback(generator.close)
                 measure = generator.measure
-                stack.enter_context(_baseline(url, ports["baseline"], data / "baseline.log"))
-                stack.enter_context(
-                    _baseline(
-                        url, ports["baseline_gthread"], data / "baseline-gthread.log", "gthread"
+                launches = [
+                    (_baseline_launch(url, ports["baseline"]), data / "baseline.log"),
+                    (
+                        _baseline_launch(url, ports["baseline_gthread"], "gthread"),
+                        data / "baseline-gthread.log",
+                    ),
+                ] + [
+                    (
+                        _postback_launch(url, mode, ports[mode], admin_token, **extra),
+                        data / f"api-{mode}.log",
                     )
-                )
-                for mode in modes:
-                    stack.enter_context(
-                        _postback(
-                            url, mode, ports[mode], admin_token, data / f"api-{mode}.log", **extra
-                        )
-                    )
+                    for mode in modes
+                ]
+                stack.enter_context(_servers(launches))
                 for number in range(repeats):
                     timing = {"seconds": seconds, "warmup": warmup}
                     runs["ping"].append(
@@ -413,7 +448,7 @@ def report(results: dict) -> str:
 
     lines = [
         f"P1 accept: {s['clients']} clients in {s['client_processes']} processes, "
-        f"{s['seconds']:.0f} s x {s['repeats']} runs; "
+        f"{s['seconds']:g} s x {s['repeats']} runs; "
         f"load generator alone (GET /ping): "
         f"{results['client_ceiling_per_second']['median']:.0f}/s",
         f"   baseline (Flask + LPUSH, gevent): {b['per_second']['median']:.0f}/s "
@@ -463,7 +498,7 @@ def report(results: dict) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="1 s loads, one run")
+    parser.add_argument("--quick", action="store_true", help="0.25 s loads, one run")
     parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
     parser.add_argument(
         "--replicas",
