@@ -100,13 +100,13 @@ class Shape:
 
 
 QUICK = Shape(
-    jobs=30,
-    attributed_jobs=30,
-    idle_seconds=0.5,
+    jobs=10,
+    attributed_jobs=10,
+    idle_seconds=0.2,
     failovers=1,
     rate=40.0,
     threads=4,
-    steady_seconds=1.0,
+    steady_seconds=0.5,
     accept=False,
 )
 FULL = Shape(
@@ -402,7 +402,7 @@ def _outcomes(bench: Bench, job_ids: list[str]) -> dict:
         done = statuses[str(COMPLETED)] == len(job_ids) and delivered == len(job_ids)
         if done or time.monotonic() - started > DONE_WITHIN_SECONDS:
             break
-        time.sleep(1.0)
+        time.sleep(0.25)
     client.close()
     return {
         "acknowledged": len(job_ids),

@@ -196,7 +196,7 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
                 summary["fsync"]["per_second"] / summary["everysec"]["per_second"]
             )
             results[f"durability_{threads}_clients"] = summary
-        lease = 2.0 if quick else Settings().job_lease_seconds
+        lease = 1.0 if quick else Settings().job_lease_seconds
         seconds = [recovery(url, lease_seconds=lease) for _ in range(1 if quick else 3)]
         results["p5_recovery_seconds"] = {
             "lease_seconds": lease,
@@ -204,7 +204,7 @@ def main(quick: bool = False, data_parent: str = ".") -> dict:
             "runs": seconds,
         }
         results["bytes_per_retained_job"] = memory_per_job(url, jobs=200 if quick else 5000)
-        results["worker_rss"] = worker_rss(url, jobs=100 if quick else 10_000)
+        results["worker_rss"] = worker_rss(url, jobs=20 if quick else 10_000)
     return results
 
 

@@ -168,7 +168,7 @@ def _summary(values: list[float]) -> dict:
 
 
 def main(quick: bool = False, data_parent: str = ".") -> dict:
-    jobs, repeats = (50, 1) if quick else (2000, 3)
+    jobs, repeats = (20, 1) if quick else (2000, 3)
     with embedded_redis(data_parent) as (url, data):
         client = redis.Redis.from_url(url)
         rq_runs: list[float] = []
@@ -224,7 +224,7 @@ def report(results: dict) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="50 jobs, one run")
+    parser.add_argument("--quick", action="store_true", help="20 jobs, one run")
     parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
     args = parser.parse_args()
     print(report(main(args.quick, args.data_parent)))

@@ -93,7 +93,9 @@ class Shape:
     longpolls: bool = True
 
 
-QUICK = Shape(streams=40, few=4, rate=80.0, seconds=1.0, quiet_seconds=0.3)
+# The quiet spells stay above the 100 ms a stream coalesces progress over: the burst after
+# the last reports must be a message of its own.
+QUICK = Shape(streams=20, few=4, rate=80.0, seconds=0.25, quiet_seconds=0.3)
 FULL = Shape(streams=2000, few=10, rate=200.0, seconds=10.0)
 
 
