@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+import requests
+from requests.adapters import HTTPAdapter
 
 from callbacks.model import Message
 from callbacks.outbox import Outbox
@@ -14,6 +16,21 @@ PROBLEM = "application/problem+json"
 def bearer(token: str) -> dict[str, str]:
     """The Authorization header for a bearer token."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def close_connections(session: requests.Session) -> None:
+    """Close every connection `session` keeps alive, now, and the session.
+
+    `Session.close` only lets go of its connection pools: a connection stays open for as
+    long as something still refers to its pool (a response the test holds does), and an
+    API process with a kept-alive connection open waits its graceful timeout to stop.
+    """
+    for adapter in session.adapters.values():
+        if isinstance(adapter, HTTPAdapter):
+            pools = adapter.poolmanager.pools
+            for key in list(pools.keys()):
+                pools[key].close()
+    session.close()
 
 
 def stored_state(client: redis.Redis) -> dict[bytes, bytes]:

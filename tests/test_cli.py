@@ -17,7 +17,7 @@ import requests
 from standardwebhooks.webhooks import Webhook
 
 from postback.embedded import free_port
-from tests.helpers import bearer
+from tests.helpers import bearer, close_connections
 from tests.processes import (
     POSTBACK,
     cli_env,
@@ -91,8 +91,12 @@ class Up:
         return now
 
     def readyz(self) -> int | None:
+        # A probe's connection is not kept alive: left open, it would hold an API process
+        # for its graceful timeout when `postback up` stops.
         try:
-            return self.http.get(f"{self.base}/readyz", timeout=2).status_code
+            return self.http.get(
+                f"{self.base}/readyz", timeout=2, headers={"Connection": "close"}
+            ).status_code
         except requests.RequestException:
             return None
 
@@ -148,8 +152,10 @@ def postback_up(
     finally:
         if process.poll() is None:
             up.remember_children()
+        # The test's kept-alive connections closed first, as a client done with the API
+        # closes them: one left open holds an API process for its graceful timeout.
+        close_connections(up.http)
         stop_process(process, grace_seconds=15)
-        up.http.close()
         # Whatever outlived it (the embedded server aside: the data dir's fixture owns it).
         for pid, started in up.seen.items():
             if start_time(pid) == started and not is_valkey(pid):

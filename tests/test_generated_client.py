@@ -139,7 +139,10 @@ class Driver:
         operation = spec_operations(self.spec)[operation_id]
         tag = operation.get("tags", ["default"])[0]
         module = importlib.import_module(f"{PACKAGE}.api.{tag}.{snake(operation_id)}")
-        response = module.sync_detailed(*args, client=self.client(token), **kwargs)
+        # Closed after the call: a connection left open would hold an API process for the
+        # whole graceful timeout when the server stops.
+        with self.client(token) as client:
+            response = module.sync_detailed(*args, client=client, **kwargs)
         declared = resolve(self.spec, operation["responses"][str(response.status_code)])
         if declared.get("content"):
             assert response.parsed is not None, (operation_id, response.status_code)

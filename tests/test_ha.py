@@ -20,6 +20,7 @@ from postback.embedded import EmbeddedRedis, EmbeddedRedisError
 from postback.ha import DOWN_AFTER_MILLISECONDS, QUORUM, SERVICE, HaSet
 from postback.ha_view import Role
 from tests.ha import ha_set, kill, member, sentinel
+from tests.helpers import close_connections
 from tests.processes import POSTBACK, cli_env, eventually, valkey_pids
 from tests.test_cli import postback_up
 
@@ -296,6 +297,7 @@ def test_up_with_replicas_runs_the_set_restarts_its_members_and_status_shows_the
             timeout_seconds=30,
             what="postback up restarts the killed replica, which links up again",
         )
+        close_connections(up.http)  # done with the API, as its clients would be
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(timeout=60) == 0, up.output()
     assert valkey_pids(data_dir) == []

@@ -20,7 +20,7 @@ import requests
 
 from app import status
 from postback.embedded import free_port
-from tests.helpers import bearer
+from tests.helpers import bearer, close_connections
 from tests.hostile import Hostile
 from tests.processes import (
     POSTBACK,
@@ -272,7 +272,7 @@ def test_the_working_directory_cannot_shadow_a_package(data_dir: Path, tmp_path:
     finally:
         if process.poll() is None:
             up.remember_children()
+        close_connections(up.http)
         stop_process(process, grace_seconds=30)
-        up.http.close()
     assert not marker.exists(), marker.read_text()
     assert all(is_gone(pid) or start_time(pid) != started for pid, started in up.seen.items())

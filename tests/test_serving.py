@@ -9,6 +9,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,14 +25,24 @@ SETTLE_SECONDS = 20.0
 
 @dataclass
 class Served:
+    """A running `postback serve`; `get` and `post` keep no connection alive (one left open,
+    its response not yet collected, would hold an API process for the whole graceful
+    timeout when the server stops)."""
+
     base: str
     port: int
 
-    def get(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.get(self.base + path, timeout=SETTLE_SECONDS, **kwargs)  # type: ignore[arg-type]
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.get(self.base + path, **_closing(kwargs))
 
-    def post(self, path: str, **kwargs: object) -> requests.Response:
-        return requests.post(self.base + path, timeout=SETTLE_SECONDS, **kwargs)  # type: ignore[arg-type]
+    def post(self, path: str, **kwargs: Any) -> requests.Response:
+        return requests.post(self.base + path, **_closing(kwargs))
+
+
+def _closing(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` of a request with the settle timeout and `Connection: close` added."""
+    headers = {"Connection": "close", **kwargs.pop("headers", {})}
+    return {"timeout": SETTLE_SECONDS, **kwargs, "headers": headers}
 
 
 @contextlib.contextmanager

@@ -117,7 +117,10 @@ def test_streams_end_cleanly_when_the_server_stops(redis_url, partner):
     complete one (not cut off by the graceful timeout) and a client would reconnect."""
     with postback_serve(redis_url) as server:
         job_id = submit(server, partner, type="sleep", input={"seconds": 1})
-        stream = Stream(events_url(server, job_id), headers=partner["headers"])
+        # Not kept alive once the stream ends: the server stops without waiting out its
+        # graceful timeout for an idle connection.
+        closing = {**partner["headers"], "Connection": "close"}
+        stream = Stream(events_url(server, job_id), headers=closing)
         seen = read_until(stream, "enqueued")
         ended: list[list[Event]] = []
         # An abruptly closed response raises in the reader, and `ended` stays empty.
