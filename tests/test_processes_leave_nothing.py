@@ -120,7 +120,9 @@ def test_sigterm_to_up_ends_its_whole_tree_even_during_a_delivery(
 ) -> None:
     """SIGTERM to `postback up` while a webhook attempt hangs: when it exits, no process
     it started (API, worker, delivery, scheduler, Redis) is alive."""
-    monkeypatch.setenv("POSTBACK_DELIVERY_TIMEOUT_SECONDS", "10")
+    # Long enough for the SIGTERM to come while the attempt hangs (it comes within moments
+    # of the attempt), and what the stop waits for at most.
+    monkeypatch.setenv("POSTBACK_DELIVERY_TIMEOUT_SECONDS", "5")
     with Hostile("hang", max_seconds=60) as hanging, postback_up(data_dir) as up:
         partner = up.create_partner("Acme")
         reply = up.http.post(

@@ -170,12 +170,16 @@ def test_a_failed_save_misconf_is_503_everywhere_and_named_by_readyz(client, par
     assert ready.status_code == 503
     assert ready.json["detail"] == detail
     assert ready.json["checks"]["redis"]["cause"] == "misconf"
+    # Unable to make the last save a SIGTERM asks for, it would wait out the stop's grace.
+    admin.shutdown(nosave=True)
 
 
 def test_a_read_only_replica_is_503_named_readonly(settings, server, data_dir, admin_headers):
     """Pointed at a replica (after a failover), writes are 503 READONLY, and /readyz says so."""
     primary = api(settings, server.url)
     made = primary.post("/v1/admin/partners", json={"name": "A"}, headers=admin_headers).json
+    # The full sync starts at once, not after the default 5 s wait for more replicas.
+    server.client().config_set("repl-diskless-sync-delay", 0)
     with own_redis(data_dir / "replica") as replica:
         admin = replica.client()
         admin.config_set("masterauth", server.url.split(":")[2].split("@")[0])
