@@ -184,7 +184,15 @@ def test_no_secret_or_webhook_body_reaches_the_logs(
 
 
 # The lines `postback up` prints for the person who started it; everything else is a log line.
-BANNER = ("Postback is up", "  API:", "  Redis:", "  Workers:", "  Admin token", "Press Ctrl-C")
+BANNER = (
+    "Postback is up",
+    "  API:",
+    "  Console:",
+    "  Redis:",
+    "  Workers:",
+    "  Admin token",
+    "Press Ctrl-C",
+)
 
 
 def test_a_running_system_logs_only_json_with_one_access_line_per_request(data_dir):
