@@ -318,7 +318,7 @@ def main(
     replica_appendfsync: str = "always",
 ) -> dict:
     """P1's figures; with `replicas`, against an HA set's primary, `replicated` included."""
-    seconds, warmup, repeats = (0.25, 0.1, 1) if quick else (8.0, 1.0, 3)
+    seconds, warmup, repeats = (1.0, 0.25, 1) if quick else (8.0, 1.0, 3)
     modes = (*MODES, "replicated") if replicas else MODES
     server = (
         replicated_redis(replicas, data_parent, replica_appendfsync=replica_appendfsync)
@@ -498,7 +498,7 @@ def report(results: dict) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="0.25 s loads, one run")
+    parser.add_argument("--quick", action="store_true", help="1 s loads, one run")
     parser.add_argument("--data-parent", default=".", help="where the bench's data dir goes")
     parser.add_argument(
         "--replicas",

@@ -142,7 +142,7 @@ def partners(base: str, admin_token: str, count: int, keys_file: Path) -> list[s
 
 
 def main(quick: bool = False, waits: int = 2000, data_parent: str = ".") -> dict:
-    seconds, warmup, repeats = (0.25, 0.1, 1) if quick else (8.0, 1.0, 3)
+    seconds, warmup, repeats = (1.0, 0.25, 1) if quick else (8.0, 1.0, 3)
     with embedded_redis(data_parent) as (url, data), redis.Redis.from_url(url) as client:
         admin_token = secrets.token_hex(16)
         port = free_port()
