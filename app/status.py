@@ -92,9 +92,9 @@ def open_circuit_count(client: redis.Redis) -> int:
     return CircuitBreaker(client).open_count()
 
 
-def open_circuits(client: redis.Redis) -> list[dict[str, Any]]:
-    """Up to `OPEN_CIRCUITS_SHOWN` open or half-open circuits."""
-    return CircuitBreaker(client).open_circuits(limit=OPEN_CIRCUITS_SHOWN)
+def open_circuits(client: redis.Redis, *, limit: int = OPEN_CIRCUITS_SHOWN) -> list[dict[str, Any]]:
+    """Up to `limit` open or half-open circuits."""
+    return CircuitBreaker(client).open_circuits(limit=limit)
 
 
 def redis_info(client: redis.Redis) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
@@ -248,14 +248,23 @@ class Series:
 
 def series(client: redis.Redis, name: str, minutes: int = 60, now: float | None = None) -> Series:
     """The last `minutes` (1 to `SERIES_MAX_MINUTES`) per-minute totals of counter `name`,
-    up to the minute of `now` (default the clock's), in one round trip.
+    up to the minute of `now` (default the clock's), in one round trip (`series_of`)."""
+    return series_of(client, (name,), minutes, now)[name]
+
+
+def series_of(
+    client: redis.Redis, names: Sequence[str], minutes: int = 60, now: float | None = None
+) -> dict[str, Series]:
+    """`series` of each counter of `names`, from one read of the minutes' buckets (every
+    counter of a minute shares its hash).
 
     Raises ValueError for a metric not counted per minute; Redis errors propagate
     (a reader, unlike recording, has a caller to tell).
     """
-    metric = CATALOGUE.get(name)
-    if metric is None or not metric.per_minute:
-        raise ValueError(f"{name} is not counted per minute")
+    for name in names:
+        metric = CATALOGUE.get(name)
+        if metric is None or not metric.per_minute:
+            raise ValueError(f"{name} is not counted per minute")
     if not 1 <= minutes <= SERIES_MAX_MINUTES:
         raise ValueError(f"minutes must be 1 to {SERIES_MAX_MINUTES}, not {minutes}")
     last = int((clock.now() if now is None else now) // 60)
@@ -264,15 +273,17 @@ def series(client: redis.Redis, name: str, minutes: int = 60, now: float | None 
         for minute in span:
             pipe.hgetall(minute_key(minute))
         replies = pipe.execute()
-    prefix = f"{name}|"
-    values: dict[str, list[float]] = {}
+    values: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     for i, reply in enumerate(replies):
         for raw_field, raw_count in reply.items():
-            field = raw_field.decode()
-            if field.startswith(prefix):
-                counts = values.setdefault(field[len(prefix) :], [0] * len(span))
+            name, _, labels = raw_field.decode().partition("|")
+            if name in values:
+                counts = values[name].setdefault(labels, [0] * len(span))
                 counts[i] += _number(raw_count.decode())
-    return Series(name, span, {k: tuple(v) for k, v in sorted(values.items())})
+    return {
+        name: Series(name, span, {k: tuple(v) for k, v in sorted(found.items())})
+        for name, found in values.items()
+    }
 
 
 def _number(text: str) -> float:

@@ -126,3 +126,12 @@ def test_a_chart_without_a_label_draws_one_segment_a_minute():
     drawn = charts.chart("c", "Jobs submitted", series)
     assert [(bar.css_class, bar.height) for bar in drawn.bars] == [("bar", 100.0), ("bar", 50.0)]
     assert drawn.legend == [] and drawn.summary.endswith("at most 4 in a minute.")
+
+
+def test_a_refresh_reads_and_draws_only_the_part_it_asks_for(client):
+    """The script's refresh of the live figures gets no charts, and of the charts no figures."""
+    sign_in(client, ADMIN_TOKEN)
+    live = client.get("/console", headers={"X-Console-Refresh": "live"}).get_data(as_text=True)
+    assert '<div id="live"' in live and "<svg " not in live
+    drawn = client.get("/console", headers={"X-Console-Refresh": "charts"}).get_data(as_text=True)
+    assert '<div id="live"' not in drawn and drawn.count("<svg ") == 3

@@ -252,3 +252,16 @@ def test_charted_counters_are_kept_per_minute_for_two_hours(redis_client, monkey
     }
     with pytest.raises(ValueError):
         pm.series(redis_client, "postback_rate_limited_total")
+
+
+def test_series_of_reads_every_charted_counter_from_one_read_of_the_buckets(redis_client):
+    """`series_of` gives each counter what `series` gives it alone, in one pipeline."""
+    pm.counter(redis_client, "postback_jobs_submitted_total", {"type": "echo"})
+    pm.counter(redis_client, "postback_delivery_attempts_total", {"outcome": "succeeded"}, 2)
+    names = ("postback_jobs_submitted_total", "postback_delivery_attempts_total")
+    both = pm.series_of(redis_client, names, 5)
+    for name in names:
+        assert both[name] == pm.series(redis_client, name, 5)
+    assert both["postback_delivery_attempts_total"].total() == 2
+    with pytest.raises(ValueError):
+        pm.series_of(redis_client, ("postback_jobs_submitted_total", "postback_rate_limited_total"))

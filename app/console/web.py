@@ -36,6 +36,8 @@ PRE_SESSION_COOKIE = "pb_csrf"
 ADMIN_TENANT = "admin"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
+# What console.js sends when it fetches a page again for one element: that element's id.
+REFRESH_HEADER = "X-Console-Refresh"
 
 # Scripts and styles only from this server's files: no inline code, no CDN; no frames.
 CONTENT_SECURITY_POLICY = (

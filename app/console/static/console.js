@@ -1,5 +1,6 @@
 // The console's and the portal's only script (the pages work without it, less conveniently):
-// - `[data-refresh="N"]`: the element is fetched again every N seconds and replaced;
+// - `[data-refresh="N"]`: the element is fetched again every N seconds and replaced (the
+//   request names it in `X-Console-Refresh`, so a page may draw only that part);
 // - `[data-copy]`: a button that copies the text of the element whose id it names;
 // - `form[data-confirm]`: asks before it is sent.
 "use strict";
@@ -11,7 +12,7 @@ function refresh(element) {
     try {
       const answer = await fetch(window.location.href, {
         credentials: "same-origin",
-        headers: { "X-Console-Refresh": "1" },
+        headers: { "X-Console-Refresh": element.id },
       });
       if (answer.ok) {
         const page = new DOMParser().parseFromString(await answer.text(), "text/html");
