@@ -160,15 +160,9 @@ class DeadLetters:
 
     @staticmethod
     def _bounds(where: Filter, cursor: str | None) -> tuple[str, str]:
-        """The lexical range (low, high) of the ids `where` matches strictly older than
-        `cursor`: ids sort by the time their letter died."""
-        high = f"({cursor}" if cursor else "+"
-        if where.until is not None:
-            bound = ids.time_bound("dlq", where.until)
-            if cursor is None or bound < cursor:
-                high = f"({bound}"
-        low = f"[{ids.time_bound('dlq', where.since)}" if where.since is not None else "-"
-        return low, high
+        """The lexical range of the ids `where` matches strictly older than `cursor`: ids
+        sort by the time their letter died."""
+        return ids.lex_range("dlq", since=where.since, until=where.until, cursor=cursor)
 
     def replay_matching(self, where: Filter) -> int:
         """Replay every matching dead letter; returns how many were replayed.

@@ -44,6 +44,21 @@ def time_bound(prefix: str, at: float) -> str:
     return f"{prefix}_{_encode(max(0, int(at * 1000)), 10)}{'0' * 16}"
 
 
+def lex_range(
+    prefix: str, *, since: float | None, until: float | None, cursor: str | None
+) -> tuple[str, str]:
+    """The lexical range (low, high) of a sorted set of `prefix` ids, for ZRANGE BYLEX
+    read newest first: made at or after `since`, before `until` and strictly before the
+    id `cursor` (the last of the page before), each bound when given."""
+    high = f"({cursor}" if cursor else "+"
+    if until is not None:
+        bound = time_bound(prefix, until)
+        if cursor is None or bound < cursor:
+            high = f"({bound}"
+    low = f"[{time_bound(prefix, since)}" if since is not None else "-"
+    return low, high
+
+
 def new_id(prefix: str, *, at: float | None = None) -> str:
     """`job_01J...`, `ptn_01J...`, `msg_01J...`; made now, or at `at` (epoch seconds)."""
     return f"{prefix}_{ulid(at)}"

@@ -37,12 +37,7 @@ class Listing:
         `since` and `until` (epoch seconds) keep jobs created at or after `since` and
         before `until`: job ids are time-ordered, so they bound the index's range.
         """
-        high = f"({cursor}" if cursor else "+"
-        if until is not None:
-            bound = ids.time_bound("job", until)
-            if cursor is None or bound < cursor:
-                high = f"({bound}"
-        low = f"[{ids.time_bound('job', since)}" if since is not None else "-"
+        low, high = ids.lex_range("job", since=since, until=until, cursor=cursor)
         found = self.redis.zrange(
             partner_index(partner_id, status),
             high,
