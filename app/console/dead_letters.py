@@ -47,7 +47,7 @@ def job_url(job_id: str | None) -> str | None:
     """The console page of the letter's job, when it names one."""
     if not job_id or not ids.is_id("job", job_id):
         return None
-    return f"{url_for('console_jobs.index')}/{job_id}"
+    return url_for("console_jobs.show", job_id=job_id)
 
 
 def _partner_choices() -> list[dict[str, Any]] | None:
