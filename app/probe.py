@@ -26,11 +26,10 @@ from callbacks import probe, signing
 from callbacks.errors import SecretError
 from callbacks.model import Message
 from callbacks.sender import Response
-from postback import __version__, clock, ids
+from postback import WEBHOOK_USER_AGENT, clock, ids
 from postback.errors import LimitExceeded
 
 TEST_EVENT_TYPE = "postback.test"
-USER_AGENT = f"Postback/{__version__}"
 
 
 class ProbeForm(Schema):
@@ -112,7 +111,7 @@ def send(svc: Services, partner_id: str, url: str, event_type: str = TEST_EVENT_
             message.body,
             {**message.headers, **signed},
             timeout_seconds=timeout_seconds,
-            user_agent=USER_AGENT,
+            user_agent=WEBHOOK_USER_AGENT,
             url_policy=svc.url_policy,
             resolver=svc.resolver,
         )

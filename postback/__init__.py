@@ -11,3 +11,6 @@ try:
     __version__ = metadata.version("postback")
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     __version__ = "0.0.0"
+
+# What every webhook Postback sends (a delivery, a portal's test webhook) says it is.
+WEBHOOK_USER_AGENT = f"Postback/{__version__}"

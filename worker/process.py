@@ -17,7 +17,7 @@ from callbacks.policy import RetryPolicy
 from callbacks.secrets import SecretStore
 from callbacks.sender import Sender
 from callbacks.ssrf import UrlPolicy
-from postback import __version__
+from postback import WEBHOOK_USER_AGENT
 from postback.children import Children, forks_die_with_parent, python_command
 from postback.connection import Target, async_twin, target_environ
 from postback.faults import FaultWatch, patiently
@@ -57,7 +57,7 @@ def dispatcher(settings: Settings, client: redis.Redis) -> Dispatcher:
         SecretStore(client),
         Sender(
             timeout_seconds=settings.delivery_timeout_seconds,
-            user_agent=f"Postback/{__version__}",
+            user_agent=WEBHOOK_USER_AGENT,
             url_policy=UrlPolicy.from_settings(
                 settings.callback_allow_cidrs, settings.callback_require_https
             ),
