@@ -23,15 +23,15 @@ Failures are reported in `Probe.response.error` in the sender's words ("timeout"
 
 from __future__ import annotations
 
-import functools
 import http.client
 import io
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 
 # Enough of an answer to show a person what the receiver said.
 DEFAULT_MAX_BODY_BYTES = 4096
-# Name lookups run on threads of their own so that the deadline also bounds them.
-LOOKUP_THREADS = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,18 +136,26 @@ class _Deadline:
         return seconds
 
 
-@functools.cache
-def _lookup_threads() -> ThreadPoolExecutor:
-    # Made at first use, so that in a gevent process its threads are greenlets.
-    return ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="probe-dns")
-
-
 def _lookup(
     url: str, policy: UrlPolicy, resolver: Resolver, deadline: _Deadline
 ) -> list[IPAddress]:
-    """The checked addresses of `url` (UnsafeUrl if any is forbidden), within the deadline."""
-    future = _lookup_threads().submit(resolve_and_check, url, policy, resolver)
-    return future.result(timeout=deadline.left())
+    """The checked addresses of `url` (UnsafeUrl if any is forbidden), within the deadline.
+
+    Each lookup runs on a thread of its own (a greenlet under gevent), so that the
+    deadline bounds it; not on a shared pool, where a name that never resolves would
+    hold a place every other caller's lookup then waits for. How many run at once is
+    the caller's to bound (the portal: the partner's waits).
+    """
+    found: Future[list[IPAddress]] = Future()
+
+    def resolve() -> None:
+        try:
+            found.set_result(resolve_and_check(url, policy, resolver))
+        except BaseException as exc:
+            found.set_exception(exc)
+
+    threading.Thread(target=resolve, name="probe-dns", daemon=True).start()
+    return found.result(timeout=deadline.left())
 
 
 def _exchange(

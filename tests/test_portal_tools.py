@@ -490,3 +490,50 @@ def test_without_grace_the_page_says_the_old_secret_stops_at_once(settings, redi
 def test_grace_periods_read_in_the_largest_whole_unit(seconds, words):
     """A number of seconds reads in the largest unit that states it whole."""
     assert human_seconds(seconds) == words
+
+
+def test_names_that_never_resolve_hold_up_no_one_elses_lookup():
+    """Lookups stuck on a name that never resolves (more of them than a small pool would
+    hold) are cut at their deadline, and meanwhile another caller's lookup answers."""
+    import threading
+
+    from callbacks import probe
+    from callbacks.ssrf import UrlPolicy
+
+    stuck, release = threading.Event(), threading.Event()
+    policy = UrlPolicy.from_settings(("127.0.0.0/8",), False)
+
+    def resolver(host: str, port: int) -> list[str]:
+        if host == "never.example":
+            stuck.set()
+            release.wait(30)
+        return ["127.0.0.1"]
+
+    def send_to(url: str, timeout_seconds: float) -> probe.Probe:
+        return probe.post(
+            url,
+            b"{}",
+            {},
+            timeout_seconds=timeout_seconds,
+            user_agent="t",
+            url_policy=policy,
+            resolver=resolver,
+        )
+
+    results: list[probe.Probe] = []
+    slow = [
+        threading.Thread(target=lambda: results.append(send_to("http://never.example/", 1.0)))
+        for _ in range(8)
+    ]
+    try:
+        for thread in slow:
+            thread.start()
+        assert stuck.wait(10)
+        with Answering(200, b"fine") as answering:
+            quick = send_to(answering.url.replace("127.0.0.1", "fine.example"), 10.0)
+        assert quick.response.status_code == 200 and quick.body == b"fine"
+        for thread in slow:
+            thread.join(30)
+        assert [r.response.error for r in results] == ["timeout"] * 8
+    finally:
+        release.set()
