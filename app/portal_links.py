@@ -14,15 +14,15 @@ Checking a token answers the domain errors, so the API and the portal say the sa
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 from itsdangerous import BadData, URLSafeSerializer
 
 from app.errors import LinkExpired, NotFound
 from postback import clock, ids
+from worker.results import kept_key
 
 SECRET_KEY = "pb:secret:portal-links"
 SALT = "postback.portal-link"
@@ -54,9 +54,7 @@ class PortalLinks:
 
     def _signer(self) -> URLSafeSerializer:
         if self._serializer is None:
-            self.redis.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
-            key = cast(bytes, self.redis.get(SECRET_KEY))
-            self._serializer = URLSafeSerializer(key, salt=SALT)
+            self._serializer = URLSafeSerializer(kept_key(self.redis, SECRET_KEY), salt=SALT)
         return self._serializer
 
     def token(self, partner_id: str, *, expires_at: float) -> str:

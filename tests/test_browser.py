@@ -148,6 +148,16 @@ def work(work: Any, settings: Settings, redis_client: Any) -> Any:
     return run
 
 
+def another_partner(client: Any) -> dict[str, Any]:
+    """A second partner, made through the admin API, with `headers` to act as it."""
+    made = client.post(
+        "/v1/admin/partners",
+        json={"name": "Other"},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ).json
+    return {**made, "headers": {"Authorization": f"Bearer {made['api_key']}"}}
+
+
 def no_script_ran(page: Any) -> None:
     """Nothing an injected script would have done happened in `page`."""
     assert page.evaluate("() => window.__xss === undefined")
@@ -188,12 +198,7 @@ def test_replay_all_that_match_after_seeing_the_count(
     page: Any, live: LiveServer, client: Any, partner: dict[str, Any], work: Any
 ) -> None:
     """Bulk replay shows how many letters match before it replays exactly those."""
-    other = client.post(
-        "/v1/admin/partners",
-        json={"name": "Other"},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ).json
-    other["headers"] = {"Authorization": f"Bearer {other['api_key']}"}
+    other = another_partner(client)
     with Receiver(Reply(410)) as failing:
         for _ in range(3):
             submit(client, partner, failing.url)
@@ -310,12 +315,7 @@ def test_the_portal_shows_one_partner_and_its_tools(
 ) -> None:
     """Through its link a partner sees only its own jobs, sends a test webhook, replays its dead
     letter and rotates its secret; a receiver's hostile answer shows as text."""
-    other = client.post(
-        "/v1/admin/partners",
-        json={"name": "Other"},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ).json
-    other["headers"] = {"Authorization": f"Bearer {other['api_key']}"}
+    other = another_partner(client)
     hostile_body = f"{XSS_SCRIPT}{XSS_IMG}".encode()
     with (
         Receiver(Reply(410)) as failing,

@@ -13,6 +13,13 @@ SECRET_KEY = "pb:secret:result-links"
 __all__ = ["BadSignature", "ResultLinks", "SignatureExpired"]
 
 
+def kept_key(client: redis.Redis, name: str) -> bytes:
+    """The signing key kept in Redis under `name`: the first process to need it makes it
+    (SET NX), every other one reads it."""
+    client.set(name, secrets.token_urlsafe(32), nx=True)
+    return cast(bytes, client.get(name))
+
+
 class ResultLinks:
     """Make and check `/v1/results/{token}` links; the signing key lives in Redis."""
 
@@ -23,10 +30,9 @@ class ResultLinks:
 
     def _signer(self) -> URLSafeTimedSerializer:
         if self._serializer is None:
-            # The first process to need a key makes it; every other one reads it.
-            self.redis.set(SECRET_KEY, secrets.token_urlsafe(32), nx=True)
-            key = cast(bytes, self.redis.get(SECRET_KEY))
-            self._serializer = URLSafeTimedSerializer(key, salt="postback.result-link")
+            self._serializer = URLSafeTimedSerializer(
+                kept_key(self.redis, SECRET_KEY), salt="postback.result-link"
+            )
         return self._serializer
 
     def url(self, base_url: str, job_id: str) -> str:
