@@ -98,6 +98,18 @@ def test_a_rotated_out_secret_stops_signing_at_its_own_expiry(
         Webhook(partner["signing_secret"]).verify(hit.body, hit.headers)
 
 
+def test_an_expiry_reads_back_as_the_rotation_answered_it(redis_client, monkeypatch):
+    """The expiry a rotation answers is the one stored, to the millisecond, whatever the
+    fraction of the clock."""
+    store = SecretStore(redis_client)
+    store.set("ptn_fraction", generate_secret())
+    monkeypatch.setattr(clock, "now", lambda: 1_796_000_000.22996)
+    _, answered = store.rotate("ptn_fraction", grace_seconds=GRACE_SECONDS)
+    stored = store.state("ptn_fraction")
+    assert stored.expires_at == answered.expires_at
+    assert clock.rfc3339(answered.expires_at[0]) == "2026-12-01T00:53:20.230Z"
+
+
 def test_a_two_slot_record_is_read_and_rotated_as_a_list(redis_client):
     """Secrets written in the earlier current/previous layout still sign, and rotate into a
     list that keeps both."""
