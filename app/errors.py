@@ -305,6 +305,16 @@ def render(exc: BaseException) -> Response:
     )
 
 
+def http_problem(exc: HTTPException) -> Response:
+    """The problem+json answer to a routing or protocol error (404, 405, 413, ...)."""
+    status = exc.code or 500
+    headers = {}
+    if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(allowed_methods(exc.valid_methods))  # type: ignore[attr-defined]
+    slug = status_slug(exc.name or "error")
+    return problem(status, exc.name or "Error", exc.description or "", slug=slug, headers=headers)
+
+
 def register(app: Flask) -> None:
     """Route every exception the app can raise to a problem+json response."""
 
@@ -315,17 +325,7 @@ def register(app: Flask) -> None:
     for kind in kinds:
         app.register_error_handler(kind, render)
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        headers = {}
-        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            allowed = allowed_methods(exc.valid_methods)  # type: ignore[attr-defined]
-            headers["Allow"] = ", ".join(allowed)
-        slug = status_slug(exc.name or "error")
-        return problem(
-            status, exc.name or "Error", exc.description or "", slug=slug, headers=headers
-        )
+    app.register_error_handler(HTTPException, http_problem)
 
     # Redis faults: a 503 naming the cause (never its message, which may hold data), logged
     # when a fault starts or changes and once a minute while it lasts, not per request.

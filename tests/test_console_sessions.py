@@ -173,3 +173,23 @@ def test_too_many_failed_sign_ins_are_refused(client: FlaskClient) -> None:
     assert codes[:20] == [401] * 20 and codes[20] == 429
     reply = client.post("/console/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token})
     assert reply.status_code == 429
+
+
+def test_an_unknown_page_is_an_error_page_and_the_api_keeps_problem_json(
+    client: FlaskClient,
+) -> None:
+    """A path no console or portal page has answers 404 as a page with the pages' headers; a
+    wrong method 405 with Allow; an unknown API path is still problem+json."""
+    for path in ("/console/no-such-page", "/portal/no/such/page"):
+        reply = client.get(path)
+        assert reply.status_code == 404 and reply.mimetype == "text/html", path
+        assert "Not Found" in reply.get_data(as_text=True)
+        assert "unsafe-inline" not in reply.headers["Content-Security-Policy"]
+        assert reply.headers["X-Frame-Options"] == "DENY"
+    wrong = client.delete("/console/sign-in")
+    assert wrong.status_code == 405 and wrong.mimetype == "text/html"
+    assert "POST" in wrong.headers["Allow"]
+    api = client.get("/v1/no-such-thing")
+    assert api.status_code == 404 and api.mimetype == "application/problem+json"
+    assert client.get("/consoles").mimetype == "application/problem+json"
+    assert client.delete("/healthz").headers["Allow"]

@@ -22,6 +22,7 @@ def register(app: Flask) -> None:
         portal,
         portal_tools,
         signin,
+        web,
     )
 
     for module in (
@@ -35,3 +36,4 @@ def register(app: Flask) -> None:
         portal_tools,
     ):
         app.register_blueprint(module.bp)
+    web.claim_unmatched(app, {"/console": "console/error.html", "/portal": "portal/error.html"})

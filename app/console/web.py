@@ -20,11 +20,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
-from flask import Blueprint, Response, g, redirect, render_template, request, url_for
-from werkzeug.exceptions import HTTPException
+from flask import Blueprint, Flask, Response, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from app.console.sessions import Kind, Session, Sessions, digest, same_token
-from app.errors import explain
+from app.errors import explain, http_problem
 from app.services import services
 from postback.connection import on_behalf_of
 from postback.errors import RedisFault
@@ -270,6 +270,30 @@ def protect(bp: Blueprint, *, template: str) -> None:
         return page(template, status=status, title=title, detail=detail, errors=errors)
 
     bp.register_error_handler(Exception, error_page)
+
+
+def claim_unmatched(app: Flask, templates: Mapping[str, str]) -> None:
+    """A path under one of `templates`' prefixes that no page has (404, or 405 for its
+    method) answers as an error page from that prefix's template, with the pages' headers,
+    not as problem+json; every other path keeps the API's answer."""
+
+    def unmatched(exc: HTTPException) -> Response | tuple[str, int]:
+        for prefix, template in templates.items():
+            if request.path == prefix or request.path.startswith(prefix + "/"):
+                body, status = page(template, status=exc.code or 404, **_described(exc))
+                response = app.make_response((body, status))
+                response.headers.update(SECURITY_HEADERS)
+                if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+                    response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+                return response
+        return http_problem(exc)
+
+    app.register_error_handler(NotFound, unmatched)
+    app.register_error_handler(MethodNotAllowed, unmatched)
+
+
+def _described(exc: HTTPException) -> dict[str, Any]:
+    return {"title": exc.name or "Error", "detail": exc.description or "", "errors": None}
 
 
 def _explain(exc: Exception) -> tuple[int, str, str, Any]:
