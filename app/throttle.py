@@ -18,7 +18,7 @@ from flask import Response, g
 from limits import parse
 from rq import Queue
 
-from app.partners_store import api_key_index, hash_api_key
+from app.partners_store import api_key_index, hash_api_key, partner_key
 from postback import metrics as pm
 from postback.errors import Unavailable
 from postback.ratewindow import AUTHENTICATE_AND_COUNT, RateCheck, RateLimited
@@ -42,6 +42,15 @@ return authenticate_and_count(
   KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 )
+# Count one request of a partner known otherwise (a portal session). KEYS[1] the
+# partner's record. ARGV as above. Returns as above.
+_COUNT = (
+    AUTHENTICATE_AND_COUNT
+    + """
+return count_request(
+  ARGV[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+"""
+)
 RATE_PREFIX = "pb:ratelimit:"
 
 
@@ -57,6 +66,7 @@ class RateLimiter:
         self.item = parse(rate)
         self.redis = client
         self._script = client.register_script(_AUTHENTICATE_AND_COUNT)
+        self._count = client.register_script(_COUNT)
         self._known: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._known_lock = threading.Lock()
 
@@ -136,6 +146,24 @@ class RateLimiter:
             raise self.refused(reset)
         self._headers(remaining, reset)
         return partner_id
+
+    def count(self, partner_id: str) -> None:
+        """Count one request of `partner_id` against its limit (a portal page, which acts
+        for the partner without its key): RateLimited past the limit."""
+        _, allowed, remaining, reset = self._count(
+            keys=[partner_key(partner_id)],
+            args=[
+                RATE_PREFIX,
+                self.item.amount,
+                self.item.get_expiry(),
+                repr(time.time()),
+                partner_id,
+            ],
+        )
+        reset = reset.decode() if isinstance(reset, bytes) else reset
+        if not allowed:
+            raise self.refused(reset)
+        self._headers(remaining, reset)
 
 
 def add_rate_limit_headers(response: Response) -> Response:

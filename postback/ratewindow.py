@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from postback.errors import LimitExceeded, Unauthorized
 
 # A sliding window approximated from two fixed windows (the current one and the
-# previous one, weighted by how much of it still overlaps). Returns {partner id or
-# false, allowed 0/1, remaining, seconds to reset}; counts only what it allows.
+# previous one, weighted by how much of it still overlaps). `count_request` counts one
+# request of a partner; `authenticate_and_count` first finds the partner of an API key.
+# Both return {partner id or false, allowed 0/1, remaining, seconds to reset} and count
+# only what they allow.
 AUTHENTICATE_AND_COUNT = """
-local function authenticate_and_count(index_key, prefix, limit, window, now)
-  local partner = redis.call('GET', index_key)
-  if not partner then return {false, 0, 0, '0'} end
+local function count_request(partner, prefix, limit, window, now)
   local index = math.floor(now / window)
   local current_key = prefix .. partner .. ':' .. index
   local current = tonumber(redis.call('GET', current_key) or '0')
@@ -33,6 +33,11 @@ local function authenticate_and_count(index_key, prefix, limit, window, now)
     redis.call('EXPIRE', current_key, math.ceil(window * 2) + 1)
   end
   return {partner, 1, math.floor(limit - used - 1), reset}
+end
+local function authenticate_and_count(index_key, prefix, limit, window, now)
+  local partner = redis.call('GET', index_key)
+  if not partner then return {false, 0, 0, '0'} end
+  return count_request(partner, prefix, limit, window, now)
 end
 """
 

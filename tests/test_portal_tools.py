@@ -225,6 +225,28 @@ def test_a_test_webhook_holds_a_place_among_the_partners_waits(
     assert send(client, token, receiver.url).status_code == 200
 
 
+def test_portal_pages_count_against_the_partners_rate_limit(
+    settings, redis_client, partner, admin_headers
+):
+    """A portal page is one of its partner's requests: past POSTBACK_RATE_LIMIT, shared with
+    the partner's API key, it is a 429 page saying when to retry; another partner is not
+    held back."""
+    app = app_with(settings, redis_client, rate_limit="4/minute")
+    client = app.test_client()
+    open_portal(client, redis_client, partner["id"])  # one page: the secret's
+    pages = [client.get("/portal/jobs") for _ in range(2)]
+    assert [r.headers["RateLimit-Remaining"] for r in pages] == ["2", "1"]
+    assert client.get("/v1/jobs", headers=partner["headers"]).status_code == 200
+    limited = client.get("/portal/jobs")
+    assert limited.status_code == 429 and limited.mimetype == "text/html"
+    assert "Too many requests" in text(limited)
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert "unsafe-inline" not in limited.headers["Content-Security-Policy"]
+    assert client.get("/v1/jobs", headers=partner["headers"]).status_code == 429
+    other = make_partner(app.test_client(), admin_headers, "Other")
+    assert app.test_client().get("/v1/jobs", headers=other["headers"]).status_code == 200
+
+
 def test_a_test_webhook_without_csrf_is_refused_and_not_sent(client, csrf, receiver):
     """A POST without the CSRF token is a 403 and nothing is sent."""
     reply = client.post("/portal/test-webhook", data={"callback_url": receiver.url})

@@ -225,7 +225,13 @@ def signed_in(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                     raise _csrf_refused()
             g.console_session = found
             # Its Redis reads take their turn with the admin API's, or with its partner's.
-            with on_behalf_of(ADMIN_TENANT if kind is Kind.ADMIN else f"portal:{found.owner}"):
+            if kind is Kind.ADMIN:
+                with on_behalf_of(ADMIN_TENANT):
+                    return view(*args, **kwargs)
+            # A portal page is a request of its partner: it takes the partner's turn for
+            # Redis connections and counts against the partner's rate limit, as the API does.
+            with on_behalf_of(f"portal:{found.owner}"):
+                services().rate_limiter.count(portal_partner())
                 return view(*args, **kwargs)
 
         return wrapped
@@ -265,9 +271,10 @@ def protect(bp: Blueprint, *, template: str) -> None:
             response.headers.setdefault(name, value)
         return remember_pre_session(response)
 
-    def error_page(exc: Exception) -> tuple[str, int]:
-        status, title, detail, errors = _explain(exc)
-        return page(template, status=status, title=title, detail=detail, errors=errors)
+    def error_page(exc: Exception) -> tuple[str, int, dict[str, str]]:
+        status, title, detail, errors, headers = _explain(exc)
+        body, _ = page(template, status=status, title=title, detail=detail, errors=errors)
+        return body, status, headers
 
     bp.register_error_handler(Exception, error_page)
 
@@ -296,12 +303,13 @@ def _described(exc: HTTPException) -> dict[str, Any]:
     return {"title": exc.name or "Error", "detail": exc.description or "", "errors": None}
 
 
-def _explain(exc: Exception) -> tuple[int, str, str, Any]:
-    """Status, title, detail and field errors of `exc`, as the API's problem would say them."""
+def _explain(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
+    """Status, title, detail, field errors and headers (when to retry; no bearer challenge,
+    which means nothing to a browser) of `exc`, as the API's problem would say them."""
     if isinstance(exc, Refused):
-        return exc.status, exc.title, str(exc), None
+        return exc.status, exc.title, str(exc), None, {}
     if isinstance(exc, HTTPException):
-        return exc.code or 500, exc.name or "Error", exc.description or "", None
+        return exc.code or 500, exc.name or "Error", exc.description or "", None, {}
     if isinstance(exc, redis.RedisError):
         timeout = services().settings.redis_timeout_seconds
         fault = classify(exc, timeout_seconds=timeout)
@@ -312,4 +320,5 @@ def _explain(exc: Exception) -> tuple[int, str, str, Any]:
                 retry_after_seconds=fault.retry_after_seconds,
             )
     found, detail = explain(exc)
-    return found.status, found.title, detail, found.members(exc).get("errors")
+    headers = {k: v for k, v in found.headers(exc).items() if k != "WWW-Authenticate"}
+    return found.status, found.title, detail, found.members(exc).get("errors"), headers
