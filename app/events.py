@@ -16,6 +16,7 @@ it exactly as a delivered webhook, without the secret leaving the server.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -92,19 +93,23 @@ def _stream(svc: Services, query: dict[str, Any]) -> Response:
         )
     partner_id, signed = g.partner_id, query["signed"]
     position = {"after": after}
+    pace = sse.Pace()
 
     def step() -> tuple[list[bytes], bool]:
-        messages: list[bytes] = []
-        while True:
-            events = feed.page(svc.redis, partner_id, after=position["after"], limit=STREAM_BATCH)
-            if not events:
-                return messages, False
-            items = _items(svc, partner_id, events, signed=signed)
-            for event, item in zip(events, items, strict=True):
-                messages.append(sse.message(event.type, event.cursor, item))
-            position["after"] = events[-1].cursor
-            if len(events) < STREAM_BATCH:
-                return messages, False
+        # One batch per turn, written before the next is read: a long feed is never held
+        # in memory whole, and a client that stops reading stops the reads.
+        events = feed.page(svc.redis, partner_id, after=position["after"], limit=STREAM_BATCH)
+        if not events:
+            return [], False
+        items = _items(svc, partner_id, events, signed=signed)
+        position["after"] = events[-1].cursor
+        if len(events) == STREAM_BATCH:
+            pace.at(time.monotonic())  # more may follow at once
+        messages = [
+            sse.message(event.type, event.cursor, item)
+            for event, item in zip(events, items, strict=True)
+        ]
+        return messages, False
 
     return sse.stream(
         waits=svc.waits,
@@ -112,4 +117,5 @@ def _stream(svc: Services, query: dict[str, Any]) -> Response:
         partner_id=partner_id,
         channels=(feed.channel(partner_id),),
         step=step,
+        pace=pace,
     )
