@@ -9,7 +9,7 @@ from flask import g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app import strictjson
-from app.errors import UnsupportedMediaType
+from app.errors import BodyTimeout, UnsupportedMediaType
 from app.services import services
 from postback.errors import Malformed
 
@@ -41,7 +41,7 @@ def raw_body() -> bytes:
                 raise Malformed(
                     f"the body ended after {len(raw)} of its {length} bytes (Content-Length)"
                 )
-    except (HTTPException, Malformed):
+    except (HTTPException, Malformed, BodyTimeout):
         raise
     except Exception as exc:
         # The server could not decode the body's framing (a malformed chunk).

@@ -21,6 +21,7 @@ detail says nothing, its traceback logged. The API's own kinds live here:
     LimitExceeded           429  with Retry-After
     ├── RateLimited         429  and the RateLimit-* headers
     └── OverQuota           429  "Quota exceeded"
+    BodyTimeout             408  with Connection: close
     Unavailable             503  with Retry-After when known
     ├── RedisFault          503  with `cause`
     ├── NotReady            503  "Not ready", with `checks`
@@ -105,6 +106,10 @@ class HostNotAllowed(Malformed):
     """A request whose Host is not in `POSTBACK_ALLOWED_HOSTS` (and no public URL is set)."""
 
 
+class BodyTimeout(PostbackError):
+    """A request body that did not arrive whole within `POSTBACK_API_BODY_TIMEOUT_SECONDS`."""
+
+
 class LinkExpired(Expired):
     """A signed result link past its expiry."""
 
@@ -150,6 +155,10 @@ def _retry_after(exc: Any) -> dict[str, str]:
 
 def _bearer_challenge(exc: Any) -> dict[str, str]:
     return {"WWW-Authenticate": 'Bearer realm="postback"'}
+
+
+def _closing(exc: Any) -> dict[str, str]:
+    return {"Connection": "close"}
 
 
 def _rate_limit(exc: RateLimited) -> dict[str, str]:
@@ -204,6 +213,8 @@ PROBLEMS: dict[type[Exception], Problem] = {
     RateLimited: Problem(429, "Too many requests", "rate-limited", headers=_rate_limit),
     # A partner's own doing, so a 429, telling it about its own jobs only.
     OverQuota: Problem(429, "Quota exceeded", "quota-exceeded", headers=_retry_after),
+    # The rest of the body may still come: the connection cannot carry another request.
+    BodyTimeout: Problem(408, "Request timeout", "request-timeout", headers=_closing),
     Unavailable: Problem(503, "Service unavailable", "unavailable", headers=_retry_after),
     RedisFault: Problem(
         503, "Service unavailable", "unavailable", headers=_retry_after, members=_cause

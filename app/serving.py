@@ -1,18 +1,32 @@
-"""The gunicorn worker the API runs in: gevent, with deadlines on request heads.
+"""The gunicorn worker the API runs in: gevent, with deadlines on every wait for a client.
 
 gunicorn's gevent worker gives every connection a greenlet and bounds the wait
-for each request head by `keepalive`. This worker bounds the first head of a
-connection by `api_header_timeout_seconds` (a client that trickles its headers
-is cut off) and the wait for a later one by `api_keepalive_seconds` (an idle
-kept-alive connection is closed). A connection cut off this way gets no answer:
-it has not sent a request to answer. What gunicorn refuses by itself (414,
-431, malformed requests) is answered as problem+json (`app.server_errors`).
+for each request head by `keepalive`, but not the wait for a body or for the
+client to take its answer. This worker bounds them all, so that no client
+holds a greenlet (and what it holds: a wait's place, a stream) by going quiet:
+
+- the first head of a connection by `api_header_timeout_seconds` (a client that
+  trickles its headers is cut off), a later one by `api_keepalive_seconds` (an
+  idle kept-alive connection is closed); neither gets an answer, as neither has
+  asked anything;
+- the whole body by `api_body_timeout_seconds` from the head: a 408 problem,
+  and the connection closed (`BodyTimeout`);
+- each write of the answer by `api_send_timeout_seconds`: a client that takes no
+  byte for that long (one that stopped reading a stream) is disconnected, and
+  the answer's generator closed, which gives back what it held.
+
+What gunicorn refuses by itself (414, 431, malformed requests) is answered as
+problem+json (`app.server_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
+import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import gevent
@@ -20,7 +34,12 @@ import gevent.local
 from gevent.monkey import MonkeyPatchWarning
 from gunicorn.workers.ggevent import GeventWorker
 
+from app.errors import BodyTimeout
 from app.server_errors import ProblemErrors
+
+log = logging.getLogger(__name__)
+
+Wsgi = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
@@ -28,6 +47,8 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         settings = self.app.settings
         self.header_timeout_seconds = settings.api_header_timeout_seconds
         self.keepalive_seconds = settings.api_keepalive_seconds
+        self.body_seconds = settings.api_body_timeout_seconds
+        self.send_seconds = settings.api_send_timeout_seconds
         self.connection = gevent.local.local()
         # `import redis` imports ssl (and redis.asyncio, which keeps direct references
         # to it) before gunicorn patches; the API uses neither asyncio nor TLS from there.
@@ -43,6 +64,25 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         # scan. With 2,000 long-polls open those pauses reached 50-80 ms, most of it
         # spent on these objects (tens of thousands), and set the API's p99.
         gc.freeze()
+        self.flask: Any = self.wsgi
+        self.wsgi: Wsgi = self.bounded(self.flask)
+
+    def bounded(self, app: Wsgi) -> Wsgi:
+        """`app` with its body read under the body deadline, and its answer written under
+        the send timeout."""
+        body_seconds, send_seconds = self.body_seconds, self.send_seconds
+
+        def bounded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            deadline = time.monotonic() + body_seconds
+            environ["wsgi.input"] = DeadlineBody(environ["wsgi.input"], deadline, body_seconds)
+            answer = app(environ, start_response)
+            # The view has run (and read what it reads); gunicorn writes the answer next.
+            sock = environ.get("gunicorn.socket")
+            if sock is not None:
+                sock.settimeout(send_seconds)
+            return answer
+
+        return bounded
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -50,7 +90,7 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         gevent.spawn(self._stop_waits)
 
     def _stop_waits(self) -> None:
-        services = getattr(self.wsgi, "extensions", {}).get("postback")
+        services = getattr(self.flask, "extensions", {}).get("postback")
         if services is not None:
             services.hub.stop()
 
@@ -60,9 +100,49 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         self.connection.served += 1
-        return super().handle_request(listener_name, req, sock, addr)
+        try:
+            return super().handle_request(listener_name, req, sock, addr)
+        except TimeoutError:
+            # gunicorn would log this as an error with its traceback: it is the client's doing.
+            log.info("a client took none of its answer for %s s: disconnected", self.send_seconds)
+            raise StopIteration from None  # gunicorn closes the connection
+        finally:
+            # The wait for the next head has its own deadline (`timeout_ctx`).
+            with contextlib.suppress(OSError):
+                sock.settimeout(None)
 
     def timeout_ctx(self) -> gevent.Timeout:
         first = getattr(self.connection, "served", 0) == 0
         seconds = self.header_timeout_seconds if first else self.keepalive_seconds
         return gevent.Timeout(seconds, False)
+
+
+class DeadlineBody:
+    """A request's input whose reads end with `BodyTimeout` once `deadline` (monotonic)
+    has passed, however slowly the client trickles its bytes."""
+
+    def __init__(self, body: Any, deadline: float, seconds: float) -> None:
+        self._body = body
+        self._deadline = deadline
+        self._seconds = seconds
+
+    def _bounded(self, read: Callable[..., Any], *args: Any) -> Any:
+        left = self._deadline - time.monotonic()
+        refusal = BodyTimeout(f"the request's body did not arrive within {self._seconds:g} s")
+        if left <= 0:
+            raise refusal
+        with gevent.Timeout(left, refusal):
+            return read(*args)
+
+    def read(self, size: int | None = None) -> bytes:
+        return self._bounded(self._body.read, size)  # type: ignore[no-any-return]
+
+    def readline(self, size: int | None = None) -> bytes:
+        return self._bounded(self._body.readline, size)  # type: ignore[no-any-return]
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        return self._bounded(self._body.readlines, hint)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line

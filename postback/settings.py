@@ -150,6 +150,11 @@ class Settings:
     # kept-alive connection is closed after `api_keepalive_seconds`.
     api_header_timeout_seconds: float = field(default=10.0, metadata=_bound(_POSITIVE))
     api_keepalive_seconds: float = field(default=5.0, metadata=_bound(_POSITIVE))
+    # A request's body must arrive whole within `api_body_timeout_seconds` of its head
+    # (else 408); a client that takes no byte of its answer for `api_send_timeout_seconds`
+    # is disconnected (a stream it stopped reading ends, its place given back).
+    api_body_timeout_seconds: float = field(default=30.0, metadata=_bound(_POSITIVE))
+    api_send_timeout_seconds: float = field(default=30.0, metadata=_bound(_POSITIVE))
     # Connect and command timeout of every Redis client (but the one RQ blocks on, which
     # waits on the queue longer than this): a frozen or lost server fails fast.
     redis_timeout_seconds: float = field(default=2.0, metadata=_bound(_POSITIVE))

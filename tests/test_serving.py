@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import threading
@@ -18,6 +19,7 @@ import requests
 from app.waits import waits_key
 from postback.embedded import free_port
 from tests.processes import POSTBACK, cli_env, eventually, stop_process
+from worker import feed
 
 # Generous: these bound a wait for something that happens within a second or two.
 SETTLE_SECONDS = 20.0
@@ -289,3 +291,105 @@ def test_a_wait_whose_client_hangs_up_gives_its_place_back_at_once(
         kept.close()
         assert answer.startswith("HTTP/1.1 200"), answer
         assert redis_client.zcard(key) == 0
+
+
+# -- clients that stop: a body that never arrives, an answer never taken ---------------------
+
+
+@pytest.fixture
+def strict(redis_url: str) -> Iterator[Served]:
+    """`postback serve` that gives a body 1 s to arrive and a client 1 s to take a write."""
+    with postback_serve(
+        redis_url,
+        POSTBACK_PARTNER_MAX_WAITS="1",
+        POSTBACK_API_BODY_TIMEOUT_SECONDS="1",
+        POSTBACK_API_SEND_TIMEOUT_SECONDS="1",
+    ) as server:
+        yield server
+
+
+def answer_of(sock: socket.socket) -> str:
+    """Everything the server sends on `sock` until it closes it."""
+    sock.settimeout(SETTLE_SECONDS)
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+def test_a_body_that_stops_or_trickles_is_a_408_and_the_connection_closed(
+    strict, partner, redis_client
+):
+    """A submission whose body stops arriving, or arrives a byte at a time, is refused
+    with 408 problem+json once its time is up, the connection closed; no job is made."""
+    auth = partner["headers"]["Authorization"]
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+    ).encode()
+    stop = threading.Event()
+    stalled = socket.create_connection(("127.0.0.1", strict.port))
+    trickled = socket.create_connection(("127.0.0.1", strict.port))
+    try:
+        stalled.sendall(head + b'{"type": "echo"')
+
+        def drip() -> None:
+            trickled.sendall(head)
+            while not stop.wait(0.2):
+                with contextlib.suppress(OSError):
+                    trickled.sendall(b" ")
+
+        threading.Thread(target=drip, daemon=True).start()
+        for sock in (stalled, trickled):
+            answer = answer_of(sock)
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "application/problem+json" in answer
+            assert "urn:postback:problem:request-timeout" in answer
+    finally:
+        stop.set()
+        stalled.close()
+        trickled.close()
+    listed = strict.get("/v1/jobs", headers=partner["headers"])
+    assert listed.status_code == 200 and listed.json()["items"] == []
+
+
+def test_a_stream_reader_that_stops_reading_is_disconnected_and_its_place_given_back(
+    strict, partner, redis_client
+):
+    """A client that opens the feed's stream and takes no more of it is disconnected once
+    the server's writes stall, which gives the partner's only wait place back."""
+    body = json.dumps({"type": "job.completed", "data": {"pad": "x" * 2000}})
+    with redis_client.pipeline(transaction=False) as pipe:
+        for number in range(4000):
+            fields = {"webhook_id": f"msg_{number}", "type": "job.completed", "body": body}
+            pipe.xadd(feed.key(partner["id"]), fields)  # type: ignore[arg-type]
+        pipe.execute()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", strict.port))
+    auth = partner["headers"]["Authorization"]
+    sock.sendall(
+        f"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    key = waits_key(partner["id"])
+    try:
+        eventually(
+            lambda: redis_client.zcard(key) == 1,
+            timeout_seconds=SETTLE_SECONDS,
+            what="the stream holds the partner's wait place",
+        )
+        # Nothing is read: the server's writes stall, and after 1 s the client is cut off.
+        eventually(
+            lambda: redis_client.zcard(key) == 0,
+            timeout_seconds=SETTLE_SECONDS,
+            what="the place given back",
+        )
+        polled = strict.get("/v1/events?wait=1", headers=partner["headers"])
+        assert polled.status_code == 200
+        streamed = answer_of(sock)  # what the buffers held, then the end
+        assert streamed.startswith("HTTP/1.1 200") and "msg_0" in streamed
+        assert "msg_3999" not in streamed
+    finally:
+        sock.close()
