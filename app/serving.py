@@ -11,9 +11,10 @@ holds a greenlet (and what it holds: a wait's place, a stream) by going quiet:
   asked anything;
 - the whole body by `api_body_timeout_seconds` from the head: a 408 problem,
   and the connection closed (`BodyTimeout`);
-- each write of the answer by `api_send_timeout_seconds`: a client that takes no
-  byte for that long (one that stopped reading a stream) is disconnected, and
-  the answer's generator closed, which gives back what it held.
+- the answer, written in pieces of `SEND_PIECE_BYTES`, by `api_send_timeout_seconds`
+  a piece: a client that takes less than a piece in that time (one that stopped
+  reading a stream) is disconnected, and the answer's generator closed, which
+  gives back what it held.
 
 What gunicorn refuses by itself (414, 431, malformed requests) is answered as
 problem+json (`app.server_errors`).
@@ -80,7 +81,9 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
             sock = environ.get("gunicorn.socket")
             if sock is not None:
                 sock.settimeout(send_seconds)
-            return answer
+            if isinstance(answer, environ["wsgi.file_wrapper"]):
+                return answer  # a file from the package, sent by the kernel
+            return Pieces(answer)
 
         return bounded
 
@@ -115,6 +118,32 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         first = getattr(self.connection, "served", 0) == 0
         seconds = self.header_timeout_seconds if first else self.keepalive_seconds
         return gevent.Timeout(seconds, False)
+
+
+# The most of an answer written at once. A socket's timeout bounds a whole write, so a
+# large answer is written in pieces, each of which the client has the send timeout to take.
+SEND_PIECE_BYTES = 64 * 1024
+
+
+class Pieces:
+    """An answer's iterable, its items cut to `SEND_PIECE_BYTES`; closing it closes the
+    answer (a stream's generator, which gives back what it holds)."""
+
+    def __init__(self, answer: Iterable[bytes]) -> None:
+        self._answer = answer
+
+    def __iter__(self) -> Iterator[bytes]:
+        for item in self._answer:
+            if len(item) <= SEND_PIECE_BYTES:
+                yield item
+                continue
+            for start in range(0, len(item), SEND_PIECE_BYTES):
+                yield item[start : start + SEND_PIECE_BYTES]
+
+    def close(self) -> None:
+        close = getattr(self._answer, "close", None)
+        if close is not None:
+            close()
 
 
 class DeadlineBody:

@@ -151,8 +151,8 @@ class Settings:
     api_header_timeout_seconds: float = field(default=10.0, metadata=_bound(_POSITIVE))
     api_keepalive_seconds: float = field(default=5.0, metadata=_bound(_POSITIVE))
     # A request's body must arrive whole within `api_body_timeout_seconds` of its head
-    # (else 408); a client that takes no byte of its answer for `api_send_timeout_seconds`
-    # is disconnected (a stream it stopped reading ends, its place given back).
+    # (else 408); a client that does not take each 64 KiB of its answer within
+    # `api_send_timeout_seconds` is disconnected (a stream it stopped reading ends).
     api_body_timeout_seconds: float = field(default=30.0, metadata=_bound(_POSITIVE))
     api_send_timeout_seconds: float = field(default=30.0, metadata=_bound(_POSITIVE))
     # Connect and command timeout of every Redis client (but the one RQ blocks on, which

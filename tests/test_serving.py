@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 import requests
 
+from app.serving import SEND_PIECE_BYTES, Pieces
 from app.waits import waits_key
 from postback.embedded import free_port
 from tests.processes import POSTBACK, cli_env, eventually, stop_process
@@ -354,20 +356,53 @@ def test_a_body_that_stops_or_trickles_is_a_408_and_the_connection_closed(
     assert listed.status_code == 200 and listed.json()["items"] == []
 
 
+def fill_feed(redis_client, partner: dict, count: int, pad_bytes: int) -> None:
+    """`count` events of about `pad_bytes` each in the partner's feed."""
+    body = json.dumps({"type": "job.completed", "data": {"pad": "x" * pad_bytes}})
+    with redis_client.pipeline(transaction=False) as pipe:
+        for number in range(count):
+            fields = {"webhook_id": f"msg_{number}", "type": "job.completed", "body": body}
+            pipe.xadd(feed.key(partner["id"]), fields)  # type: ignore[arg-type]
+        pipe.execute()
+
+
+def narrow_socket(port: int) -> socket.socket:
+    """A connection whose receive buffer is as small as the kernel allows."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def test_an_answer_is_written_in_pieces_each_under_the_send_timeout():
+    """A socket's timeout bounds a whole write: a large answer is cut into pieces, so a
+    client taking it slowly but steadily is not cut off; closing the pieces closes the
+    answer (a stream's generator gives back its place)."""
+    closed = []
+
+    def answer() -> Iterator[bytes]:
+        try:
+            yield b"a" * (SEND_PIECE_BYTES * 3 + 10)
+            yield b"small"
+        finally:
+            closed.append(True)
+
+    pieces = Pieces(answer())
+    sizes = [len(piece) for piece in itertools.islice(pieces, 3)]
+    assert sizes == [SEND_PIECE_BYTES] * 3
+    pieces.close()
+    assert closed == [True]
+    whole = b"".join(Pieces([b"x" * 100_000, b"y"]))
+    assert whole == b"x" * 100_000 + b"y"
+
+
 def test_a_stream_reader_that_stops_reading_is_disconnected_and_its_place_given_back(
     strict, partner, redis_client
 ):
     """A client that opens the feed's stream and takes no more of it is disconnected once
     the server's writes stall, which gives the partner's only wait place back."""
-    body = json.dumps({"type": "job.completed", "data": {"pad": "x" * 2000}})
-    with redis_client.pipeline(transaction=False) as pipe:
-        for number in range(4000):
-            fields = {"webhook_id": f"msg_{number}", "type": "job.completed", "body": body}
-            pipe.xadd(feed.key(partner["id"]), fields)  # type: ignore[arg-type]
-        pipe.execute()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", strict.port))
+    fill_feed(redis_client, partner, 4000, 2000)
+    sock = narrow_socket(strict.port)
     auth = partner["headers"]["Authorization"]
     sock.sendall(
         f"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n"
