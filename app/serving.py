@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -51,6 +53,8 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         self.body_seconds = settings.api_body_timeout_seconds
         self.send_seconds = settings.api_send_timeout_seconds
         self.connection = gevent.local.local()
+        # The sockets of kept-alive connections waiting for their next request.
+        self.idle: set[Any] = set()
         # `import redis` imports ssl (and redis.asyncio, which keeps direct references
         # to it) before gunicorn patches; the API uses neither asyncio nor TLS from there.
         warnings.filterwarnings(
@@ -96,9 +100,14 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         services = getattr(self.flask, "extensions", {}).get("postback")
         if services is not None:
             services.hub.stop()
+        # Idle kept-alive connections end now: they would hold the worker for the whole
+        # graceful timeout, and have no request to finish.
+        for sock in list(self.idle):
+            _hang_up(sock)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
         self.connection.served = 0
+        self.connection.client = client
         super().handle(listener, client, addr)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
@@ -107,17 +116,48 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
             return super().handle_request(listener_name, req, sock, addr)
         except TimeoutError:
             # gunicorn would log this as an error with its traceback: it is the client's doing.
-            log.info("a client took none of its answer for %s s: disconnected", self.send_seconds)
+            log.info(
+                "a client took less than %d KiB of its answer in %s s: disconnected",
+                SEND_PIECE_BYTES // 1024,
+                self.send_seconds,
+            )
             raise StopIteration from None  # gunicorn closes the connection
         finally:
             # The wait for the next head has its own deadline (`timeout_ctx`).
             with contextlib.suppress(OSError):
                 sock.settimeout(None)
 
-    def timeout_ctx(self) -> gevent.Timeout:
-        first = getattr(self.connection, "served", 0) == 0
-        seconds = self.header_timeout_seconds if first else self.keepalive_seconds
-        return gevent.Timeout(seconds, False)
+    def timeout_ctx(self) -> contextlib.AbstractContextManager[Any]:
+        if getattr(self.connection, "served", 0) == 0:
+            return gevent.Timeout(self.header_timeout_seconds, False)
+        return self._idle(self.connection.client)
+
+    @contextlib.contextmanager
+    def _idle(self, sock: Any) -> Iterator[None]:
+        """The wait of a kept-alive connection for its next request: at most the keepalive,
+        and over at once when the worker stops."""
+        if not self.alive:
+            _hang_up(sock)
+        self.idle.add(sock)
+        try:
+            with gevent.Timeout(self.keepalive_seconds, False):
+                yield
+        finally:
+            self.idle.discard(sock)
+
+
+def _hang_up(sock: Any) -> None:
+    """End a connection's reads and writes: a wait for its next request sees its end.
+
+    Through a duplicate of its descriptor: gevent's own `shutdown` would fail the
+    waiting read with EBADF, which gunicorn logs as an error with its traceback.
+    """
+    with contextlib.suppress(OSError):
+        duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        finally:
+            duplicate.close()
 
 
 # The most of an answer written at once. A socket's timeout bounds a whole write, so a

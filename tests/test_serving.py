@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import itertools
 import json
+import signal
 import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 import pytest
@@ -35,6 +36,7 @@ class Served:
 
     base: str
     port: int
+    process: subprocess.Popen | None = None
 
     def get(self, path: str, **kwargs: Any) -> requests.Response:
         return requests.get(self.base + path, **_closing(kwargs))
@@ -50,14 +52,17 @@ def _closing(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def postback_serve(redis_url: str, **env: str) -> Iterator[Served]:
+def postback_serve(
+    redis_url: str, *, stderr: IO[bytes] | None = None, **env: str
+) -> Iterator[Served]:
     """`postback serve` on a free port of 127.0.0.1 against `redis_url`, stopped at the end."""
     port = free_port()
     process = subprocess.Popen(
         [*POSTBACK, "serve", "--port", str(port)],
         env=cli_env(REDIS_URL=redis_url, **env),
+        stderr=stderr,
     )
-    served = Served(f"http://127.0.0.1:{port}", port)
+    served = Served(f"http://127.0.0.1:{port}", port, process)
 
     def up() -> bool:
         assert process.poll() is None, "postback serve exited"
@@ -231,6 +236,39 @@ def test_an_idle_kept_alive_connection_is_closed(served):
         sock.close()
         for each in idle:
             each.close()
+
+
+def test_a_stop_ends_idle_kept_alive_connections_at_once(redis_url, tmp_path):
+    """On SIGTERM, connections kept alive between requests are closed at once, so each API
+    process exits by itself, not killed at the end of its graceful timeout, and logs no
+    error."""
+    log = tmp_path / "serve.log"
+    with (
+        log.open("wb") as stderr,
+        postback_serve(
+            redis_url,
+            stderr=stderr,
+            POSTBACK_API_WORKERS="2",
+            POSTBACK_API_KEEPALIVE_SECONDS="60",
+        ) as server,
+    ):
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        try:
+            for sock in idle:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                sock.settimeout(SETTLE_SECONDS)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            assert all(closed_by_server(sock, SETTLE_SECONDS) for sock in idle)
+            assert server.process.wait(timeout=SETTLE_SECONDS) == 0
+        finally:
+            for sock in idle:
+                sock.close()
+    logged = log.read_text()
+    # gunicorn's line for a worker that returns; one killed at the timeout has none.
+    assert logged.count("Worker exiting") == 2, logged
+    assert '"level": "error"' not in logged
 
 
 def test_a_fresh_server_takes_a_burst_of_first_submissions(redis_url, partner):
