@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
@@ -120,6 +121,15 @@ class PartnerStore:
             "created_at": clock.rfc3339(float(record["created_at"])),
             "disabled": record.get("disabled") == "1",
         }
+
+    def names(self, partner_ids: Iterable[str]) -> dict[str, str]:
+        """The name of each partner of `partner_ids` that exists, in one round trip."""
+        wanted = sorted(set(partner_ids))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for partner_id in wanted:
+                pipe.hget(partner_key(partner_id), "name")
+            found = pipe.execute() if wanted else []
+        return {pid: name.decode() for pid, name in zip(wanted, found, strict=True) if name}
 
     def page(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """Partners, oldest first, `limit` at a time after `cursor` (a partner id)."""

@@ -98,10 +98,12 @@ def kill(client, partner, receiver, work, count: int) -> None:
     work()
 
 
-def test_the_list_shows_each_dead_letter(client, csrf, dead, failing):
-    """Each row links the letter and its job, shows the URL as text, attempts and last error."""
+def test_the_list_shows_each_dead_letter(client, csrf, dead, failing, partner):
+    """Each row links the letter and its job, names its partner, shows the URL as text,
+    attempts and last error."""
     page = text(client.get("/console/dead-letters"))
     assert row_ids(page) == [dead["id"]]
+    assert f'<td>Acme <span class="mono">{partner["id"]}</span></td>' in page
     assert f'href="/console/jobs/{dead["job_id"]}"' in page
     assert f"<code>{failing.url}</code>" in page and f'href="{failing.url}"' not in page
     assert "HTTP 500" in page and '<td class="num">1</td>' in page

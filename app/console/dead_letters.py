@@ -88,9 +88,14 @@ def index() -> tuple[str, int]:
     listing = admin.dead_letter_page(query)
     where = _filter_of(given)
     next_url = web.next_page(".index", given, listing["next_cursor"])
+    names = services().partners.names(item["partner_id"] for item in listing["items"])
+    items = [
+        {**item, "job_url": job_url(item["job_id"]), "partner_name": names.get(item["partner_id"])}
+        for item in listing["items"]
+    ]
     return web.page(
         "console/dead_letters.html",
-        items=[{**item, "job_url": job_url(item["job_id"])} for item in listing["items"]],
+        items=items,
         next_url=next_url,
         partners=_partner_choices(),
         query=query,
