@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any, cast
 
 import redis
 from flask import Blueprint, Response, jsonify
@@ -12,6 +13,7 @@ from app import status
 from app.services import services
 from postback.errors import NotReady
 from postback.faults import classify
+from postback.settings import Durability
 
 bp = Blueprint("health", __name__)
 
@@ -19,6 +21,7 @@ bp = Blueprint("health", __name__)
 READY_PROBE_KEY = "pb:readyz"
 READY_PROBE_TTL_MS = 10_000
 NO_LIVE_WORKER = "no_live_worker"
+TOO_FEW_REPLICAS = "too_few_replicas"
 
 # Swagger UI, served from the package's own files (no CDN), reading /openapi.yaml. No
 # validator: its badge would send the spec's address to an online service from any host
@@ -44,16 +47,21 @@ def readyz() -> Response:
     `checks` says, for `redis` and `workers`, `ok` or `failing` with a `cause` and a
     `detail` (`unknown` when not checked). The probe is a write, so that a server
     that answers but refuses writes (MISCONF, READONLY, OOM) is not ready either; it
-    waits at most the Redis timeout.
+    waits at most the Redis timeout. In `replicated` durability, `replication` says
+    whether the primary has the replicas a submission waits for: without them every
+    submission would be a 503.
     """
     svc = services()
+    replicated = svc.settings.durability is Durability.REPLICATED
     checks: dict[str, dict[str, str]] = {
         "redis": {"status": "ok"},
         "workers": {"status": "unknown"},
+        **({"replication": {"status": "unknown"}} if replicated else {}),
     }
     try:
         svc.redis.set(READY_PROBE_KEY, "1", px=READY_PROBE_TTL_MS)
         workers = status.workers(svc.redis)
+        online = replicas_online(svc.redis) if replicated else 0
     except redis.RedisError as exc:
         found = classify(exc, timeout_seconds=svc.settings.redis_timeout_seconds)
         if found is None:
@@ -66,7 +74,26 @@ def readyz() -> Response:
         checks["workers"] = failing(NO_LIVE_WORKER, "no worker is alive")
         raise NotReady("no worker is alive", checks=checks)
     checks["workers"] = {"status": "ok"}
+    if replicated:
+        wanted = svc.settings.durability_replicas
+        if online < wanted:
+            detail = f"{online} of the {wanted} replicas a submission waits for are online"
+            checks["replication"] = failing(TOO_FEW_REPLICAS, detail)
+            raise NotReady(detail, checks=checks)
+        checks["replication"] = {"status": "ok"}
     return jsonify({"status": "ready", "redis": "ok", "workers": workers, "checks": checks})
+
+
+def replicas_online(client: redis.Redis) -> int:
+    """How many replicas the primary `client` writes to are connected and in sync."""
+    info = cast("dict[str, Any]", client.info("replication"))
+    return sum(
+        1
+        for name, replica in info.items()
+        if name.startswith("slave")
+        and isinstance(replica, dict)
+        and replica.get("state") == "online"
+    )
 
 
 def failing(cause: str, detail: str) -> dict[str, str]:

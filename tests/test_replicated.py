@@ -29,6 +29,7 @@ from postback.settings import Settings
 from tests.ha import ha_set, kill, member
 from tests.helpers import PROBLEM, bearer
 from tests.processes import eventually
+from worker import liveness
 from worker.jobs import QUEUE_NAME, REPLICATED_WAIT_SECONDS, job_key, partner_index
 from worker.runtime import job_store
 
@@ -174,6 +175,30 @@ def test_more_replicas_required_than_are_connected_is_a_503(
     assert reply.status_code == 503 and reply.mimetype == PROBLEM
     assert int(reply.headers["Retry-After"]) > 0
     assert elapsed < ANSWER_WITHIN_SECONDS
+
+
+def test_readyz_names_too_few_replicas(settings, primary, replica):
+    """In replicated durability /readyz is 200 while the replicas a submission waits for are
+    online, and a 503 naming too_few_replicas when more are required, or one is gone."""
+    worker_name = "test-worker"
+    liveness.beat(primary.client(), worker_name)
+    try:
+        client = api(settings, primary.url)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.get_data(as_text=True)
+        assert ready.json["checks"]["replication"] == {"status": "ok"}
+        short = api(settings, primary.url, durability_replicas=2).get("/readyz")
+        assert short.status_code == 503 and short.mimetype == PROBLEM
+        assert short.json["checks"]["replication"]["cause"] == "too_few_replicas"
+        assert short.json["detail"] == "1 of the 2 replicas a submission waits for are online"
+        with replica.stopped("sigkill"):
+            eventually(
+                lambda: client.get("/readyz").status_code == 503,
+                timeout_seconds=30,
+                what="the primary sees its replica gone",
+            )
+    finally:
+        liveness.gone(primary.client(), worker_name)
 
 
 def test_submissions_made_at_once_share_one_wait_for_the_replica(primary, replica, monkeypatch):
