@@ -98,8 +98,9 @@ _ROTATE = Script(
 local now, grace = tonumber(ARGV[2]), tonumber(ARGV[3])
 local kept = {}
 for _, entry in ipairs(live_secrets(KEYS[1], now)) do
-  -- Whole milliseconds: the list is stored as JSON, whose numbers keep 14 digits.
-  if entry[2] == 0 then entry[2] = math.floor((now + grace) * 1000 + 0.5) / 1000 end
+  -- Whole milliseconds, down (no grace stays no grace): the list is stored as JSON,
+  -- whose numbers keep 14 digits.
+  if entry[2] == 0 then entry[2] = math.floor((now + grace) * 1000) / 1000 end
   if entry[2] > now then table.insert(kept, entry) end
 end
 if #kept + 1 > tonumber(ARGV[4]) then return {-1, #kept} end

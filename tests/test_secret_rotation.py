@@ -107,7 +107,21 @@ def test_an_expiry_reads_back_as_the_rotation_answered_it(redis_client, monkeypa
     _, answered = store.rotate("ptn_fraction", grace_seconds=GRACE_SECONDS)
     stored = store.state("ptn_fraction")
     assert stored.expires_at == answered.expires_at
-    assert clock.rfc3339(answered.expires_at[0]) == "2026-12-01T00:53:20.230Z"
+    assert clock.rfc3339(answered.expires_at[0]) == "2026-12-01T00:53:20.229Z"
+
+
+@pytest.mark.parametrize("fraction", [0.0004, 0.4996, 0.9996])
+def test_without_grace_a_rotation_leaves_one_secret_whatever_the_clock(
+    redis_client, monkeypatch, fraction
+):
+    """With no grace, the secret rotated out stops at once, whatever the clock's fraction
+    of a millisecond."""
+    store = SecretStore(redis_client)
+    store.set("ptn_no_grace", generate_secret())
+    monkeypatch.setattr(clock, "now", lambda: 1_796_000_000 + fraction)
+    new, state = store.rotate("ptn_no_grace", grace_seconds=0)
+    assert state.count == 1 and state.expires_at == ()
+    assert store.signing_secrets("ptn_no_grace") == [new]
 
 
 def test_a_two_slot_record_is_read_and_rotated_as_a_list(redis_client):
