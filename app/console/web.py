@@ -23,6 +23,7 @@ import redis
 from flask import Blueprint, Flask, Response, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from app.allow import allowed_methods
 from app.console.sessions import Kind, Session, Sessions, digest, same_token
 from app.errors import explain, http_problem
 from app.services import services
@@ -271,12 +272,15 @@ def protect(bp: Blueprint, *, template: str) -> None:
             response.headers.setdefault(name, value)
         return remember_pre_session(response)
 
-    def error_page(exc: Exception) -> tuple[str, int, dict[str, str]]:
-        status, title, detail, errors, headers = _explain(exc)
-        body, _ = page(template, status=status, title=title, detail=detail, errors=errors)
-        return body, status, headers
+    bp.register_error_handler(Exception, functools.partial(error_page, template))
 
-    bp.register_error_handler(Exception, error_page)
+
+def error_page(template: str, exc: Exception) -> tuple[str, int, dict[str, str]]:
+    """`exc` as a page from `template`, with the status, reason and headers the API's
+    problem would have."""
+    status, title, detail, errors, headers = _explain(exc)
+    body, _ = page(template, status=status, title=title, detail=detail, errors=errors)
+    return body, status, headers
 
 
 def claim_unmatched(app: Flask, templates: Mapping[str, str]) -> None:
@@ -284,23 +288,16 @@ def claim_unmatched(app: Flask, templates: Mapping[str, str]) -> None:
     method) answers as an error page from that prefix's template, with the pages' headers,
     not as problem+json; every other path keeps the API's answer."""
 
-    def unmatched(exc: HTTPException) -> Response | tuple[str, int]:
+    def unmatched(exc: HTTPException) -> Response:
         for prefix, template in templates.items():
             if request.path == prefix or request.path.startswith(prefix + "/"):
-                body, status = page(template, status=exc.code or 404, **_described(exc))
-                response = app.make_response((body, status))
+                response = app.make_response(error_page(template, exc))
                 response.headers.update(SECURITY_HEADERS)
-                if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-                    response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
                 return response
         return http_problem(exc)
 
     app.register_error_handler(NotFound, unmatched)
     app.register_error_handler(MethodNotAllowed, unmatched)
-
-
-def _described(exc: HTTPException) -> dict[str, Any]:
-    return {"title": exc.name or "Error", "detail": exc.description or "", "errors": None}
 
 
 def _explain(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
@@ -309,7 +306,9 @@ def _explain(exc: Exception) -> tuple[int, str, str, Any, dict[str, str]]:
     if isinstance(exc, Refused):
         return exc.status, exc.title, str(exc), None, {}
     if isinstance(exc, HTTPException):
-        return exc.code or 500, exc.name or "Error", exc.description or "", None, {}
+        valid = getattr(exc, "valid_methods", None)
+        allow = {"Allow": ", ".join(allowed_methods(valid))} if exc.code == 405 and valid else {}
+        return exc.code or 500, exc.name or "Error", exc.description or "", None, allow
     if isinstance(exc, redis.RedisError):
         timeout = services().settings.redis_timeout_seconds
         fault = classify(exc, timeout_seconds=timeout)
