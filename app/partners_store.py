@@ -125,10 +125,12 @@ class PartnerStore:
     def names(self, partner_ids: Iterable[str]) -> dict[str, str]:
         """The name of each partner of `partner_ids` that exists, in one round trip."""
         wanted = sorted(set(partner_ids))
+        if not wanted:
+            return {}
         with self.redis.pipeline(transaction=False) as pipe:
             for partner_id in wanted:
                 pipe.hget(partner_key(partner_id), "name")
-            found = pipe.execute() if wanted else []
+            found = pipe.execute()
         return {pid: name.decode() for pid, name in zip(wanted, found, strict=True) if name}
 
     def page(self, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
