@@ -21,7 +21,7 @@ detail says nothing, its traceback logged. The API's own kinds live here:
     LimitExceeded           429  with Retry-After
     ├── RateLimited         429  and the RateLimit-* headers
     └── OverQuota           429  "Quota exceeded"
-    BodyTimeout             408  with Connection: close
+    BodyTimeout             408  and the connection closed (by `app.serving`)
     Unavailable             503  with Retry-After when known
     ├── RedisFault          503  with `cause`
     ├── NotReady            503  "Not ready", with `checks`
@@ -157,10 +157,6 @@ def _bearer_challenge(exc: Any) -> dict[str, str]:
     return {"WWW-Authenticate": 'Bearer realm="postback"'}
 
 
-def _closing(exc: Any) -> dict[str, str]:
-    return {"Connection": "close"}
-
-
 def _rate_limit(exc: RateLimited) -> dict[str, str]:
     if exc.limit is None:
         return _retry_after(exc)
@@ -213,8 +209,8 @@ PROBLEMS: dict[type[Exception], Problem] = {
     RateLimited: Problem(429, "Too many requests", "rate-limited", headers=_rate_limit),
     # A partner's own doing, so a 429, telling it about its own jobs only.
     OverQuota: Problem(429, "Quota exceeded", "quota-exceeded", headers=_retry_after),
-    # The rest of the body may still come: the connection cannot carry another request.
-    BodyTimeout: Problem(408, "Request timeout", "request-timeout", headers=_closing),
+    # The server closes the connection after it (`app.serving`): the rest may still come.
+    BodyTimeout: Problem(408, "Request timeout", "request-timeout"),
     Unavailable: Problem(503, "Service unavailable", "unavailable", headers=_retry_after),
     RedisFault: Problem(
         503, "Service unavailable", "unavailable", headers=_retry_after, members=_cause

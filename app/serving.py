@@ -76,11 +76,17 @@ class ApiWorker(ProblemErrors, GeventWorker):  # type: ignore[misc]
         """`app` with its body read under the body deadline, and its answer written under
         the send timeout."""
         body_seconds, send_seconds = self.body_seconds, self.send_seconds
+        refusal = f"the request's body did not arrive within {body_seconds:g} s"
 
         def bounded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             deadline = time.monotonic() + body_seconds
-            environ["wsgi.input"] = DeadlineBody(environ["wsgi.input"], deadline, body_seconds)
+            body = environ["wsgi.input"] = DeadlineBody(environ["wsgi.input"], deadline, refusal)
             answer = app(environ, start_response)
+            if body.timed_out:
+                # The rest of the body may still come: this connection carries no other
+                # request. (gunicorn drops a `Connection` header an app sets; its response,
+                # whose `start_response` this is, closes when told before it is sent.)
+                start_response.__self__.force_close()  # type: ignore[attr-defined]
             # The view has run (and read what it reads); gunicorn writes the answer next.
             sock = environ.get("gunicorn.socket")
             if sock is not None:
@@ -190,18 +196,23 @@ class DeadlineBody:
     """A request's input whose reads end with `BodyTimeout` once `deadline` (monotonic)
     has passed, however slowly the client trickles its bytes."""
 
-    def __init__(self, body: Any, deadline: float, seconds: float) -> None:
+    def __init__(self, body: Any, deadline: float, refusal: str) -> None:
         self._body = body
         self._deadline = deadline
-        self._seconds = seconds
+        self._refusal = refusal
+        self.timed_out = False
 
     def _bounded(self, read: Callable[..., Any], *args: Any) -> Any:
         left = self._deadline - time.monotonic()
-        refusal = BodyTimeout(f"the request's body did not arrive within {self._seconds:g} s")
-        if left <= 0:
-            raise refusal
-        with gevent.Timeout(left, refusal):
-            return read(*args)
+        refusal = BodyTimeout(self._refusal)
+        try:
+            if left <= 0:
+                raise refusal
+            with gevent.Timeout(left, refusal):
+                return read(*args)
+        except BodyTimeout:
+            self.timed_out = True
+            raise
 
     def read(self, size: int | None = None) -> bytes:
         return self._bounded(self._body.read, size)  # type: ignore[no-any-return]

@@ -386,6 +386,7 @@ def test_a_body_that_stops_or_trickles_is_a_408_and_the_connection_closed(
             assert answer.startswith("HTTP/1.1 408"), answer
             assert "application/problem+json" in answer
             assert "urn:postback:problem:request-timeout" in answer
+            assert "Connection: close" in answer and "RateLimit-Remaining: " in answer
     finally:
         stop.set()
         stalled.close()
