@@ -42,11 +42,14 @@ return authenticate_and_count(
   KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
 )
-# Count one request of a partner known otherwise (a portal session). KEYS[1] the
-# partner's record. ARGV as above. Returns as above.
+# Count one request of a partner known otherwise (a portal session), if the partner
+# exists and is enabled. KEYS[1] the partner's record. ARGV as above, then the
+# partner's id. Returns as above (false, nothing counted, for no enabled partner).
 _COUNT = (
     AUTHENTICATE_AND_COUNT
     + """
+local disabled = redis.call('HGET', KEYS[1], 'disabled')
+if not disabled or disabled == '1' then return {false, 0, 0, '0'} end
 return count_request(
   ARGV[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 """
@@ -147,10 +150,11 @@ class RateLimiter:
         self._headers(remaining, reset)
         return partner_id
 
-    def count(self, partner_id: str) -> None:
+    def count(self, partner_id: str) -> bool:
         """Count one request of `partner_id` against its limit (a portal page, which acts
-        for the partner without its key): RateLimited past the limit."""
-        _, allowed, remaining, reset = self._count(
+        for the partner without its key): False, nothing counted, if there is no such
+        enabled partner; RateLimited past the limit."""
+        partner, allowed, remaining, reset = self._count(
             keys=[partner_key(partner_id)],
             args=[
                 RATE_PREFIX,
@@ -160,10 +164,13 @@ class RateLimiter:
                 partner_id,
             ],
         )
+        if not partner:
+            return False
         reset = reset.decode() if isinstance(reset, bytes) else reset
         if not allowed:
             raise self.refused(reset)
         self._headers(remaining, reset)
+        return True
 
 
 def add_rate_limit_headers(response: Response) -> Response:

@@ -188,14 +188,19 @@ def _session_for(kind: Kind) -> Session | None:
         grant = admin_grant()
         if not grant or not same_token(found.grant, grant):
             return None
-    elif found.partner_id is None or not _partner_enabled(found.partner_id):
+    elif found.partner_id is None:
         return None
     return found
 
 
-def _partner_enabled(partner_id: str) -> bool:
-    partner = services().partners.get(partner_id)
-    return partner is not None and not partner["disabled"]
+def _not_signed_in(kind: Kind) -> Refused:
+    return Refused(
+        "sign in again: this session has ended or never began"
+        if kind is Kind.ADMIN
+        else "open the portal again from a fresh link: this session has ended",
+        status=401,
+        title="Not signed in",
+    )
 
 
 def signed_in(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -212,13 +217,7 @@ def signed_in(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             if found is None:
                 if request.method in ("GET", "HEAD") and kind is Kind.ADMIN:
                     return redirect(url_for("console.sign_in", next=request.full_path), 303)
-                raise Refused(
-                    "sign in again: this session has ended or never began"
-                    if kind is Kind.ADMIN
-                    else "open the portal again from a fresh link: this session has ended",
-                    status=401,
-                    title="Not signed in",
-                )
+                raise _not_signed_in(kind)
             if request.method not in ("GET", "HEAD"):
                 check_origin()
                 given = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
@@ -230,9 +229,11 @@ def signed_in(kind: Kind) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 with on_behalf_of(ADMIN_TENANT):
                     return view(*args, **kwargs)
             # A portal page is a request of its partner: it takes the partner's turn for
-            # Redis connections and counts against the partner's rate limit, as the API does.
+            # Redis connections and counts against the partner's rate limit, as the API
+            # does. The count's script also ends the session of a partner disabled since.
             with on_behalf_of(f"portal:{found.owner}"):
-                services().rate_limiter.count(portal_partner())
+                if not services().rate_limiter.count(portal_partner()):
+                    raise _not_signed_in(kind)
                 return view(*args, **kwargs)
 
         return wrapped
